@@ -1,0 +1,154 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Types shared between the datapath and the Go agent. bpf2go turns every
+ * struct here into a Go type, and the maps carry them as BTF so that
+ * `bpftool map dump pinned <pin-path>/<map>` prints named fields.
+ *
+ * Changing the layout of anything stored in a pinned map means bumping
+ * IPM_LAYOUT_VERSION: the agent then starts with fresh maps on purpose
+ * instead of misreading old ones.
+ */
+#ifndef IPMASQ_H
+#define IPMASQ_H
+
+#include <linux/types.h>
+
+/* -nostdinc leaves out <stdbool.h>. */
+#ifndef __cplusplus
+typedef _Bool bool;
+#define true 1
+#define false 0
+#endif
+
+/* Version of every pinned map's layout, stored in ipm_settings. */
+#define IPM_LAYOUT_VERSION 1
+
+/* How many --to-ports ranges the datapath can draw from. */
+#define IPM_MAX_PORT_RANGES 8
+
+/* Direction of a NAT table half, part of its key. */
+enum ipm_dir : __u8 {
+	/* Key is the packet as the pod sent it: pod -> remote. */
+	IPM_DIR_EGRESS = 0,
+	/* Key is the reply as it arrives: remote -> node address and node port. */
+	IPM_DIR_INGRESS = 1,
+};
+
+/* What a NAT table entry stands for. */
+enum ipm_kind : __u8 {
+	/* One half of a pod flow that this datapath translated. */
+	IPM_KIND_MASQ = 1,
+	/* An ingress-side tuple used by a host socket or a flow that netfilter
+	 * already NATed to the node address: no pod mapping may take it. */
+	IPM_KIND_HOST = 2,
+	/* An egress-side tuple of a flow opened from outside towards a pod:
+	 * its replies keep the pod address. */
+	IPM_KIND_INBOUND = 3,
+};
+
+/* Per-direction observations kept in an entry, for the agent's expiry. */
+enum ipm_entry_flags : __u8 {
+	IPM_F_FIN = 1 << 0, /* a FIN was seen in this direction */
+	IPM_F_RST = 1 << 1, /* a RST was seen in this direction */
+};
+
+/*
+ * Key of the NAT table. For ICMP echo the identifier takes the place of the
+ * port on the pod (or node) side: sport on egress, dport on ingress, the
+ * other port is 0. All address and port fields are in network byte order.
+ */
+struct ipm_nat_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	enum ipm_dir dir;
+	__u16 pad;
+};
+
+/*
+ * Value of the NAT table. An egress half holds what the pod's source becomes
+ * (node address and port); an ingress half holds what the reply's destination
+ * becomes (pod address and port). Each half is written only by packets of its
+ * own direction, so the two never contend for a cache line.
+ */
+struct ipm_nat_entry {
+	__u64 created_ns;   /* bpf_ktime_get_ns (CLOCK_MONOTONIC) at creation */
+	__u64 last_seen_ns; /* last packet in this direction; 0: none yet */
+	__be32 addr;
+	__be16 port;
+	enum ipm_kind kind;
+	enum ipm_entry_flags flags; /* bits seen in this direction */
+	__u32 ifindex; /* interface the flow leaves through */
+	__u32 pad;
+};
+
+/* Key of the LPM tries of non-masquerade destinations. */
+struct ipm_cidr4_key {
+	__u32 prefixlen;
+	__be32 addr;
+};
+
+/* Why a prefix is in a non-masquerade trie. */
+enum ipm_cidr_origin {
+	IPM_CIDR_CONFIGURED = 1, /* listed in nonMasqueradeCIDRs */
+	IPM_CIDR_LINK_LOCAL = 2, /* implied by masqLinkLocal: false */
+};
+
+struct ipm_cidr_value {
+	enum ipm_cidr_origin origin;
+};
+
+struct ipm_port_range {
+	__u16 first;
+	__u16 last;
+};
+
+/* The single entry of ipm_settings, written by the agent. */
+struct ipm_settings {
+	__u32 layout_version; /* IPM_LAYOUT_VERSION of whoever created the maps */
+	__u32 active_cidrs;   /* which trie decides: 0 = ipm_cidr4_0, 1 = ipm_cidr4_1 */
+	__u32 random_fully;   /* 1: random node port per flow; 0: keep the pod's port when free */
+	__u32 port_count;     /* ports in all ranges together; 0 means unconfigured */
+	__u32 range_count;
+	struct ipm_port_range ranges[IPM_MAX_PORT_RANGES];
+};
+
+/* Value of ipm_ifaces, keyed by ifindex: a managed interface. */
+struct ipm_iface {
+	__be32 addr4; /* primary IPv4 address, the masquerade source; 0: none yet */
+	__u32 pad;
+};
+
+/* Value of ipm_local4, keyed by address: the node owns this address. */
+struct ipm_local {
+	__u32 ifindex;
+};
+
+/*
+ * Datapath counters, one per-CPU instance. Every verdict the programs reach
+ * increments exactly one of the packet counters.
+ */
+struct ipm_counters {
+	__u64 egress_translated;  /* egress packets of an existing mapping, rewritten */
+	__u64 egress_new_flow;    /* egress packets that created a mapping, rewritten */
+	__u64 egress_nomasq;      /* destination in the non-masquerade set: passed */
+	__u64 egress_host;        /* source is a node address: passed */
+	__u64 egress_tcp_no_map;  /* TCP without SYN and without mapping: passed */
+	__u64 egress_inbound;     /* reply of a flow opened from outside: passed */
+	__u64 egress_no_iface;    /* interface has no IPv4 address yet: dropped */
+	__u64 egress_no_port;     /* no free node port for the destination: dropped */
+	__u64 egress_table_full;  /* NAT table full: dropped */
+	__u64 egress_race;        /* lost a race creating a mapping: dropped */
+	__u64 egress_fragment;    /* non-first fragment: passed */
+	__u64 egress_other;       /* not IPv4, other protocol or ICMP type: passed */
+	__u64 egress_malformed;   /* truncated or malformed: passed */
+	__u64 ingress_translated; /* replies of a mapping, rewritten */
+	__u64 ingress_miss;       /* no mapping matches exactly: passed */
+	__u64 ingress_fragment;   /* non-first fragment: passed */
+	__u64 ingress_other;      /* not IPv4, other protocol or ICMP type: passed */
+	__u64 ingress_malformed;  /* truncated or malformed: passed */
+};
+
+#endif /* IPMASQ_H */

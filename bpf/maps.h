@@ -1,0 +1,73 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Maps of the datapath. The agent pins every one of them under --pin-path, so
+ * that a restarted or upgraded agent finds the same state; sizes marked
+ * "set by the agent" are overridden at load time from flags.
+ */
+#ifndef IPMASQ_MAPS_H
+#define IPMASQ_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "ipmasq.h"
+
+/* Key: struct ipm_nat_key. Value: struct ipm_nat_entry. Both halves of every
+ * translated flow, plus reserved and inbound tuples. A plain preallocated
+ * hash, never LRU: nothing is evicted behind the agent's back, and a full
+ * table makes new flows fail closed. Size set by the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct ipm_nat_key);
+	__type(value, struct ipm_nat_entry);
+	__uint(max_entries, 131072);
+} ipm_nat4 SEC(".maps");
+
+/* Key: struct ipm_cidr4_key. Value: struct ipm_cidr_value. Two tries of
+ * non-masquerade destinations; ipm_settings.active_cidrs says which one
+ * decides, so a new set is written into the idle one and takes effect with a
+ * single flip. Nodes are allocated on insert, so the large bound costs
+ * nothing until used: it exceeds what a 1 MiB ConfigMap can list. */
+#define IPM_CIDR_MAX 262144
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ipm_cidr4_key);
+	__type(value, struct ipm_cidr_value);
+	__uint(max_entries, IPM_CIDR_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} ipm_cidr4_0 SEC(".maps"), ipm_cidr4_1 SEC(".maps");
+
+/* Key: 0. Value: struct ipm_settings. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct ipm_settings);
+	__uint(max_entries, 1);
+} ipm_settings SEC(".maps");
+
+/* Key: ifindex. Value: struct ipm_iface. The managed interfaces. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct ipm_iface);
+	__uint(max_entries, 256);
+} ipm_ifaces SEC(".maps");
+
+/* Key: IPv4 address (network order). Value: struct ipm_local. Every address
+ * of the node, so host traffic is recognised whatever interface owns it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __be32);
+	__type(value, struct ipm_local);
+	__uint(max_entries, 4096);
+} ipm_local4 SEC(".maps");
+
+/* Key: 0. Value: struct ipm_counters, one per CPU: the datapath counters. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct ipm_counters);
+	__uint(max_entries, 1);
+} ipm_stats SEC(".maps");
+
+#endif /* IPMASQ_MAPS_H */

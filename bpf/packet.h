@@ -1,0 +1,222 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Reading the headers the datapath needs, and rewriting one endpoint of an
+ * IPv4 packet with every checksum kept right.
+ */
+#ifndef IPMASQ_PACKET_H
+#define IPMASQ_PACKET_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "ipmasq.h"
+
+/* Not in the vendored UAPI headers (linux/icmp.h drags in libc). */
+#define ICMP_ECHOREPLY 0
+#define ICMP_ECHO 8
+struct icmp_echo_hdr {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	__be16 id;
+	__be16 sequence;
+};
+
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1fff
+
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10
+
+/* The parts of a packet that decide what happens to it. Ports are in network
+ * order; for ICMP echo the identifier sits in sport (request) or dport
+ * (reply), as in struct ipm_nat_key. */
+struct flow4 {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 tcp_flags;
+	__u8 icmp_type;
+	__u8 pad;
+	__u32 l4_off; /* from the start of the Ethernet header */
+};
+
+enum parse_result {
+	PARSE_OK,
+	PARSE_NOT_IPV4, /* another EtherType */
+	PARSE_MALFORMED, /* truncated, bad IHL or length: never touched */
+	PARSE_FRAGMENT, /* a non-first fragment: no transport header */
+	PARSE_OTHER,    /* another protocol, or an ICMP type we do not map */
+};
+
+/* Makes the first len bytes readable by direct access; false when the packet
+ * is shorter. Invalidates every packet pointer. */
+static __always_inline bool ensure_linear(struct __sk_buff *skb, __u32 len)
+{
+	if ((void *)(long)skb->data + len <= (void *)(long)skb->data_end)
+		return true;
+	if (bpf_skb_pull_data(skb, len))
+		return false;
+	return (void *)(long)skb->data + len <= (void *)(long)skb->data_end;
+}
+
+/* Fills f from an IPv4 packet behind an Ethernet header. echo_type is the
+ * ICMP type that carries a mappable identifier in this direction. */
+static __always_inline enum parse_result parse_ipv4(struct __sk_buff *skb, struct flow4 *f,
+						    __u8 echo_type)
+{
+	void *data, *data_end;
+	struct iphdr *ip;
+	__u32 ihl, l4, tot;
+
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return PARSE_NOT_IPV4;
+	if (!ensure_linear(skb, ETH_HLEN + sizeof(struct iphdr)))
+		return PARSE_MALFORMED;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	ip = data + ETH_HLEN;
+	if ((void *)(ip + 1) > data_end)
+		return PARSE_MALFORMED;
+	if (ip->version != 4 || ip->ihl < 5)
+		return PARSE_MALFORMED;
+	ihl = ip->ihl * 4;
+	tot = bpf_ntohs(ip->tot_len);
+	/* tot_len 0 is legal for BIG TCP super-packets; anything else shorter
+	 * than the header is garbage. */
+	if (tot && tot < ihl)
+		return PARSE_MALFORMED;
+
+	f->saddr = ip->saddr;
+	f->daddr = ip->daddr;
+	f->proto = ip->protocol;
+	if (bpf_ntohs(ip->frag_off) & IP_OFFSET)
+		return PARSE_FRAGMENT;
+	l4 = ETH_HLEN + ihl;
+	f->l4_off = l4;
+
+	switch (f->proto) {
+	case IPPROTO_TCP: {
+		struct tcphdr *th;
+
+		if (tot && tot < ihl + sizeof(*th))
+			return PARSE_MALFORMED;
+		if (!ensure_linear(skb, l4 + sizeof(*th)))
+			return PARSE_MALFORMED;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		th = data + l4;
+		if ((void *)(th + 1) > data_end)
+			return PARSE_MALFORMED;
+		f->sport = th->source;
+		f->dport = th->dest;
+		f->tcp_flags = ((__u8 *)th)[13];
+		return PARSE_OK;
+	}
+	case IPPROTO_UDP: {
+		struct udphdr *uh;
+
+		if (tot && tot < ihl + sizeof(*uh))
+			return PARSE_MALFORMED;
+		if (!ensure_linear(skb, l4 + sizeof(*uh)))
+			return PARSE_MALFORMED;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		uh = data + l4;
+		if ((void *)(uh + 1) > data_end)
+			return PARSE_MALFORMED;
+		f->sport = uh->source;
+		f->dport = uh->dest;
+		return PARSE_OK;
+	}
+	case IPPROTO_ICMP: {
+		struct icmp_echo_hdr *ih;
+
+		if (tot && tot < ihl + sizeof(*ih))
+			return PARSE_MALFORMED;
+		if (!ensure_linear(skb, l4 + sizeof(*ih)))
+			return PARSE_MALFORMED;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		ih = data + l4;
+		if ((void *)(ih + 1) > data_end)
+			return PARSE_MALFORMED;
+		f->icmp_type = ih->type;
+		if (ih->type != echo_type || ih->code != 0)
+			return PARSE_OTHER;
+		if (echo_type == ICMP_ECHO)
+			f->sport = ih->id;
+		else
+			f->dport = ih->id;
+		return PARSE_OK;
+	}
+	default:
+		return PARSE_OTHER;
+	}
+}
+
+/*
+ * Rewrites the source (egress) or destination (ingress) address and port of a
+ * parsed packet. Checksums are updated incrementally so that they are right
+ * for complete and for offloaded (CHECKSUM_PARTIAL) packets alike: the
+ * address is part of the pseudo-header that a partial checksum is seeded
+ * with, the port is not. A UDP checksum of 0 (none) stays 0. ICMP has no
+ * pseudo-header; only its identifier changes. Returns non-zero when a helper
+ * failed, leaving the packet half-written.
+ */
+static __always_inline int rewrite_endpoint(struct __sk_buff *skb, const struct flow4 *f,
+					    bool source, __be32 to_addr, __be16 to_port)
+{
+	__u32 addr_off = ETH_HLEN + (source ? offsetof(struct iphdr, saddr)
+					    : offsetof(struct iphdr, daddr));
+	__be32 from_addr = source ? f->saddr : f->daddr;
+	__be16 from_port = source ? f->sport : f->dport;
+	__u32 csum_off, port_off;
+	__u64 zero_flag = 0;
+
+	switch (f->proto) {
+	case IPPROTO_TCP:
+		csum_off = f->l4_off + offsetof(struct tcphdr, check);
+		port_off = f->l4_off + (source ? offsetof(struct tcphdr, source)
+					       : offsetof(struct tcphdr, dest));
+		break;
+	case IPPROTO_UDP:
+		csum_off = f->l4_off + offsetof(struct udphdr, check);
+		port_off = f->l4_off + (source ? offsetof(struct udphdr, source)
+					       : offsetof(struct udphdr, dest));
+		zero_flag = BPF_F_MARK_MANGLED_0;
+		break;
+	default: /* ICMP echo */
+		csum_off = f->l4_off + offsetof(struct icmp_echo_hdr, checksum);
+		port_off = f->l4_off + offsetof(struct icmp_echo_hdr, id);
+		break;
+	}
+
+	if (f->proto != IPPROTO_ICMP &&
+	    bpf_l4_csum_replace(skb, csum_off, from_addr, to_addr,
+				BPF_F_PSEUDO_HDR | zero_flag | sizeof(to_addr)))
+		return -1;
+	if (from_port != to_port) {
+		if (bpf_l4_csum_replace(skb, csum_off, from_port, to_port,
+					zero_flag | sizeof(to_port)))
+			return -1;
+		if (bpf_skb_store_bytes(skb, port_off, &to_port, sizeof(to_port), 0))
+			return -1;
+	}
+	if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), from_addr, to_addr,
+				sizeof(to_addr)))
+		return -1;
+	return bpf_skb_store_bytes(skb, addr_off, &to_addr, sizeof(to_addr), 0);
+}
+
+#endif /* IPMASQ_PACKET_H */
