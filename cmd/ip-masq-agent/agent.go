@@ -1,0 +1,93 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/ipmasq-ebpf/ip-masq-agent/config"
+	"github.com/ipmasq-ebpf/ip-masq-agent/loader"
+	"github.com/ipmasq-ebpf/ip-masq-agent/maps"
+)
+
+// configDebounce lets a writer finish a file before it is read (SPEC 3.9).
+const configDebounce = 50 * time.Millisecond
+
+// runAgent loads the datapath, fills its maps, attaches it and then keeps
+// it in sync with the config file, the interfaces and the clock until ctx
+// ends.
+func runAgent(ctx context.Context, f *config.Flags) error {
+	dp, err := loader.Open(loader.Options{PinPath: f.PinPath, NATMaxEntries: uint32(f.NATMaxEntries)})
+	if err != nil {
+		return err
+	}
+	defer dp.Close()
+
+	settings, err := maps.OpenSettings(dp)
+	if err != nil {
+		return err
+	}
+	var ranges []maps.PortRange
+	for _, r := range f.PortRanges() {
+		ranges = append(ranges, maps.PortRange{First: r.First, Last: r.Last})
+	}
+	if err := settings.SetPorts(ranges, f.RandomFully); err != nil {
+		return err
+	}
+
+	// The maps are filled before our programs take over (SPEC 3.8).
+	cfg := newConfigSync(f.ConfigPath, f.Options(), maps.NewNonMasq(dp, settings))
+	cfg.sync()
+
+	ifaces := newInterfaceSet(dp, loader.Mode(f.AttachMode), f.InterfaceList())
+	if err := ifaces.reconcile(); err != nil {
+		return err
+	}
+	klog.InfoS("Datapath ready", "pinPath", f.PinPath, "interfaces", ifaces.attachedNames())
+
+	changes, err := config.Watch(ctx, f.ConfigPath, configDebounce)
+	if err != nil {
+		return fmt.Errorf("watch config: %w", err)
+	}
+	netEvents, err := watchNetlink(ctx)
+	if err != nil {
+		return err
+	}
+	nat := maps.NewNATTable(dp)
+	timeouts := maps.Timeouts{
+		TCPSyn: f.TCPSynTimeout, TCPEstablished: f.TCPEstablishedTimeout, TCPFin: f.TCPFinTimeout,
+		TCPRst: f.TCPRstTimeout, UDP: f.UDPTimeout, UDPStream: f.UDPStreamTimeout, ICMP: f.ICMPTimeout,
+	}
+	resync := time.NewTimer(cfg.interval())
+	defer resync.Stop()
+	gc := time.NewTicker(f.GCInterval)
+	defer gc.Stop()
+
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changes:
+			cfg.changed()
+			resync.Reset(cfg.interval())
+		case <-resync.C:
+			cfg.sync()
+			if err := ifaces.reconcile(); err != nil {
+				klog.ErrorS(err, "Interface sync failed")
+			}
+			resync.Reset(cfg.interval())
+		case <-netEvents:
+			if err := ifaces.reconcile(); err != nil {
+				klog.ErrorS(err, "Interface sync failed")
+			}
+		case <-gc.C:
+			removed, err := nat.Collect(timeouts)
+			if err != nil {
+				klog.ErrorS(err, "NAT table expiry failed")
+			}
+			klog.V(4).InfoS("Expired NAT entries", "removed", removed)
+		}
+	}
+}

@@ -1,0 +1,82 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"io/fs"
+	"os"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/ipmasq-ebpf/ip-masq-agent/config"
+	"github.com/ipmasq-ebpf/ip-masq-agent/maps"
+)
+
+// configSync reads the config file and makes the datapath follow it. A file
+// that fails validation changes nothing: the last good configuration (at
+// start, the defaults) stays in force until a good file appears.
+type configSync struct {
+	path    string
+	opts    config.Options
+	nonMasq *maps.NonMasq
+	current config.Config
+	applied bool
+	// lastRead is the file's content when it was last applied (nil: the
+	// file was missing), so that unrelated events in a busy directory do
+	// not rewrite the datapath.
+	lastRead []byte
+}
+
+func newConfigSync(path string, opts config.Options, nm *maps.NonMasq) *configSync {
+	return &configSync{path: path, opts: opts, nonMasq: nm, current: config.Default(opts)}
+}
+
+// interval is the resync period of the configuration in force.
+func (s *configSync) interval() time.Duration { return s.current.ResyncInterval }
+
+// changed re-reads the file after an event in its directory and applies it
+// if its content differs from what was applied last.
+func (s *configSync) changed() {
+	data, err := os.ReadFile(s.path)
+	if err == nil && s.applied && s.lastRead != nil && bytes.Equal(data, s.lastRead) {
+		klog.V(4).InfoS("Config directory changed, file did not", "path", s.path)
+		return
+	}
+	if errors.Is(err, fs.ErrNotExist) && s.applied && s.lastRead == nil {
+		return
+	}
+	s.sync()
+}
+
+// sync reads, validates and applies the file, whatever was applied before.
+func (s *configSync) sync() {
+	start := time.Now()
+	data, readErr := os.ReadFile(s.path)
+	if errors.Is(readErr, fs.ErrNotExist) {
+		data, readErr = nil, nil
+	}
+	next, err := config.Load(s.path, s.opts)
+	if readErr != nil {
+		err = readErr
+	}
+	if err != nil {
+		klog.ErrorS(err, "Rejected configuration, keeping the last good one", "path", s.path)
+		if s.applied {
+			return
+		}
+		next = config.Default(s.opts)
+	}
+	if len(next.UnknownKeys) > 0 {
+		klog.V(4).InfoS("Ignoring unknown configuration keys", "keys", next.UnknownKeys)
+	}
+	v4, _ := next.Effective(s.opts.EnableIPv6)
+	if err := s.nonMasq.Apply(maps.NewCIDRSet(next.NonMasqueradeCIDRs, v4)); err != nil {
+		// The old set stays active: Apply flips only after a full write.
+		klog.ErrorS(err, "Could not apply configuration, keeping the last good one")
+		return
+	}
+	s.current, s.applied, s.lastRead = next, true, data
+	klog.InfoS("Applied configuration", "cidrs", len(v4), "masqLinkLocal", next.MasqLinkLocal,
+		"resyncInterval", next.ResyncInterval, "duration", time.Since(start))
+}

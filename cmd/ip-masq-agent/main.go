@@ -1,0 +1,72 @@
+// Command ip-masq-agent masquerades pod traffic leaving the node with an
+// eBPF datapath, configured like kubernetes-sigs/ip-masq-agent.
+//
+//	ip-masq-agent [flags]          run the agent
+//	ip-masq-agent cleanup [flags]  detach everything and remove the pins
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"k8s.io/klog/v2"
+
+	"github.com/ipmasq-ebpf/ip-masq-agent/config"
+	"github.com/ipmasq-ebpf/ip-masq-agent/loader"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+// run returns the process exit code: 2 for unknown flags (as Go's flag
+// package), 1 for invalid values and failures, 0 after SIGTERM.
+func run(args []string) int {
+	command := "run"
+	if len(args) > 0 && args[0] == "cleanup" {
+		command, args = args[0], args[1:]
+	}
+	fs, flags := config.NewFlagSet("ip-masq-agent")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "unexpected argument %q\n", fs.Arg(0))
+		fs.Usage()
+		return 2
+	}
+	// Invalid values end the process here, before the datapath is touched.
+	if err := flags.Validate(); err != nil {
+		fmt.Fprintf(os.Stderr, "invalid flags: %v\n", err)
+		return 1
+	}
+	defer klog.Flush()
+	config.LogFlags(fs)
+
+	if command == "cleanup" {
+		if err := loader.Cleanup(flags.PinPath); err != nil {
+			klog.ErrorS(err, "Cleanup failed")
+			return 1
+		}
+		return 0
+	}
+
+	// SIGTERM ends the agent promptly and leaves the datapath attached and
+	// pinned: the next agent takes over from it without a gap.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := runAgent(ctx, flags); err != nil {
+		klog.ErrorS(err, "Agent failed")
+		return 1
+	}
+	klog.InfoS("Stopping; the datapath stays attached")
+	return 0
+}

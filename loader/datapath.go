@@ -1,0 +1,117 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/rlimit"
+	"k8s.io/klog/v2"
+)
+
+// Options says where the datapath's state lives and how big it is.
+type Options struct {
+	// PinPath is a directory on a bpffs that holds the pinned maps and links.
+	PinPath string
+	// NATMaxEntries bounds the NAT table (two entries per flow).
+	NATMaxEntries uint32
+}
+
+// Datapath owns the loaded programs and maps. Maps are pinned under PinPath
+// and shared with every earlier and later agent; programs are new on every
+// load and take over from the old ones only when attached.
+type Datapath struct {
+	PinPath  string
+	Maps     BPFMaps
+	Programs BPFPrograms
+	lock     *os.File
+}
+
+// Open loads the datapath object, reusing the maps pinned under o.PinPath and
+// pinning the ones it had to create. It holds the pin directory's lock until
+// Close. Nothing is attached yet, so the running datapath is not touched.
+func Open(o Options) (*Datapath, error) {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		// 5.10 still charges BPF memory to RLIMIT_MEMLOCK.
+		return nil, fmt.Errorf("raise RLIMIT_MEMLOCK: %w", err)
+	}
+	warning, err := preparePinDir(o.PinPath)
+	if err != nil {
+		return nil, err
+	}
+	if warning != "" {
+		klog.InfoS("WARNING: " + warning)
+	}
+	lock, err := lockPinDir(o.PinPath)
+	if err != nil {
+		return nil, err
+	}
+	d := &Datapath{PinPath: o.PinPath, lock: lock}
+	if err := d.load(o); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+func (d *Datapath) load(o Options) error {
+	spec, err := LoadBPF()
+	if err != nil {
+		return fmt.Errorf("read datapath object: %w", err)
+	}
+	if o.NATMaxEntries != 0 {
+		spec.Maps["ipm_nat4"].MaxEntries = o.NATMaxEntries
+	}
+	reuse, err := reusePinnedMaps(spec, d.PinPath)
+	if err != nil {
+		return err
+	}
+	defer closeAll(reuse)
+
+	var objs BPFObjects
+	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: reuse})
+	var verr *ebpf.VerifierError
+	if errors.As(err, &verr) {
+		return fmt.Errorf("load datapath: verifier rejected it: %+v", verr)
+	}
+	if err != nil {
+		return fmt.Errorf("load datapath: %w", err)
+	}
+	for name, m := range mapsByName(&objs.BPFMaps) {
+		if _, reused := reuse[name]; reused {
+			continue
+		}
+		if err := pinAtomically(m, filepath.Join(d.PinPath, name)); err != nil {
+			objs.Close()
+			return err
+		}
+	}
+	d.Maps = objs.BPFMaps
+	d.Programs = objs.BPFPrograms
+	return nil
+}
+
+// mapsByName lists the maps by their pin name, which is their BPF name.
+func mapsByName(m *BPFMaps) map[string]*ebpf.Map {
+	return map[string]*ebpf.Map{
+		"ipm_nat4":     m.IpmNat4,
+		"ipm_cidr4_0":  m.IpmCidr40,
+		"ipm_cidr4_1":  m.IpmCidr41,
+		"ipm_settings": m.IpmSettings,
+		"ipm_ifaces":   m.IpmIfaces,
+		"ipm_local4":   m.IpmLocal4,
+		"ipm_stats":    m.IpmStats,
+	}
+}
+
+// Close releases the agent's file descriptors and the pin directory's lock.
+// Pins and attachments stay: the datapath keeps working without the agent.
+func (d *Datapath) Close() error {
+	err := errors.Join(d.Maps.Close(), d.Programs.Close())
+	if d.lock != nil {
+		err = errors.Join(err, d.lock.Close())
+	}
+	return err
+}

@@ -1,0 +1,86 @@
+package maps
+
+import (
+	"fmt"
+	"sync"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/ipmasq-ebpf/ip-masq-agent/loader"
+)
+
+// PortRange is an inclusive range of node ports, in host order.
+type PortRange struct{ First, Last uint16 }
+
+// MaxPortRanges is how many ranges the datapath can draw ports from.
+const MaxPortRanges = len(loader.BPFIpmSettings{}.Ranges)
+
+// Settings is the single entry of ipm_settings. The agent is its only
+// writer, so it keeps the value here and writes it whole.
+type Settings struct {
+	mu  sync.Mutex
+	m   *ebpf.Map
+	val loader.BPFIpmSettings
+}
+
+// OpenSettings reads the current value, so a restarted agent keeps the
+// active trie index of the one before it.
+func OpenSettings(d *loader.Datapath) (*Settings, error) {
+	s := &Settings{m: d.Maps.IpmSettings}
+	if err := s.m.Lookup(uint32(0), &s.val); err != nil {
+		return nil, fmt.Errorf("read settings: %w", err)
+	}
+	s.val.LayoutVersion = loader.Layout
+	return s, nil
+}
+
+// SetPorts sets how node ports are chosen for new flows.
+func (s *Settings) SetPorts(ranges []PortRange, randomFully bool) error {
+	if len(ranges) == 0 || len(ranges) > MaxPortRanges {
+		return fmt.Errorf("port ranges: need 1 to %d, got %d", MaxPortRanges, len(ranges))
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v := s.val
+	v.RangeCount = uint32(len(ranges))
+	v.PortCount = 0
+	for i := range v.Ranges {
+		v.Ranges[i].First, v.Ranges[i].Last = 0, 0
+	}
+	for i, r := range ranges {
+		if r.First == 0 || r.Last < r.First {
+			return fmt.Errorf("port range %d-%d: invalid", r.First, r.Last)
+		}
+		v.Ranges[i].First, v.Ranges[i].Last = r.First, r.Last
+		v.PortCount += uint32(r.Last) - uint32(r.First) + 1
+	}
+	v.RandomFully = 0
+	if randomFully {
+		v.RandomFully = 1
+	}
+	return s.write(v)
+}
+
+// ActiveCIDRs returns the index of the trie that decides.
+func (s *Settings) ActiveCIDRs() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return int(s.val.ActiveCidrs & 1)
+}
+
+// SetActiveCIDRs makes trie i decide, for every packet from now on.
+func (s *Settings) SetActiveCIDRs(i int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v := s.val
+	v.ActiveCidrs = uint32(i & 1)
+	return s.write(v)
+}
+
+func (s *Settings) write(v loader.BPFIpmSettings) error {
+	if err := s.m.Update(uint32(0), &v, ebpf.UpdateExist); err != nil {
+		return fmt.Errorf("write settings: %w", err)
+	}
+	s.val = v
+	return nil
+}
