@@ -16,7 +16,7 @@
 /* -nostdinc leaves out <stdbool.h>. */
 #ifndef __cplusplus
 typedef _Bool bool;
-#define true 1
+#define true  1
 #define false 0
 #endif
 
@@ -80,7 +80,7 @@ struct ipm_nat_entry {
 	__be16 port;
 	enum ipm_kind kind;
 	enum ipm_entry_flags flags; /* bits seen in this direction */
-	__u32 ifindex; /* interface the flow leaves through */
+	__u32 ifindex;		    /* interface the flow leaves through */
 	__u32 pad;
 };
 
@@ -132,22 +132,22 @@ struct ipm_local {
  */
 struct ipm_counters {
 	__u64 egress_translated;  /* egress packets of an existing mapping, rewritten */
-	__u64 egress_new_flow;    /* egress packets that created a mapping, rewritten */
-	__u64 egress_nomasq;      /* destination in the non-masquerade set: passed */
-	__u64 egress_host;        /* source is a node address: passed */
+	__u64 egress_new_flow;	  /* egress packets that created a mapping, rewritten */
+	__u64 egress_nomasq;	  /* destination in the non-masquerade set: passed */
+	__u64 egress_host;	  /* source is a node address: passed */
 	__u64 egress_tcp_no_map;  /* TCP without SYN and without mapping: passed */
-	__u64 egress_inbound;     /* reply of a flow opened from outside: passed */
-	__u64 egress_no_iface;    /* interface has no IPv4 address yet: dropped */
-	__u64 egress_no_port;     /* no free node port for the destination: dropped */
+	__u64 egress_inbound;	  /* reply of a flow opened from outside: passed */
+	__u64 egress_no_iface;	  /* interface has no IPv4 address yet: dropped */
+	__u64 egress_no_port;	  /* no free node port for the destination: dropped */
 	__u64 egress_table_full;  /* NAT table full: dropped */
-	__u64 egress_race;        /* lost a race creating a mapping: dropped */
-	__u64 egress_fragment;    /* non-first fragment: passed */
-	__u64 egress_other;       /* not IPv4, other protocol or ICMP type: passed */
-	__u64 egress_malformed;   /* truncated or malformed: passed */
+	__u64 egress_race;	  /* lost a race creating a mapping: dropped */
+	__u64 egress_fragment;	  /* non-first fragment: passed */
+	__u64 egress_other;	  /* not IPv4, other protocol or ICMP type: passed */
+	__u64 egress_malformed;	  /* truncated or malformed: passed */
 	__u64 ingress_translated; /* replies of a mapping, rewritten */
-	__u64 ingress_miss;       /* no mapping matches exactly: passed */
-	__u64 ingress_fragment;   /* non-first fragment: passed */
-	__u64 ingress_other;      /* not IPv4, other protocol or ICMP type: passed */
+	__u64 ingress_miss;	  /* no mapping matches exactly: passed */
+	__u64 ingress_fragment;	  /* non-first fragment: passed */
+	__u64 ingress_other;	  /* not IPv4, other protocol or ICMP type: passed */
 	__u64 ingress_malformed;  /* truncated or malformed: passed */
 };
 

@@ -32,7 +32,7 @@
 
 enum alloc_result {
 	ALLOC_OK,
-	ALLOC_NO_PORT,    /* every probed port is taken for this destination */
+	ALLOC_NO_PORT,	  /* every probed port is taken for this destination */
 	ALLOC_TABLE_FULL, /* the NAT table has no room for another entry */
 };
 
@@ -46,7 +46,7 @@ static __always_inline struct ipm_settings *get_settings(void)
 /* True when daddr is in the active non-masquerade set. */
 static __always_inline bool is_nomasq_dest(const struct ipm_settings *s, __be32 daddr)
 {
-	struct ipm_cidr4_key key = {.prefixlen = 32, .addr = daddr};
+	struct ipm_cidr4_key key = { .prefixlen = 32, .addr = daddr };
 
 	if (s->active_cidrs)
 		return bpf_map_lookup_elem(&ipm_cidr4_1, &key) != NULL;
@@ -55,8 +55,7 @@ static __always_inline bool is_nomasq_dest(const struct ipm_settings *s, __be32 
 
 /* Finds the idx-th port of the configured ranges: its range in *ri and the
  * port (host order) in *port. idx must be below s->port_count. */
-static __always_inline void port_at(const struct ipm_settings *s, __u32 idx, __u32 *ri,
-				    __u32 *port)
+static __always_inline void port_at(const struct ipm_settings *s, __u32 idx, __u32 *ri, __u32 *port)
 {
 	*ri = 0;
 	*port = s->ranges[0].first;
@@ -95,9 +94,9 @@ static __always_inline bool port_in_ranges(const struct ipm_settings *s, __u16 p
  * CPUs and against host reservations. On success rk holds the claimed key.
  */
 static __always_inline enum alloc_result reserve_reply_half(const struct ipm_settings *s,
-							     const struct flow4 *f, __be32 node,
-							     __u32 ifindex, __u64 now,
-							     struct ipm_nat_key *rk)
+							    const struct flow4 *f, __be32 node,
+							    __u32 ifindex, __u64 now,
+							    struct ipm_nat_key *rk)
 {
 	struct ipm_nat_entry rv = {
 		.created_ns = now,

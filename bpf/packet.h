@@ -19,7 +19,7 @@
 
 /* Not in the vendored UAPI headers (linux/icmp.h drags in libc). */
 #define ICMP_ECHOREPLY 0
-#define ICMP_ECHO 8
+#define ICMP_ECHO      8
 struct icmp_echo_hdr {
 	__u8 type;
 	__u8 code;
@@ -28,7 +28,7 @@ struct icmp_echo_hdr {
 	__be16 sequence;
 };
 
-#define IP_MF 0x2000
+#define IP_MF	  0x2000
 #define IP_OFFSET 0x1fff
 
 #define TCP_FLAG_FIN 0x01
@@ -53,10 +53,10 @@ struct flow4 {
 
 enum parse_result {
 	PARSE_OK,
-	PARSE_NOT_IPV4, /* another EtherType */
+	PARSE_NOT_IPV4,	 /* another EtherType */
 	PARSE_MALFORMED, /* truncated, bad IHL or length: never touched */
-	PARSE_FRAGMENT, /* a non-first fragment: no transport header */
-	PARSE_OTHER,    /* another protocol, or an ICMP type we do not map */
+	PARSE_FRAGMENT,	 /* a non-first fragment: no transport header */
+	PARSE_OTHER,	 /* another protocol, or an ICMP type we do not map */
 };
 
 /* Makes the first len bytes readable by direct access; false when the packet
@@ -177,8 +177,8 @@ static __always_inline enum parse_result parse_ipv4(struct __sk_buff *skb, struc
 static __always_inline int rewrite_endpoint(struct __sk_buff *skb, const struct flow4 *f,
 					    bool source, __be32 to_addr, __be16 to_port)
 {
-	__u32 addr_off = ETH_HLEN + (source ? offsetof(struct iphdr, saddr)
-					    : offsetof(struct iphdr, daddr));
+	__u32 addr_off =
+		ETH_HLEN + (source ? offsetof(struct iphdr, saddr) : offsetof(struct iphdr, daddr));
 	__be32 from_addr = source ? f->saddr : f->daddr;
 	__be16 from_port = source ? f->sport : f->dport;
 	__u32 csum_off, port_off;
