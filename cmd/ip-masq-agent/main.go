@@ -20,6 +20,9 @@ import (
 	"github.com/ipmasq-ebpf/ip-masq-agent/loader"
 )
 
+// version is stamped at build time (-ldflags -X main.version=...).
+var version = "dev"
+
 func main() {
 	os.Exit(run(os.Args[1:]))
 }
@@ -49,6 +52,7 @@ func run(args []string) int {
 		return 1
 	}
 	defer klog.Flush()
+	klog.InfoS("Starting ip-masq-agent", "version", version, "command", command)
 	config.LogFlags(fs)
 
 	if command == "cleanup" {

@@ -1,0 +1,55 @@
+# ip-masq-agent on eBPF. `make help` lists the targets.
+# Targets that load programs or build namespaces need root.
+
+GO      ?= go
+BIN     ?= bin/ip-masq-agent
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+# How long each fuzz target runs in `make test` (CI's short pass).
+FUZZTIME ?= 20s
+DEBIAN_PACKAGES := clang-19 llvm-19 clang-format-19 libbpf-dev bpftool iproute2 iptables \
+	iperf3 socat tcpdump conntrack iputils-ping ethtool
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: setup
+setup: ## Install the Debian packages and Go modules everything here needs (root).
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES)
+	$(GO) mod download
+
+.PHONY: generate
+generate: ## Compile bpf/ with clang-19 and regenerate the Go bindings in loader/.
+	$(GO) generate ./loader/
+
+.PHONY: check-generate
+check-generate: generate ## Fail when the committed BPF object or bindings differ from a fresh build.
+	git diff --exit-code -- loader/
+
+.PHONY: build
+build: ## Build the agent binary (static, no cgo) into bin/.
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/ip-masq-agent
+
+.PHONY: lint
+lint: ## gofmt, go vet and clang-format checks.
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); echo 'gofmt: files above need formatting'; exit 1)
+	$(GO) vet ./...
+	clang-format-19 --dry-run -Werror bpf/*.c bpf/*.h
+
+.PHONY: test
+test: ## All test tiers (root): unit, BPF program runs, netns end to end in both attach modes, short fuzz pass.
+	$(GO) test -count=1 -p 1 -timeout 40m ./...
+	$(GO) test -count=1 -run '^$$' -fuzz '^FuzzEgress$$' -fuzztime $(FUZZTIME) ./test/prog/
+	$(GO) test -count=1 -run '^$$' -fuzz '^FuzzIngress$$' -fuzztime $(FUZZTIME) ./test/prog/
+
+.PHONY: test-unit
+test-unit: ## Only the tests that need no privileges.
+	$(GO) test -count=1 ./config/ ./maps/ ./cmd/...
+
+.PHONY: demo
+demo: build ## Build namespaces, run the agent, show pod traffic leaving with the node IP, clean up (root).
+	./demo/demo.sh $(BIN)
