@@ -48,8 +48,9 @@ enum ipm_kind : __u8 {
 
 /* Per-direction observations kept in an entry, for the agent's expiry. */
 enum ipm_entry_flags : __u8 {
-	IPM_F_FIN = 1 << 0, /* a FIN was seen in this direction */
-	IPM_F_RST = 1 << 1, /* a RST was seen in this direction */
+	IPM_F_FIN = 1 << 0,	/* a FIN was seen in this direction */
+	IPM_F_RST = 1 << 1,	/* a RST was seen in this direction */
+	IPM_F_REPLIED = 1 << 2, /* host reservation: a packet came back */
 };
 
 /*
@@ -134,7 +135,8 @@ struct ipm_counters {
 	__u64 egress_translated;  /* egress packets of an existing mapping, rewritten */
 	__u64 egress_new_flow;	  /* egress packets that created a mapping, rewritten */
 	__u64 egress_nomasq;	  /* destination in the non-masquerade set: passed */
-	__u64 egress_host;	  /* source is a node address: passed */
+	__u64 egress_host;	  /* source is a node address: passed, tuple reserved */
+	__u64 egress_host_moved;  /* host flow on a tuple a pod mapping held: node port changed */
 	__u64 egress_tcp_no_map;  /* TCP without SYN and without mapping: passed */
 	__u64 egress_inbound;	  /* reply of a flow opened from outside: passed */
 	__u64 egress_no_iface;	  /* interface has no IPv4 address yet: dropped */
@@ -145,6 +147,7 @@ struct ipm_counters {
 	__u64 egress_other;	  /* not IPv4, other protocol or ICMP type: passed */
 	__u64 egress_malformed;	  /* truncated or malformed: passed */
 	__u64 ingress_translated; /* replies of a mapping, rewritten */
+	__u64 ingress_host;	  /* reply to a reserved host tuple: passed */
 	__u64 ingress_miss;	  /* no mapping matches exactly: passed */
 	__u64 ingress_fragment;	  /* non-first fragment: passed */
 	__u64 ingress_other;	  /* not IPv4, other protocol or ICMP type: passed */

@@ -114,6 +114,59 @@ static __always_inline int new_mapping(struct __sk_buff *skb, struct ipm_counter
 	return TC_ACT_SHOT;
 }
 
+/*
+ * A packet from a node address: a host socket, or a flow that netfilter
+ * already NATed to the node address. It keeps its address and port, and its
+ * tuple is reserved in the NAT table so that no pod mapping takes it later.
+ * If a pod mapping holds the tuple already, a new host flow is moved to
+ * another node port instead, as conntrack does on a clash; its replies are
+ * translated back to the host's own port on ingress.
+ */
+static __always_inline int host_egress(struct __sk_buff *skb, struct ipm_counters *c,
+				       const struct ipm_settings *s, const struct flow4 *f,
+				       const struct ipm_nat_key *k, __u64 now)
+{
+	struct ipm_nat_key rk = {};
+	struct ipm_nat_entry hv = {};
+	struct ipm_nat_entry *e;
+	__be32 to_addr;
+	__be16 to_port;
+	int verdict;
+
+	reply_key(f, &rk);
+	e = bpf_map_lookup_elem(&ipm_nat4, &rk);
+	if (!e) {
+		hv.created_ns = now;
+		hv.last_seen_ns = now;
+		hv.addr = f->saddr;
+		hv.port = f->sport;
+		hv.kind = IPM_KIND_HOST;
+		hv.ifindex = skb->ifindex;
+		/* Losing a race to another CPU is fine: the tuple is
+		 * reserved either way. A full table leaves it unreserved,
+		 * which must not stop the host's own traffic. */
+		bpf_map_update_elem(&ipm_nat4, &rk, &hv, BPF_NOEXIST);
+		COUNT(c, egress_host);
+		return TC_ACT_UNSPEC;
+	}
+	if (e->kind != IPM_KIND_MASQ || (f->proto == IPPROTO_TCP && !opens_tcp(f))) {
+		/* Our reservation, or a running connection we cannot move. */
+		touch_entry(e, now, f, 0);
+		COUNT(c, egress_host);
+		return TC_ACT_UNSPEC;
+	}
+
+	verdict = new_mapping(skb, c, s, f, k, now, &to_addr, &to_port);
+	if (verdict != TC_ACT_UNSPEC)
+		return verdict;
+	if (rewrite_endpoint(skb, f, true, to_addr, to_port)) {
+		COUNT(c, egress_malformed);
+		return TC_ACT_SHOT;
+	}
+	COUNT(c, egress_host_moved);
+	return TC_ACT_UNSPEC;
+}
+
 SEC("tc")
 int ipm_egress(struct __sk_buff *skb)
 {
@@ -153,7 +206,7 @@ int ipm_egress(struct __sk_buff *skb)
 	/* A known flow keeps the decision made on its first packet. */
 	e = bpf_map_lookup_elem(&ipm_nat4, &k);
 	if (e) {
-		touch_entry(e, now, &f);
+		touch_entry(e, now, &f, 0);
 		if (e->kind != IPM_KIND_MASQ) {
 			/* Reply of a flow opened from outside: keep the pod
 			 * address, the remote expects it. */
@@ -169,15 +222,12 @@ int ipm_egress(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC;
 	}
 
-	if (bpf_map_lookup_elem(&ipm_local4, &f.saddr)) {
-		/* The node's own traffic keeps its address and port. */
-		COUNT(c, egress_host);
-		return TC_ACT_UNSPEC;
-	}
-
 	s = get_settings();
 	if (!s)
 		return TC_ACT_UNSPEC;
+	if (bpf_map_lookup_elem(&ipm_local4, &f.saddr))
+		return host_egress(skb, c, s, &f, &k, now);
+
 	if (is_nomasq_dest(s, f.daddr)) {
 		COUNT(c, egress_nomasq);
 		return TC_ACT_UNSPEC;
@@ -230,13 +280,19 @@ int ipm_ingress(struct __sk_buff *skb)
 	k.proto = f.proto;
 	k.dir = IPM_DIR_INGRESS;
 	e = bpf_map_lookup_elem(&ipm_nat4, &k);
+	if (e && e->kind == IPM_KIND_HOST) {
+		/* A reply to the host: refresh its reservation. */
+		touch_entry(e, bpf_ktime_get_ns(), &f, IPM_F_REPLIED);
+		COUNT(c, ingress_host);
+		return TC_ACT_UNSPEC;
+	}
 	if (!e || e->kind != IPM_KIND_MASQ) {
 		/* Only an exact match is translated: nothing else may reach
 		 * a pod through a mapping made for another remote. */
 		COUNT(c, ingress_miss);
 		return TC_ACT_UNSPEC;
 	}
-	touch_entry(e, bpf_ktime_get_ns(), &f);
+	touch_entry(e, bpf_ktime_get_ns(), &f, 0);
 	if (rewrite_endpoint(skb, &f, false, e->addr, e->port)) {
 		COUNT(c, ingress_malformed);
 		return TC_ACT_SHOT;

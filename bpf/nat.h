@@ -158,18 +158,31 @@ static __always_inline enum alloc_result reserve_reply_half(const struct ipm_set
 	return ALLOC_NO_PORT;
 }
 
-/* Records that a packet of this half was seen now. */
-static __always_inline void touch_entry(struct ipm_nat_entry *e, __u64 now, const struct flow4 *f)
+/* The ingress key of the reply to flow f: where a mapping whose node side
+ * is f's source would sit. */
+static __always_inline void reply_key(const struct flow4 *f, struct ipm_nat_key *rk)
 {
-	__u8 seen = 0;
+	bool icmp = f->proto == IPPROTO_ICMP;
 
+	rk->saddr = f->daddr;
+	rk->daddr = f->saddr;
+	rk->sport = icmp ? 0 : f->dport;
+	rk->dport = f->sport;
+	rk->proto = f->proto;
+	rk->dir = IPM_DIR_INGRESS;
+	rk->pad = 0;
+}
+
+/* Records that a packet of this half was seen now, with the TCP flags it
+ * carried and any extra flags in seen. */
+static __always_inline void touch_entry(struct ipm_nat_entry *e, __u64 now, const struct flow4 *f,
+					__u8 seen)
+{
 	if (now - e->last_seen_ns > IPM_TOUCH_NS)
 		e->last_seen_ns = now;
-	if (f->proto != IPPROTO_TCP)
-		return;
-	if (f->tcp_flags & TCP_FLAG_FIN)
+	if (f->proto == IPPROTO_TCP && (f->tcp_flags & TCP_FLAG_FIN))
 		seen |= IPM_F_FIN;
-	if (f->tcp_flags & TCP_FLAG_RST)
+	if (f->proto == IPPROTO_TCP && (f->tcp_flags & TCP_FLAG_RST))
 		seen |= IPM_F_RST;
 	/* Plain read-modify-write: 5.10 has no atomic OR, and two CPUs racing
 	 * on the same flag both set it. */

@@ -37,6 +37,7 @@ type BPFIpmCounters struct {
 	EgressNewFlow     uint64
 	EgressNomasq      uint64
 	EgressHost        uint64
+	EgressHostMoved   uint64
 	EgressTcpNoMap    uint64
 	EgressInbound     uint64
 	EgressNoIface     uint64
@@ -47,6 +48,7 @@ type BPFIpmCounters struct {
 	EgressOther       uint64
 	EgressMalformed   uint64
 	IngressTranslated uint64
+	IngressHost       uint64
 	IngressMiss       uint64
 	IngressFragment   uint64
 	IngressOther      uint64
@@ -63,8 +65,9 @@ const (
 type BPFIpmEntryFlags uint8
 
 const (
-	BPFIpmEntryFlagsIPM_F_FIN BPFIpmEntryFlags = 1
-	BPFIpmEntryFlagsIPM_F_RST BPFIpmEntryFlags = 2
+	BPFIpmEntryFlagsIPM_F_FIN     BPFIpmEntryFlags = 1
+	BPFIpmEntryFlagsIPM_F_RST     BPFIpmEntryFlags = 2
+	BPFIpmEntryFlagsIPM_F_REPLIED BPFIpmEntryFlags = 4
 )
 
 type BPFIpmIface struct {

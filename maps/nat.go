@@ -18,11 +18,13 @@ type (
 )
 
 const (
-	dirEgress  = loader.BPFIpmDirIPM_DIR_EGRESS
-	dirIngress = loader.BPFIpmDirIPM_DIR_INGRESS
-	kindMasq   = loader.BPFIpmKindIPM_KIND_MASQ
-	flagFin    = loader.BPFIpmEntryFlagsIPM_F_FIN
-	flagRst    = loader.BPFIpmEntryFlagsIPM_F_RST
+	dirEgress   = loader.BPFIpmDirIPM_DIR_EGRESS
+	dirIngress  = loader.BPFIpmDirIPM_DIR_INGRESS
+	kindMasq    = loader.BPFIpmKindIPM_KIND_MASQ
+	kindHost    = loader.BPFIpmKindIPM_KIND_HOST
+	flagFin     = loader.BPFIpmEntryFlagsIPM_F_FIN
+	flagRst     = loader.BPFIpmEntryFlagsIPM_F_RST
+	flagReplied = loader.BPFIpmEntryFlagsIPM_F_REPLIED
 )
 
 // Timeouts are how long a flow is kept after its last packet, by state
@@ -64,23 +66,27 @@ type Flow struct {
 
 // State names the flow's lifecycle stage, which decides its timeout.
 func (f Flow) State() string {
-	flags := f.Out.Flags | f.In.Flags
+	return state(f.Proto, f.Out.Flags|f.In.Flags, f.In.LastSeenNs != 0)
+}
+
+// Timeout is how long the flow lives after its last packet.
+func (f Flow) Timeout(t Timeouts) time.Duration { return timeout(f.Proto, f.State(), t) }
+
+func state(proto uint8, flags loader.BPFIpmEntryFlags, replied bool) string {
 	switch {
-	case f.Proto == unix.IPPROTO_TCP && flags&flagRst != 0:
+	case proto == unix.IPPROTO_TCP && flags&flagRst != 0:
 		return "reset"
-	case f.Proto == unix.IPPROTO_TCP && flags&flagFin != 0:
+	case proto == unix.IPPROTO_TCP && flags&flagFin != 0:
 		return "closing"
-	case f.In.LastSeenNs != 0:
+	case replied:
 		return "established"
 	default:
 		return "opening"
 	}
 }
 
-// Timeout is how long the flow lives after its last packet.
-func (f Flow) Timeout(t Timeouts) time.Duration {
-	state := f.State()
-	switch f.Proto {
+func timeout(proto uint8, state string, t Timeouts) time.Duration {
+	switch proto {
 	case unix.IPPROTO_TCP:
 		switch state {
 		case "reset":
@@ -98,6 +104,23 @@ func (f Flow) Timeout(t Timeouts) time.Duration {
 		return t.UDP
 	}
 	return t.ICMP
+}
+
+// Reservation is a tuple held for a host socket or a flow netfilter NATed to
+// the node address (SPEC 3.6), keyed as the reply would arrive.
+type Reservation struct {
+	Key   NATKey
+	Entry NATEntry
+}
+
+// State is the reserved flow's lifecycle stage.
+func (r Reservation) State() string {
+	return state(r.Key.Proto, r.Entry.Flags, r.Entry.Flags&flagReplied != 0)
+}
+
+// Host is the node's side of the reserved tuple.
+func (r Reservation) Host() netip.AddrPort {
+	return netip.AddrPortFrom(addrFromBE(r.Key.Daddr), portFromBE(r.Key.Dport))
 }
 
 func (f Flow) String() string {
@@ -148,9 +171,10 @@ func makeFlow(k NATKey, out NATEntry, in NATEntry, hasIn bool) Flow {
 
 // Snapshot is one pass over the table.
 type Snapshot struct {
-	Flows   []Flow
-	Orphans map[NATKey]NATEntry // reply halves without their egress half
-	Entries int
+	Flows    []Flow
+	Reserved []Reservation
+	Orphans  map[NATKey]NATEntry // reply halves without their egress half
+	Entries  int
 }
 
 // Read walks the table once. Entries change under it; the collector
@@ -178,8 +202,11 @@ func (t *NATTable) Read() (Snapshot, error) {
 		s.Flows = append(s.Flows, makeFlow(k, e, in, ok))
 	}
 	for k, e := range all {
-		if k.Dir == dirIngress && e.Kind == kindMasq && !paired[k] {
+		switch {
+		case k.Dir == dirIngress && e.Kind == kindMasq && !paired[k]:
 			s.Orphans[k] = e
+		case e.Kind == kindHost:
+			s.Reserved = append(s.Reserved, Reservation{Key: k, Entry: e})
 		}
 	}
 	return s, nil
@@ -205,6 +232,11 @@ func (t *NATTable) Collect(to Timeouts) (removed int, err error) {
 			errs = append(errs, err)
 		}
 		if ok {
+			removed++
+		}
+	}
+	for _, r := range snap.Reserved {
+		if t.removeReservationIfExpired(r.Key, to) {
 			removed++
 		}
 	}
@@ -247,4 +279,18 @@ func (t *NATTable) removeIfExpired(k NATKey, to Timeouts) (bool, error) {
 		return false, fmt.Errorf("delete egress half: %w", err)
 	}
 	return true, nil
+}
+
+// removeReservationIfExpired re-reads a host reservation and deletes it if
+// its flow has been idle for longer than its state allows.
+func (t *NATTable) removeReservationIfExpired(k NATKey, to Timeouts) bool {
+	var e NATEntry
+	if err := t.m.Lookup(k, &e); err != nil || e.Kind != kindHost {
+		return false
+	}
+	r := Reservation{Key: k, Entry: e}
+	if Now()-time.Duration(max(e.LastSeenNs, e.CreatedNs)) <= timeout(k.Proto, r.State(), to) {
+		return false
+	}
+	return t.m.Delete(k) == nil
 }
