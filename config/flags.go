@@ -105,8 +105,8 @@ func NewFlagSet(name string) (*flag.FlagSet, *Flags) {
 
 	fs.StringVar(&f.MasqChain, "masq-chain", defaultMasqChain,
 		"Name of the iptables nat chain that an earlier, iptables-based ip-masq-agent created. "+
-			"This agent does not use iptables: on start it removes that chain and its POSTROUTING jump, "+
-			"which would otherwise decide before the eBPF datapath.")
+			"Accepted for compatibility; this agent does not use iptables. "+
+			"Removing that chain and its POSTROUTING jump on start is not implemented yet: remove them by hand when migrating.")
 	fs.BoolVar(&f.NoMasqAllReservedRanges, "nomasq-all-reserved-ranges", false,
 		"When the config file has no nonMasqueradeCIDRs key, keep the pod source address for all 11 IPv4 ranges "+
 			"reserved by RFCs (RFC 1918, 100.64.0.0/10, 192.0.0.0/24, 192.0.2.0/24, 192.88.99.0/24, 198.18.0.0/15, "+
