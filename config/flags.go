@@ -4,6 +4,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
+	"net/netip"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -16,6 +18,12 @@ import (
 const (
 	DefaultConfigPath = "/etc/config/ip-masq-agent"
 	DefaultPinPath    = "/sys/fs/bpf/ip-masq-agent"
+	// DefaultMetricsAddress serves /metrics on every address of the node,
+	// for Prometheus to scrape.
+	DefaultMetricsAddress = ":9441"
+	// DefaultHealthAddress serves /healthz and /readyz on the loopback
+	// address only: the kubelet probes a host-network pod from the node.
+	DefaultHealthAddress = "127.0.0.1:9442"
 )
 
 // Defaults of the other flags. The first two are upstream's.
@@ -77,6 +85,10 @@ type Flags struct {
 	AttachMode    string
 	NATMaxEntries int
 
+	// HTTP listeners; "" disables one. Equal addresses share a listener.
+	MetricsAddress string
+	HealthAddress  string
+
 	// NAT state lifetimes: how long a mapping lives after its last packet.
 	TCPSynTimeout         time.Duration
 	TCPEstablishedTimeout time.Duration
@@ -137,6 +149,12 @@ func NewFlagSet(name string) (*flag.FlagSet, *Flags) {
 		fmt.Sprintf("Size of the NAT table in entries. Every masqueraded flow uses two entries; a new flow that "+
 			"finds the table full is dropped, never sent with the pod address. Between %d and %d.",
 			MinNATEntries, MaxNATEntries))
+
+	fs.StringVar(&f.MetricsAddress, "metrics-address", DefaultMetricsAddress,
+		"host:port to serve Prometheus metrics on (/metrics). Empty disables it. "+
+			"When equal to --health-address, one listener serves both.")
+	fs.StringVar(&f.HealthAddress, "health-address", DefaultHealthAddress,
+		"host:port to serve the liveness (/healthz) and readiness (/readyz) endpoints on. Empty disables it.")
 
 	fs.DurationVar(&f.TCPSynTimeout, "tcp-syn-timeout", defaultTCPSyn,
 		"How long a masqueraded TCP connection that is not yet established keeps its mapping without traffic.")
@@ -209,6 +227,15 @@ func (f *Flags) Validate() error {
 
 	if f.NATMaxEntries < MinNATEntries || f.NATMaxEntries > MaxNATEntries {
 		bad("nat-max-entries", "%d is outside %d to %d", f.NATMaxEntries, MinNATEntries, MaxNATEntries)
+	}
+
+	for _, a := range []struct{ name, v string }{
+		{"metrics-address", f.MetricsAddress},
+		{"health-address", f.HealthAddress},
+	} {
+		if err := checkListenAddress(a.v); err != nil {
+			bad(a.name, "%v", err)
+		}
 	}
 
 	for _, d := range []struct {
@@ -388,4 +415,25 @@ func isSpace(r rune) bool {
 		return true
 	}
 	return false
+}
+
+// checkListenAddress accepts "" (disabled) and host:port with an IP address,
+// "localhost" or nothing as host, and a port from 1 to 65535.
+func checkListenAddress(s string) error {
+	if s == "" {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port (for example \":9441\" or \"127.0.0.1:9442\")", s)
+	}
+	if host != "" && host != "localhost" {
+		if _, err := netip.ParseAddr(host); err != nil {
+			return fmt.Errorf("%q: host %q is not an IP address", s, host)
+		}
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+		return fmt.Errorf("%q: port %q is not a number from 1 to 65535", s, port)
+	}
+	return nil
 }

@@ -47,6 +47,8 @@ func defaultFlags() Flags {
 		PinPath:               "/sys/fs/bpf/ip-masq-agent",
 		AttachMode:            "auto",
 		NATMaxEntries:         131072,
+		MetricsAddress:        ":9441",
+		HealthAddress:         "127.0.0.1:9442",
 		TCPSynTimeout:         60 * time.Second,
 		TCPEstablishedTimeout: 6 * time.Hour,
 		TCPFinTimeout:         120 * time.Second,
