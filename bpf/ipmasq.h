@@ -41,9 +41,6 @@ enum ipm_kind : __u8 {
 	/* An ingress-side tuple used by a host socket or a flow that netfilter
 	 * already NATed to the node address: no pod mapping may take it. */
 	IPM_KIND_HOST = 2,
-	/* An egress-side tuple of a flow opened from outside towards a pod:
-	 * its replies keep the pod address. */
-	IPM_KIND_INBOUND = 3,
 };
 
 /* Per-direction observations kept in an entry, for the agent's expiry. */
@@ -83,6 +80,31 @@ struct ipm_nat_entry {
 	enum ipm_entry_flags flags; /* bits seen in this direction */
 	__u32 ifindex;		    /* interface the flow leaves through */
 	__u32 pad;
+};
+
+/* Key of ipm_frag4: the fragments of one datagram, as they travel in one
+ * direction before translation. */
+struct ipm_frag_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 id;
+	__u8 proto;
+	enum ipm_dir dir;
+};
+
+/* Value of ipm_frag4: the address the datagram's first fragment was
+ * translated to (egress: source; ingress: destination). */
+struct ipm_frag_entry {
+	__u64 created_ns;
+	__be32 addr;
+	__u32 pad;
+};
+
+/* Value of ipm_inbound4, keyed by the egress ipm_nat_key of the replies of a
+ * UDP flow that an outside host opened towards a pod. */
+struct ipm_inbound {
+	__u64 created_ns;
+	__u64 last_seen_ns;
 };
 
 /* Key of the LPM tries of non-masquerade destinations. */
@@ -143,15 +165,21 @@ struct ipm_counters {
 	__u64 egress_no_port;	  /* no free node port for the destination: dropped */
 	__u64 egress_table_full;  /* NAT table full: dropped */
 	__u64 egress_race;	  /* lost a race creating a mapping: dropped */
-	__u64 egress_fragment;	  /* non-first fragment: passed */
+	__u64 egress_fragment;	  /* non-first fragment of a translated datagram: rewritten */
+	__u64 egress_frag_orphan; /* non-first fragment before its first, to be masqueraded: dropped
+				   */
+	__u64 egress_icmp_error;  /* ICMP error about a translated reply: rewritten */
 	__u64 egress_other;	  /* not IPv4, other protocol or ICMP type: passed */
 	__u64 egress_malformed;	  /* truncated or malformed: passed */
 	__u64 ingress_translated; /* replies of a mapping, rewritten */
 	__u64 ingress_host;	  /* reply to a reserved host tuple: passed */
 	__u64 ingress_miss;	  /* no mapping matches exactly: passed */
-	__u64 ingress_fragment;	  /* non-first fragment: passed */
-	__u64 ingress_other;	  /* not IPv4, other protocol or ICMP type: passed */
-	__u64 ingress_malformed;  /* truncated or malformed: passed */
+	__u64 ingress_fragment;	  /* non-first fragment of a translated reply: rewritten */
+	__u64 ingress_frag_orphan; /* non-first fragment without a known first: passed */
+	__u64 ingress_icmp_error;  /* ICMP error about a translated packet: rewritten */
+	__u64 ingress_inbound;	 /* UDP from outside to a pod: replies will keep the pod address */
+	__u64 ingress_other;	 /* not IPv4, other protocol or ICMP type: passed */
+	__u64 ingress_malformed; /* truncated or malformed: passed */
 };
 
 #endif /* IPMASQ_H */

@@ -37,6 +37,28 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } ipm_cidr4_0 SEC(".maps"), ipm_cidr4_1 SEC(".maps");
 
+/* Key: struct ipm_frag_key. Value: struct ipm_frag_entry. How the first
+ * fragment of a datagram was translated, so its later fragments (which carry
+ * no ports) follow. Short-lived by nature (30 s, the reassembly timeout), so
+ * an LRU bound is right. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ipm_frag_key);
+	__type(value, struct ipm_frag_entry);
+	__uint(max_entries, 16384);
+} ipm_frag4 SEC(".maps");
+
+/* Key: struct ipm_nat_key (egress direction). Value: struct ipm_inbound.
+ * UDP flows opened from outside towards a pod, whose replies must keep the
+ * pod address. Created by outside hosts, so bounded apart from the NAT table:
+ * a flood evicts the oldest of these and never touches a mapping. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ipm_nat_key);
+	__type(value, struct ipm_inbound);
+	__uint(max_entries, 65536);
+} ipm_inbound4 SEC(".maps");
+
 /* Key: 0. Value: struct ipm_settings. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

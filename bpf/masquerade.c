@@ -21,6 +21,8 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
+#include "frag.h"
+#include "icmp_error.h"
 #include "ipmasq.h"
 #include "maps.h"
 #include "nat.h"
@@ -43,6 +45,18 @@ static __always_inline struct ipm_counters *get_counters(void)
 static __always_inline bool opens_tcp(const struct flow4 *f)
 {
 	return (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+}
+
+/* A packet that may start a flow of its own: a TCP SYN, any UDP datagram, an
+ * ICMP echo request. A TCP segment or an echo reply without a mapping belongs
+ * to something that did not start with a masqueraded packet. */
+static __always_inline bool opens_flow(const struct flow4 *f)
+{
+	if (f->proto == IPPROTO_TCP)
+		return opens_tcp(f);
+	if (f->proto == IPPROTO_ICMP)
+		return f->icmp_type == ICMP_ECHO;
+	return true;
 }
 
 /* Creates both halves of a mapping for flow f and returns the egress half's
@@ -149,7 +163,7 @@ static __always_inline int host_egress(struct __sk_buff *skb, struct ipm_counter
 		COUNT(c, egress_host);
 		return TC_ACT_UNSPEC;
 	}
-	if (e->kind != IPM_KIND_MASQ || (f->proto == IPPROTO_TCP && !opens_tcp(f))) {
+	if (e->kind != IPM_KIND_MASQ || !opens_flow(f)) {
 		/* Our reservation, or a running connection we cannot move. */
 		touch_entry(e, now, f, 0);
 		COUNT(c, egress_host);
@@ -167,57 +181,39 @@ static __always_inline int host_egress(struct __sk_buff *skb, struct ipm_counter
 	return TC_ACT_UNSPEC;
 }
 
-SEC("tc")
-int ipm_egress(struct __sk_buff *skb)
+/*
+ * Decides a parsed, unfragmented or first-fragment egress packet and applies
+ * the decision. *left_as is the source address it leaves with, which later
+ * fragments of the same datagram must get too.
+ */
+static __always_inline int egress_flow(struct __sk_buff *skb, struct ipm_counters *c,
+				       const struct flow4 *f, __u64 now, __be32 *left_as)
 {
-	struct ipm_counters *c = get_counters();
 	struct ipm_settings *s;
 	struct ipm_nat_entry *e;
 	struct ipm_nat_key k = {};
-	struct flow4 f = {};
 	__be32 to_addr;
 	__be16 to_port;
-	__u64 now;
 	int verdict;
 
-	switch (parse_ipv4(skb, &f, ICMP_ECHO)) {
-	case PARSE_OK:
-		break;
-	case PARSE_MALFORMED:
-		/* Not ours to judge: the next hop drops what is broken. */
-		COUNT(c, egress_malformed);
-		return TC_ACT_UNSPEC;
-	case PARSE_FRAGMENT:
-		COUNT(c, egress_fragment);
-		return TC_ACT_UNSPEC;
-	default:
-		COUNT(c, egress_other);
-		return TC_ACT_UNSPEC;
-	}
-
-	k.saddr = f.saddr;
-	k.daddr = f.daddr;
-	k.sport = f.sport;
-	k.dport = f.dport;
-	k.proto = f.proto;
+	*left_as = f->saddr;
+	k.saddr = f->saddr;
+	k.daddr = f->daddr;
+	k.sport = f->sport;
+	k.dport = f->dport;
+	k.proto = f->proto;
 	k.dir = IPM_DIR_EGRESS;
-	now = bpf_ktime_get_ns();
 
 	/* A known flow keeps the decision made on its first packet. */
 	e = bpf_map_lookup_elem(&ipm_nat4, &k);
-	if (e) {
-		touch_entry(e, now, &f, 0);
-		if (e->kind != IPM_KIND_MASQ) {
-			/* Reply of a flow opened from outside: keep the pod
-			 * address, the remote expects it. */
-			COUNT(c, egress_inbound);
-			return TC_ACT_UNSPEC;
-		}
-		if (rewrite_endpoint(skb, &f, true, e->addr, e->port)) {
+	if (e && e->kind == IPM_KIND_MASQ) {
+		touch_entry(e, now, f, 0);
+		if (rewrite_endpoint(skb, f, true, e->addr, e->port)) {
 			/* Half-rewritten: sending it would be worse. */
 			COUNT(c, egress_malformed);
 			return TC_ACT_SHOT;
 		}
+		*left_as = e->addr;
 		COUNT(c, egress_translated);
 		return TC_ACT_UNSPEC;
 	}
@@ -225,29 +221,220 @@ int ipm_egress(struct __sk_buff *skb)
 	s = get_settings();
 	if (!s)
 		return TC_ACT_UNSPEC;
-	if (bpf_map_lookup_elem(&ipm_local4, &f.saddr))
-		return host_egress(skb, c, s, &f, &k, now);
-
-	if (is_nomasq_dest(s, f.daddr)) {
+	if (bpf_map_lookup_elem(&ipm_local4, &f->saddr))
+		return host_egress(skb, c, s, f, &k, now);
+	if (is_nomasq_dest(s, f->daddr)) {
 		COUNT(c, egress_nomasq);
 		return TC_ACT_UNSPEC;
 	}
-	if (f.proto == IPPROTO_TCP && !opens_tcp(&f)) {
-		/* Mid-stream segment of a connection that was not
-		 * masqueraded when it opened (the config changed since):
-		 * rewriting it now would break it for sure. */
-		COUNT(c, egress_tcp_no_map);
+	if (!opens_flow(f)) {
+		/* A mid-stream TCP segment of a connection that was not
+		 * masqueraded when it opened (the config changed since, or it
+		 * was opened from outside), or an echo reply to an outside
+		 * ping: rewriting it now would break it for sure. */
+		if (f->proto == IPPROTO_TCP)
+			COUNT(c, egress_tcp_no_map);
+		else
+			COUNT(c, egress_inbound);
+		return TC_ACT_UNSPEC;
+	}
+	if (f->proto == IPPROTO_UDP && bpf_map_lookup_elem(&ipm_inbound4, &k)) {
+		/* A reply of a UDP flow an outside host opened: it expects
+		 * the pod address (SPEC 3.5). */
+		COUNT(c, egress_inbound);
 		return TC_ACT_UNSPEC;
 	}
 
-	verdict = new_mapping(skb, c, s, &f, &k, now, &to_addr, &to_port);
+	verdict = new_mapping(skb, c, s, f, &k, now, &to_addr, &to_port);
 	if (verdict != TC_ACT_UNSPEC)
 		return verdict;
-	if (rewrite_endpoint(skb, &f, true, to_addr, to_port)) {
+	if (rewrite_endpoint(skb, f, true, to_addr, to_port)) {
 		COUNT(c, egress_malformed);
 		return TC_ACT_SHOT;
 	}
+	*left_as = to_addr;
 	COUNT(c, egress_new_flow);
+	return TC_ACT_UNSPEC;
+}
+
+/* A non-first fragment leaving: it follows its first fragment. */
+static __always_inline int egress_later_fragment(struct __sk_buff *skb, struct ipm_counters *c,
+						 const struct flow4 *f)
+{
+	struct ipm_frag_entry *fe = first_fragment(f, IPM_DIR_EGRESS, bpf_ktime_get_ns());
+	struct ipm_settings *s;
+
+	if (fe) {
+		if (fe->addr != f->saddr && rewrite_addr(skb, true, f->saddr, fe->addr)) {
+			COUNT(c, egress_malformed);
+			return TC_ACT_SHOT;
+		}
+		COUNT(c, egress_fragment);
+		return TC_ACT_UNSPEC;
+	}
+	s = get_settings();
+	if (!s || bpf_map_lookup_elem(&ipm_local4, &f->saddr) || is_nomasq_dest(s, f->daddr)) {
+		/* Whatever its first fragment does, this one keeps its
+		 * addresses. */
+		COUNT(c, egress_fragment);
+		return TC_ACT_UNSPEC;
+	}
+	/* Ahead of its first fragment, which may be masqueraded: without
+	 * buffering we cannot know, and leaving with the pod address would
+	 * leak it (and never reassemble with a translated first). */
+	COUNT(c, egress_frag_orphan);
+	return TC_ACT_SHOT;
+}
+
+/* An ICMP error leaving, sent by a pod or by the node about a reply that
+ * was translated on ingress: the quote and a pod source become the node's. */
+static __always_inline int egress_icmp_error(struct __sk_buff *skb, struct ipm_counters *c,
+					     const struct flow4 *f)
+{
+	struct ipm_nat_key k = {};
+	struct ipm_nat_entry *e;
+	struct quote4 q = {};
+
+	if (!parse_quote(skb, f, &q)) {
+		COUNT(c, egress_other);
+		return TC_ACT_UNSPEC;
+	}
+	/* The quote is remote -> pod; its flow's egress key is the reverse. */
+	k.saddr = q.daddr;
+	k.daddr = q.saddr;
+	k.sport = q.dport;
+	k.dport = q.sport;
+	k.proto = q.proto;
+	k.dir = IPM_DIR_EGRESS;
+	e = bpf_map_lookup_elem(&ipm_nat4, &k);
+	if (!e || e->kind != IPM_KIND_MASQ) {
+		COUNT(c, egress_other);
+		return TC_ACT_UNSPEC;
+	}
+	if (rewrite_quote(skb, f, &q, false, e->addr, e->port,
+			  f->saddr == q.daddr ? OUTER_SOURCE : OUTER_KEEP)) {
+		COUNT(c, egress_malformed);
+		return TC_ACT_SHOT;
+	}
+	COUNT(c, egress_icmp_error);
+	return TC_ACT_UNSPEC;
+}
+
+SEC("tc")
+int ipm_egress(struct __sk_buff *skb)
+{
+	struct ipm_counters *c = get_counters();
+	struct flow4 f = {};
+	__be32 left_as;
+	__u64 now;
+	int verdict;
+
+	switch (parse_ipv4(skb, &f)) {
+	case PARSE_OK:
+		break;
+	case PARSE_FRAGMENT:
+		return egress_later_fragment(skb, c, &f);
+	case PARSE_ICMP_ERROR:
+		return egress_icmp_error(skb, c, &f);
+	case PARSE_MALFORMED:
+		/* Not ours to judge: the next hop drops what is broken. */
+		COUNT(c, egress_malformed);
+		return TC_ACT_UNSPEC;
+	default:
+		/* Other protocols keep their addresses (README: "What is
+		 * rewritten"): address-only NAT would allow one flow per
+		 * remote and protocol for the whole node. */
+		COUNT(c, egress_other);
+		return TC_ACT_UNSPEC;
+	}
+
+	now = bpf_ktime_get_ns();
+	verdict = egress_flow(skb, c, &f, now, &left_as);
+	if (verdict == TC_ACT_UNSPEC && f.frag == FRAG_FIRST)
+		remember_first_fragment(&f, IPM_DIR_EGRESS, left_as, now);
+	return verdict;
+}
+
+/* A UDP datagram from outside to a pod address without a mapping: a flow
+ * opened from outside (VPC-native pod IPs). Its replies must keep the pod
+ * address even when the remote is outside the non-masquerade set. */
+static __always_inline void note_inbound(struct ipm_counters *c, const struct flow4 *f, __u64 now)
+{
+	struct ipm_nat_key rk = {};
+	struct ipm_inbound v = { .created_ns = now, .last_seen_ns = now };
+	struct ipm_inbound *e;
+
+	if (bpf_map_lookup_elem(&ipm_local4, &f->daddr))
+		return; /* for the host itself */
+	rk.saddr = f->daddr;
+	rk.daddr = f->saddr;
+	rk.sport = f->dport;
+	rk.dport = f->sport;
+	rk.proto = f->proto;
+	rk.dir = IPM_DIR_EGRESS;
+	e = bpf_map_lookup_elem(&ipm_inbound4, &rk);
+	if (e) {
+		if (now - e->last_seen_ns > IPM_TOUCH_NS)
+			e->last_seen_ns = now;
+		return;
+	}
+	bpf_map_update_elem(&ipm_inbound4, &rk, &v, BPF_NOEXIST);
+	COUNT(c, ingress_inbound);
+}
+
+/* A non-first fragment arriving: translated when its first fragment was. */
+static __always_inline int ingress_later_fragment(struct __sk_buff *skb, struct ipm_counters *c,
+						  const struct flow4 *f)
+{
+	struct ipm_frag_entry *fe = first_fragment(f, IPM_DIR_INGRESS, bpf_ktime_get_ns());
+
+	if (!fe) {
+		/* Not a translated reply, or ahead of its first fragment:
+		 * the host gets it as it is (and drops it if it cannot
+		 * reassemble it). */
+		COUNT(c, ingress_frag_orphan);
+		return TC_ACT_UNSPEC;
+	}
+	if (rewrite_addr(skb, false, f->daddr, fe->addr)) {
+		COUNT(c, ingress_malformed);
+		return TC_ACT_SHOT;
+	}
+	COUNT(c, ingress_fragment);
+	return TC_ACT_UNSPEC;
+}
+
+/* An ICMP error arriving about a packet we translated, from the remote or any
+ * router on the path: the quote and the destination go back to the pod. */
+static __always_inline int ingress_icmp_error(struct __sk_buff *skb, struct ipm_counters *c,
+					      const struct flow4 *f)
+{
+	struct ipm_nat_key k = {};
+	struct ipm_nat_entry *e;
+	struct quote4 q = {};
+
+	if (!parse_quote(skb, f, &q)) {
+		COUNT(c, ingress_other);
+		return TC_ACT_UNSPEC;
+	}
+	/* The quote is node -> remote; its reply key is the reverse. */
+	k.saddr = q.daddr;
+	k.daddr = q.saddr;
+	k.sport = q.dport;
+	k.dport = q.sport;
+	k.proto = q.proto;
+	k.dir = IPM_DIR_INGRESS;
+	e = bpf_map_lookup_elem(&ipm_nat4, &k);
+	if (!e || e->kind != IPM_KIND_MASQ) {
+		/* About the host's own traffic, or about nothing we know. */
+		COUNT(c, ingress_miss);
+		return TC_ACT_UNSPEC;
+	}
+	if (rewrite_quote(skb, f, &q, true, e->addr, e->port,
+			  f->daddr == q.saddr ? OUTER_DEST : OUTER_KEEP)) {
+		COUNT(c, ingress_malformed);
+		return TC_ACT_SHOT;
+	}
+	COUNT(c, ingress_icmp_error);
 	return TC_ACT_UNSPEC;
 }
 
@@ -258,15 +445,17 @@ int ipm_ingress(struct __sk_buff *skb)
 	struct ipm_nat_entry *e;
 	struct ipm_nat_key k = {};
 	struct flow4 f = {};
+	__u64 now;
 
-	switch (parse_ipv4(skb, &f, ICMP_ECHOREPLY)) {
+	switch (parse_ipv4(skb, &f)) {
 	case PARSE_OK:
 		break;
+	case PARSE_FRAGMENT:
+		return ingress_later_fragment(skb, c, &f);
+	case PARSE_ICMP_ERROR:
+		return ingress_icmp_error(skb, c, &f);
 	case PARSE_MALFORMED:
 		COUNT(c, ingress_malformed);
-		return TC_ACT_UNSPEC;
-	case PARSE_FRAGMENT:
-		COUNT(c, ingress_fragment);
 		return TC_ACT_UNSPEC;
 	default:
 		COUNT(c, ingress_other);
@@ -279,24 +468,29 @@ int ipm_ingress(struct __sk_buff *skb)
 	k.dport = f.dport;
 	k.proto = f.proto;
 	k.dir = IPM_DIR_INGRESS;
+	now = bpf_ktime_get_ns();
 	e = bpf_map_lookup_elem(&ipm_nat4, &k);
 	if (e && e->kind == IPM_KIND_HOST) {
 		/* A reply to the host: refresh its reservation. */
-		touch_entry(e, bpf_ktime_get_ns(), &f, IPM_F_REPLIED);
+		touch_entry(e, now, &f, IPM_F_REPLIED);
 		COUNT(c, ingress_host);
 		return TC_ACT_UNSPEC;
 	}
 	if (!e || e->kind != IPM_KIND_MASQ) {
 		/* Only an exact match is translated: nothing else may reach
 		 * a pod through a mapping made for another remote. */
+		if (f.proto == IPPROTO_UDP)
+			note_inbound(c, &f, now);
 		COUNT(c, ingress_miss);
 		return TC_ACT_UNSPEC;
 	}
-	touch_entry(e, bpf_ktime_get_ns(), &f, 0);
+	touch_entry(e, now, &f, 0);
 	if (rewrite_endpoint(skb, &f, false, e->addr, e->port)) {
 		COUNT(c, ingress_malformed);
 		return TC_ACT_SHOT;
 	}
+	if (f.frag == FRAG_FIRST)
+		remember_first_fragment(&f, IPM_DIR_INGRESS, e->addr, now);
 	COUNT(c, ingress_translated);
 	return TC_ACT_UNSPEC;
 }

@@ -47,17 +47,36 @@ struct flow4 {
 	__u8 proto;
 	__u8 tcp_flags;
 	__u8 icmp_type;
-	__u8 pad;
+	__u8 frag;   /* enum frag_kind */
+	__be16 ipid; /* IPv4 identification, which ties fragments together */
+	__u16 pad;
 	__u32 l4_off; /* from the start of the Ethernet header */
+};
+
+enum frag_kind {
+	FRAG_NONE = 0,
+	FRAG_FIRST = 1, /* offset 0, more fragments follow: has the L4 header */
+	FRAG_LATER = 2, /* offset > 0: no L4 header */
 };
 
 enum parse_result {
 	PARSE_OK,
-	PARSE_NOT_IPV4,	 /* another EtherType */
-	PARSE_MALFORMED, /* truncated, bad IHL or length: never touched */
-	PARSE_FRAGMENT,	 /* a non-first fragment: no transport header */
-	PARSE_OTHER,	 /* another protocol, or an ICMP type we do not map */
+	PARSE_NOT_IPV4,	  /* another EtherType */
+	PARSE_MALFORMED,  /* truncated, bad IHL or length: never touched */
+	PARSE_FRAGMENT,	  /* a non-first fragment: no transport header */
+	PARSE_OTHER,	  /* another protocol, or an ICMP type we do not map */
+	PARSE_ICMP_ERROR, /* destination unreachable, time exceeded, parameter problem */
 };
+
+#define ICMP_DEST_UNREACH  3
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
+
+static __always_inline bool is_icmp_error(__u8 type)
+{
+	return type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED ||
+	       type == ICMP_PARAMETERPROB;
+}
 
 /* Makes the first len bytes readable by direct access; false when the packet
  * is shorter. Invalidates every packet pointer. */
@@ -70,10 +89,8 @@ static __always_inline bool ensure_linear(struct __sk_buff *skb, __u32 len)
 	return (void *)(long)skb->data + len <= (void *)(long)skb->data_end;
 }
 
-/* Fills f from an IPv4 packet behind an Ethernet header. echo_type is the
- * ICMP type that carries a mappable identifier in this direction. */
-static __always_inline enum parse_result parse_ipv4(struct __sk_buff *skb, struct flow4 *f,
-						    __u8 echo_type)
+/* Fills f from an IPv4 packet behind an Ethernet header. */
+static __always_inline enum parse_result parse_ipv4(struct __sk_buff *skb, struct flow4 *f)
 {
 	void *data, *data_end;
 	struct iphdr *ip;
@@ -100,8 +117,13 @@ static __always_inline enum parse_result parse_ipv4(struct __sk_buff *skb, struc
 	f->saddr = ip->saddr;
 	f->daddr = ip->daddr;
 	f->proto = ip->protocol;
-	if (bpf_ntohs(ip->frag_off) & IP_OFFSET)
+	f->ipid = ip->id;
+	if (bpf_ntohs(ip->frag_off) & IP_OFFSET) {
+		f->frag = FRAG_LATER;
 		return PARSE_FRAGMENT;
+	}
+	if (bpf_ntohs(ip->frag_off) & IP_MF)
+		f->frag = FRAG_FIRST;
 	l4 = ETH_HLEN + ihl;
 	f->l4_off = l4;
 
@@ -152,9 +174,13 @@ static __always_inline enum parse_result parse_ipv4(struct __sk_buff *skb, struc
 		if ((void *)(ih + 1) > data_end)
 			return PARSE_MALFORMED;
 		f->icmp_type = ih->type;
-		if (ih->type != echo_type || ih->code != 0)
+		if (is_icmp_error(ih->type))
+			return PARSE_ICMP_ERROR;
+		if ((ih->type != ICMP_ECHO && ih->type != ICMP_ECHOREPLY) || ih->code != 0)
 			return PARSE_OTHER;
-		if (echo_type == ICMP_ECHO)
+		/* The identifier is the requester's "port": a request carries
+		 * it as its source, a reply as its destination. */
+		if (ih->type == ICMP_ECHO)
 			f->sport = ih->id;
 		else
 			f->dport = ih->id;
@@ -163,6 +189,20 @@ static __always_inline enum parse_result parse_ipv4(struct __sk_buff *skb, struc
 	default:
 		return PARSE_OTHER;
 	}
+}
+
+/* Rewrites the source or destination address of the IPv4 header alone, as
+ * for a non-first fragment, whose transport checksum sits in the first. */
+static __always_inline int rewrite_addr(struct __sk_buff *skb, bool source, __be32 from_addr,
+					__be32 to_addr)
+{
+	__u32 addr_off =
+		ETH_HLEN + (source ? offsetof(struct iphdr, saddr) : offsetof(struct iphdr, daddr));
+
+	if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), from_addr, to_addr,
+				sizeof(to_addr)))
+		return -1;
+	return bpf_skb_store_bytes(skb, addr_off, &to_addr, sizeof(to_addr), 0);
 }
 
 /*
@@ -177,8 +217,6 @@ static __always_inline enum parse_result parse_ipv4(struct __sk_buff *skb, struc
 static __always_inline int rewrite_endpoint(struct __sk_buff *skb, const struct flow4 *f,
 					    bool source, __be32 to_addr, __be16 to_port)
 {
-	__u32 addr_off =
-		ETH_HLEN + (source ? offsetof(struct iphdr, saddr) : offsetof(struct iphdr, daddr));
 	__be32 from_addr = source ? f->saddr : f->daddr;
 	__be16 from_port = source ? f->sport : f->dport;
 	__u32 csum_off, port_off;
@@ -213,10 +251,7 @@ static __always_inline int rewrite_endpoint(struct __sk_buff *skb, const struct 
 		if (bpf_skb_store_bytes(skb, port_off, &to_port, sizeof(to_port), 0))
 			return -1;
 	}
-	if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), from_addr, to_addr,
-				sizeof(to_addr)))
-		return -1;
-	return bpf_skb_store_bytes(skb, addr_off, &to_addr, sizeof(to_addr), 0);
+	return rewrite_addr(skb, source, from_addr, to_addr);
 }
 
 #endif /* IPMASQ_PACKET_H */

@@ -45,12 +45,17 @@ type BPFIpmCounters struct {
 	EgressTableFull   uint64
 	EgressRace        uint64
 	EgressFragment    uint64
+	EgressFragOrphan  uint64
+	EgressIcmpError   uint64
 	EgressOther       uint64
 	EgressMalformed   uint64
 	IngressTranslated uint64
 	IngressHost       uint64
 	IngressMiss       uint64
 	IngressFragment   uint64
+	IngressFragOrphan uint64
+	IngressIcmpError  uint64
+	IngressInbound    uint64
 	IngressOther      uint64
 	IngressMalformed  uint64
 }
@@ -70,18 +75,39 @@ const (
 	BPFIpmEntryFlagsIPM_F_REPLIED BPFIpmEntryFlags = 4
 )
 
+type BPFIpmFragEntry struct {
+	_         structs.HostLayout
+	CreatedNs uint64
+	Addr      uint32
+	Pad       uint32
+}
+
+type BPFIpmFragKey struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Id    uint16
+	Proto uint8
+	Dir   BPFIpmDir
+}
+
 type BPFIpmIface struct {
 	_     structs.HostLayout
 	Addr4 uint32
 	Pad   uint32
 }
 
+type BPFIpmInbound struct {
+	_          structs.HostLayout
+	CreatedNs  uint64
+	LastSeenNs uint64
+}
+
 type BPFIpmKind uint8
 
 const (
-	BPFIpmKindIPM_KIND_MASQ    BPFIpmKind = 1
-	BPFIpmKindIPM_KIND_HOST    BPFIpmKind = 2
-	BPFIpmKindIPM_KIND_INBOUND BPFIpmKind = 3
+	BPFIpmKindIPM_KIND_MASQ BPFIpmKind = 1
+	BPFIpmKindIPM_KIND_HOST BPFIpmKind = 2
 )
 
 type BPFIpmLocal struct {
@@ -132,7 +158,9 @@ type BPFIpmSettings struct {
 const (
 	BPFMapIpmCidr40   = "ipm_cidr4_0"
 	BPFMapIpmCidr41   = "ipm_cidr4_1"
+	BPFMapIpmFrag4    = "ipm_frag4"
 	BPFMapIpmIfaces   = "ipm_ifaces"
+	BPFMapIpmInbound4 = "ipm_inbound4"
 	BPFMapIpmLocal4   = "ipm_local4"
 	BPFMapIpmNat4     = "ipm_nat4"
 	BPFMapIpmSettings = "ipm_settings"
@@ -193,7 +221,9 @@ type BPFProgramSpecs struct {
 type BPFMapSpecs struct {
 	IpmCidr40   *ebpf.MapSpec `ebpf:"ipm_cidr4_0"`
 	IpmCidr41   *ebpf.MapSpec `ebpf:"ipm_cidr4_1"`
+	IpmFrag4    *ebpf.MapSpec `ebpf:"ipm_frag4"`
 	IpmIfaces   *ebpf.MapSpec `ebpf:"ipm_ifaces"`
+	IpmInbound4 *ebpf.MapSpec `ebpf:"ipm_inbound4"`
 	IpmLocal4   *ebpf.MapSpec `ebpf:"ipm_local4"`
 	IpmNat4     *ebpf.MapSpec `ebpf:"ipm_nat4"`
 	IpmSettings *ebpf.MapSpec `ebpf:"ipm_settings"`
@@ -228,7 +258,9 @@ func (o *BPFObjects) Close() error {
 type BPFMaps struct {
 	IpmCidr40   *ebpf.Map `ebpf:"ipm_cidr4_0"`
 	IpmCidr41   *ebpf.Map `ebpf:"ipm_cidr4_1"`
+	IpmFrag4    *ebpf.Map `ebpf:"ipm_frag4"`
 	IpmIfaces   *ebpf.Map `ebpf:"ipm_ifaces"`
+	IpmInbound4 *ebpf.Map `ebpf:"ipm_inbound4"`
 	IpmLocal4   *ebpf.Map `ebpf:"ipm_local4"`
 	IpmNat4     *ebpf.Map `ebpf:"ipm_nat4"`
 	IpmSettings *ebpf.Map `ebpf:"ipm_settings"`
@@ -239,7 +271,9 @@ func (m *BPFMaps) Close() error {
 	return _BPFClose(
 		m.IpmCidr40,
 		m.IpmCidr41,
+		m.IpmFrag4,
 		m.IpmIfaces,
+		m.IpmInbound4,
 		m.IpmLocal4,
 		m.IpmNat4,
 		m.IpmSettings,
