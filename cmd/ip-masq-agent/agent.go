@@ -56,6 +56,7 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 		return err
 	}
 	nat := maps.NewNATTable(dp)
+	inbound := maps.NewInbound(dp)
 	timeouts := maps.Timeouts{
 		TCPSyn: f.TCPSynTimeout, TCPEstablished: f.TCPEstablishedTimeout, TCPFin: f.TCPFinTimeout,
 		TCPRst: f.TCPRstTimeout, UDP: f.UDPTimeout, UDPStream: f.UDPStreamTimeout, ICMP: f.ICMPTimeout,
@@ -87,7 +88,7 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 			if err != nil {
 				klog.ErrorS(err, "NAT table expiry failed")
 			}
-			klog.V(4).InfoS("Expired NAT entries", "removed", removed)
+			klog.V(4).InfoS("Expired NAT entries", "removed", removed, "inbound", inbound.Collect(timeouts))
 		}
 	}
 }
