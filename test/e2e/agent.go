@@ -27,8 +27,17 @@ const ReadyTimeout = 30 * time.Second
 // StopTimeout bounds the agent's exit after a signal.
 const StopTimeout = 10 * time.Second
 
-// AttachModes are the values of --attach-mode that every agent test runs with.
-var AttachModes = []string{"tcx", "tc"}
+// AttachModes are the values of --attach-mode that every agent test runs
+// with: tcx and tc, or the comma-separated list in $IPME_ATTACH_MODES (a kernel
+// before 6.6 has no tcx, so `make test-kernels` sets "tc" there).
+var AttachModes = attachModes()
+
+func attachModes() []string {
+	if v := os.Getenv("IPME_ATTACH_MODES"); v != "" {
+		return strings.Split(v, ",")
+	}
+	return []string{"tcx", "tc"}
+}
 
 // agentBin is the binary built once by TestMain; agentBuildErr says why there
 // is none.

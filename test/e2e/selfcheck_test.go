@@ -231,7 +231,9 @@ func attachBrokenSNAT(t *testing.T, ns *Netns, dev string, ingress bool, from, t
 	if err != nil {
 		t.Fatalf("load broken SNAT program: %+v", err)
 	}
-	h, err := netlink.NewHandleAt(ns.Handle)
+	// NETLINK_ROUTE only: without a protocol list the handle also opens an
+	// XFRM socket, which fails where xfrm_user is not loaded (minimal VMs).
+	h, err := netlink.NewHandleAt(ns.Handle, unix.NETLINK_ROUTE)
 	if err != nil {
 		prog.Close()
 		t.Fatalf("netlink handle in %s: %v", ns, err)
