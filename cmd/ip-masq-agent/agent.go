@@ -19,11 +19,18 @@ const configDebounce = 50 * time.Millisecond
 // it in sync with the config file, the interfaces and the clock until ctx
 // ends.
 func runAgent(ctx context.Context, f *config.Flags) error {
+	// Listening first: a taken port ends the start before the datapath is
+	// touched.
+	obs, err := startObserver(ctx, f)
+	if err != nil {
+		return err
+	}
 	dp, err := loader.Open(loader.Options{PinPath: f.PinPath, NATMaxEntries: uint32(f.NATMaxEntries)})
 	if err != nil {
 		return err
 	}
 	defer dp.Close()
+	obs.setDatapath(dp)
 
 	settings, err := maps.OpenSettings(dp)
 	if err != nil {
@@ -39,6 +46,7 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 
 	// The maps are filled before our programs take over (SPEC 3.8).
 	cfg := newConfigSync(f.ConfigPath, f.Options(), maps.NewNonMasq(dp, settings))
+	cfg.report = obs.configSynced
 	cfg.sync()
 
 	ifaces := newInterfaceSet(dp, loader.Mode(f.AttachMode), f.InterfaceList())
@@ -46,6 +54,7 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 		return err
 	}
 	klog.InfoS("Datapath ready", "pinPath", f.PinPath, "interfaces", ifaces.attachedNames())
+	obs.setStarted()
 
 	changes, err := config.Watch(ctx, f.ConfigPath, configDebounce)
 	if err != nil {
@@ -88,6 +97,7 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 			if err != nil {
 				klog.ErrorS(err, "NAT table expiry failed")
 			}
+			obs.expired(removed)
 			klog.V(4).InfoS("Expired NAT entries", "removed", removed, "inbound", inbound.Collect(timeouts))
 		}
 	}

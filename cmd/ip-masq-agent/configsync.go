@@ -26,6 +26,11 @@ type configSync struct {
 	// file was missing), so that unrelated events in a busy directory do
 	// not rewrite the datapath.
 	lastRead []byte
+	// rejected is set while the file in place failed validation.
+	rejected bool
+	// report, when set, is told the outcome of every sync (metrics,
+	// readiness).
+	report func(syncResult)
 }
 
 func newConfigSync(path string, opts config.Options, nm *maps.NonMasq) *configSync {
@@ -39,11 +44,11 @@ func (s *configSync) interval() time.Duration { return s.current.ResyncInterval 
 // if its content differs from what was applied last.
 func (s *configSync) changed() {
 	data, err := os.ReadFile(s.path)
-	if err == nil && s.applied && s.lastRead != nil && bytes.Equal(data, s.lastRead) {
+	if err == nil && s.applied && !s.rejected && s.lastRead != nil && bytes.Equal(data, s.lastRead) {
 		klog.V(4).InfoS("Config directory changed, file did not", "path", s.path)
 		return
 	}
-	if errors.Is(err, fs.ErrNotExist) && s.applied && s.lastRead == nil {
+	if errors.Is(err, fs.ErrNotExist) && s.applied && !s.rejected && s.lastRead == nil {
 		return
 	}
 	s.sync()
@@ -60,9 +65,12 @@ func (s *configSync) sync() {
 	if readErr != nil {
 		err = readErr
 	}
+	rejected := err
+	s.rejected = rejected != nil
 	if err != nil {
 		klog.ErrorS(err, "Rejected configuration, keeping the last good one", "path", s.path)
 		if s.applied {
+			s.observe(syncResult{outcome: syncInvalid, took: time.Since(start), err: err})
 			return
 		}
 		next = config.Default(s.opts)
@@ -71,12 +79,26 @@ func (s *configSync) sync() {
 		klog.V(4).InfoS("Ignoring unknown configuration keys", "keys", next.UnknownKeys)
 	}
 	v4, _ := next.Effective(s.opts.EnableIPv6)
-	if err := s.nonMasq.Apply(maps.NewCIDRSet(next.NonMasqueradeCIDRs, v4)); err != nil {
+	set := maps.NewCIDRSet(next.NonMasqueradeCIDRs, v4)
+	if err := s.nonMasq.Apply(set); err != nil {
 		// The old set stays active: Apply flips only after a full write.
 		klog.ErrorS(err, "Could not apply configuration, keeping the last good one")
+		s.observe(syncResult{outcome: syncError, took: time.Since(start), err: err})
 		return
 	}
 	s.current, s.applied, s.lastRead = next, true, data
 	klog.InfoS("Applied configuration", "cidrs", len(v4), "masqLinkLocal", next.MasqLinkLocal,
 		"resyncInterval", next.ResyncInterval, "duration", time.Since(start))
+	if rejected != nil {
+		// The file was rejected at start: the defaults are in force.
+		s.observe(syncResult{outcome: syncInvalid, took: time.Since(start), err: rejected, applied: set})
+		return
+	}
+	s.observe(syncResult{outcome: syncSuccess, took: time.Since(start), applied: set})
+}
+
+func (s *configSync) observe(r syncResult) {
+	if s.report != nil {
+		s.report(r)
+	}
 }

@@ -3,6 +3,7 @@
 //
 //	ip-masq-agent [flags]          run the agent
 //	ip-masq-agent cleanup [flags]  detach everything and remove the pins
+//	ip-masq-agent debug [flags]    print the pinned datapath's CIDRs, NAT table and counters
 package main
 
 import (
@@ -31,7 +32,7 @@ func main() {
 // package), 1 for invalid values and failures, 0 after SIGTERM.
 func run(args []string) int {
 	command := "run"
-	if len(args) > 0 && args[0] == "cleanup" {
+	if len(args) > 0 && (args[0] == "cleanup" || args[0] == "debug") {
 		command, args = args[0], args[1:]
 	}
 	fs, flags := config.NewFlagSet("ip-masq-agent")
@@ -50,6 +51,11 @@ func run(args []string) int {
 	if err := flags.Validate(); err != nil {
 		fmt.Fprintf(os.Stderr, "invalid flags: %v\n", err)
 		return 1
+	}
+	if command == "debug" {
+		// Read-only and without the lock, so it works next to a running
+		// agent; no log lines, only the report.
+		return runDebug(os.Stdout, os.Stderr, flags.PinPath)
 	}
 	defer klog.Flush()
 	klog.InfoS("Starting ip-masq-agent", "version", version, "command", command)

@@ -1,0 +1,211 @@
+package main
+
+import (
+	"cmp"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net/netip"
+	"slices"
+	"text/tabwriter"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/ipmasq-ebpf/ip-masq-agent/loader"
+	"github.com/ipmasq-ebpf/ip-masq-agent/maps"
+)
+
+// runDebug prints what the datapath pinned under pinPath holds, in human
+// terms: settings, managed interfaces, the active non-masquerade CIDRs, the
+// NAT table and the counters. It opens the pins read-only and takes no lock,
+// so it works while an agent runs (and while none does). It returns the
+// exit code.
+func runDebug(w io.Writer, errw io.Writer, pinPath string) int {
+	dp, err := loader.OpenPinned(pinPath)
+	if err != nil {
+		fmt.Fprintf(errw, "debug: %v\n", err)
+		return 1
+	}
+	defer dp.Close()
+	if err := printDebug(w, dp); err != nil {
+		fmt.Fprintf(errw, "debug: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func printDebug(out io.Writer, dp *loader.Datapath) error {
+	w := tabwriter.NewWriter(out, 0, 8, 2, ' ', 0)
+	defer w.Flush()
+	var errs []error
+	section := func(name string, ok bool, print func() error) {
+		if !ok {
+			fmt.Fprintf(w, "\n%s: map not pinned\n", name)
+			return
+		}
+		if err := print(); err != nil {
+			fmt.Fprintf(w, "  error: %v\n", err)
+			errs = append(errs, err)
+		}
+	}
+	fmt.Fprintf(w, "Pin path: %s\n", dp.PinPath)
+
+	var settings loader.BPFIpmSettings
+	section("Settings", pinned(dp.Maps.IpmSettings), func() error {
+		if err := dp.Maps.IpmSettings.Lookup(uint32(0), &settings); err != nil {
+			return fmt.Errorf("read ipm_settings: %w", err)
+		}
+		var ranges []string
+		for _, r := range settings.Ranges[:min(int(settings.RangeCount), len(settings.Ranges))] {
+			ranges = append(ranges, config2Range(r.First, r.Last))
+		}
+		fmt.Fprintf(w, "Layout version: %d\n", settings.LayoutVersion)
+		fmt.Fprintf(w, "Node ports: %v (%d ports), random-fully %t\n", ranges, settings.PortCount, settings.RandomFully != 0)
+		return nil
+	})
+
+	section("Interfaces", pinned(dp.Maps.IpmIfaces), func() error {
+		ifaces, err := managedInterfaces(dp)
+		if err != nil {
+			return fmt.Errorf("read ipm_ifaces: %w", err)
+		}
+		fmt.Fprintf(w, "\nInterfaces (%d):\n", len(ifaces))
+		for _, i := range ifaces {
+			addr := "no IPv4 address (new flows are dropped)"
+			if i.addr.IsValid() {
+				addr = "masquerade as " + i.addr.String()
+			}
+			attach := fmt.Sprintf("ingress %s, egress %s", orNone(i.ingress), orNone(i.egress))
+			if i.err != nil {
+				attach = i.err.Error()
+			}
+			fmt.Fprintf(w, "  %s\tifindex %d\t%s\t%s\n", i.name, i.ifindex, addr, attach)
+		}
+		return nil
+	})
+
+	section("Non-masquerade CIDRs", pinned(dp.Maps.IpmCidr40, dp.Maps.IpmCidr41, dp.Maps.IpmSettings), func() error {
+		s, err := maps.OpenSettings(dp)
+		if err != nil {
+			return err
+		}
+		set, err := maps.NewNonMasq(dp, s).Active()
+		if err != nil {
+			return fmt.Errorf("read the active trie: %w", err)
+		}
+		prefixes := make([]netip.Prefix, 0, len(set))
+		for p := range set {
+			prefixes = append(prefixes, p)
+		}
+		slices.SortFunc(prefixes, func(a, b netip.Prefix) int {
+			return cmp.Or(a.Addr().Compare(b.Addr()), cmp.Compare(a.Bits(), b.Bits()))
+		})
+		fmt.Fprintf(w, "\nNon-masquerade CIDRs (trie %d active, %d prefixes):\n", s.ActiveCIDRs(), len(prefixes))
+		for _, p := range prefixes {
+			origin := "configured"
+			if set[p] == maps.LinkLocal {
+				origin = "link-local (masqLinkLocal: false)"
+			}
+			fmt.Fprintf(w, "  %s\t%s\n", p, origin)
+		}
+		return nil
+	})
+
+	section("NAT table", pinned(dp.Maps.IpmNat4), func() error {
+		nat := maps.NewNATTable(dp)
+		snap, err := nat.Read()
+		if err != nil {
+			return err
+		}
+		now := maps.Now()
+		fmt.Fprintf(w, "\nNAT table: %d of %d entries in use, %d flows, %d host reservations, %d reply halves without their flow\n",
+			snap.Entries, nat.Capacity(), len(snap.Flows), len(snap.Reserved), len(snap.Orphans))
+		slices.SortFunc(snap.Flows, func(a, b maps.Flow) int {
+			return cmp.Or(cmp.Compare(a.Proto, b.Proto), a.Pod.Compare(b.Pod), a.Remote.Compare(b.Remote))
+		})
+		for _, f := range snap.Flows {
+			note := ""
+			if !f.HasIn {
+				note = " (reply half missing)"
+			}
+			fmt.Fprintf(w, "  %s %s%s\n", f, idle(now, f.LastSeen), note)
+		}
+		if len(snap.Reserved) > 0 {
+			fmt.Fprintf(w, "Host reservations (node tuples kept from pod mappings):\n")
+			slices.SortFunc(snap.Reserved, func(a, b maps.Reservation) int { return a.Host().Compare(b.Host()) })
+			for _, r := range snap.Reserved {
+				remote := netip.AddrPortFrom(addrFromMap(r.Key.Saddr), portFromMap(r.Key.Sport))
+				last := time.Duration(max(r.Entry.LastSeenNs, r.Entry.CreatedNs))
+				fmt.Fprintf(w, "  %s -> %s %s %s %s\n", r.Host(), remote, protoName(r.Key.Proto), r.State(), idle(now, last))
+			}
+		}
+		return nil
+	})
+
+	section("Counters", pinned(dp.Maps.IpmStats), func() error {
+		c, err := maps.NewCounters(dp).Read()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "\nCounters (packets, all CPUs):\n")
+		for _, f := range maps.Fields(c) {
+			fmt.Fprintf(w, "  %s\t%d\n", f.Name, f.Value)
+		}
+		return nil
+	})
+	if len(errs) > 0 {
+		return fmt.Errorf("%d sections could not be read", len(errs))
+	}
+	return nil
+}
+
+// pinned reports whether every one of ms was pinned (OpenPinned leaves a
+// map that is not pinned nil).
+func pinned(ms ...*ebpf.Map) bool {
+	for _, m := range ms {
+		if m == nil {
+			return false
+		}
+	}
+	return true
+}
+
+// idle formats the time since a flow's last packet, in whole seconds.
+func idle(now, last time.Duration) string {
+	d := max(now-last, 0)
+	return (d / time.Second * time.Second).String()
+}
+
+func orNone(m loader.Mode) string {
+	if m == "" {
+		return "none"
+	}
+	return string(m)
+}
+
+func config2Range(first, last uint16) string {
+	if first == last {
+		return fmt.Sprint(first)
+	}
+	return fmt.Sprintf("%d-%d", first, last)
+}
+
+// addrFromMap converts an IPv4 address as the maps hold it (network order
+// in memory) to netip.Addr.
+func addrFromMap(v uint32) netip.Addr {
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], v)
+	addr := netip.AddrFrom4(b)
+	if v == 0 {
+		return netip.Addr{}
+	}
+	return addr
+}
+
+// portFromMap converts a port as the maps hold it (network order in memory).
+func portFromMap(v uint16) uint16 {
+	var b [2]byte
+	binary.NativeEndian.PutUint16(b[:], v)
+	return binary.BigEndian.Uint16(b[:])
+}

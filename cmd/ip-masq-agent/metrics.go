@@ -1,0 +1,240 @@
+package main
+
+import (
+	"net/netip"
+	"runtime"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"k8s.io/klog/v2"
+
+	"github.com/ipmasq-ebpf/ip-masq-agent/loader"
+	"github.com/ipmasq-ebpf/ip-masq-agent/maps"
+)
+
+// metricsNamespace prefixes every metric of the agent.
+const metricsNamespace = "ip_masq_agent"
+
+// Outcomes of a configuration sync, the values of the result label.
+const (
+	syncSuccess = "success" // the file (or the defaults, without a file) is in force
+	syncInvalid = "invalid" // the file was rejected; the last good config stays
+	syncError   = "error"   // the file was valid, writing it to the datapath failed
+)
+
+// syncResult is what one full read and apply of the config file did.
+type syncResult struct {
+	outcome string
+	took    time.Duration
+	err     error        // why, unless outcome is syncSuccess
+	applied maps.CIDRSet // the set now in force, when one was written
+}
+
+// agentMetrics are the agent's Prometheus metrics (SPEC 5). Datapath
+// counters and the NAT table are read from the maps at every scrape; the
+// config sync metrics are pushed by the sync loop.
+type agentMetrics struct {
+	reg *prometheus.Registry
+
+	configSyncs    *prometheus.CounterVec
+	configDuration prometheus.Histogram
+	configLastOK   prometheus.Gauge
+	configRejected prometheus.Gauge
+	cidrs          *prometheus.GaugeVec
+	natExpired     prometheus.Counter
+
+	datapath datapathCollector
+}
+
+func newAgentMetrics() *agentMetrics {
+	m := &agentMetrics{reg: prometheus.NewRegistry()}
+	m.configSyncs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: metricsNamespace, Name: "config_syncs_total",
+		Help: "Full reads of the config file, by result: success (applied), invalid (rejected, the last good config stays in force), error (valid, but writing the datapath failed).",
+	}, []string{"result"})
+	for _, r := range []string{syncSuccess, syncInvalid, syncError} {
+		m.configSyncs.WithLabelValues(r) // show every result from the start, at 0
+	}
+	m.configDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: metricsNamespace, Name: "config_sync_duration_seconds",
+		Help:    "Time to read, validate and apply the config file.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 4, 9), // 0.5 ms to 33 s
+	})
+	m.configLastOK = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: metricsNamespace, Name: "config_last_success_timestamp_seconds",
+		Help: "Unix time of the last sync that applied the config file; 0 before the first.",
+	})
+	m.configRejected = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: metricsNamespace, Name: "config_rejected",
+		Help: "1 while the config file in place is rejected and the last good configuration stays in force, else 0.",
+	})
+	m.cidrs = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: metricsNamespace, Name: "nonmasquerade_cidrs",
+		Help: "IPv4 prefixes in the active non-masquerade set, by origin (configured in the file, or link_local: 169.254.0.0/16 unless masqLinkLocal).",
+	}, []string{"origin"})
+	m.natExpired = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: metricsNamespace, Name: "nat_expired_total",
+		Help: "NAT table entries removed by the agent's expiry (whole flows and host reservations).",
+	})
+	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: metricsNamespace, Name: "build_info",
+		Help: "Always 1; the labels say which build runs.",
+	}, []string{"version", "goversion"})
+	buildInfo.WithLabelValues(version, runtime.Version()).Set(1)
+
+	m.reg.MustRegister(m.configSyncs, m.configDuration, m.configLastOK, m.configRejected, m.cidrs,
+		m.natExpired, buildInfo, &m.datapath,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// setDatapath makes the scrapes read dp's maps from now on.
+func (m *agentMetrics) setDatapath(dp *loader.Datapath) { m.datapath.dp.Store(dp) }
+
+// configSynced records one sync.
+func (m *agentMetrics) configSynced(r syncResult) {
+	m.configSyncs.WithLabelValues(r.outcome).Inc()
+	m.configDuration.Observe(r.took.Seconds())
+	if r.outcome == syncSuccess {
+		m.configLastOK.SetToCurrentTime()
+	}
+	if r.outcome == syncInvalid {
+		m.configRejected.Set(1)
+	} else {
+		m.configRejected.Set(0)
+	}
+	if r.applied != nil {
+		counts := map[maps.Origin]int{}
+		for _, o := range r.applied {
+			counts[o]++
+		}
+		m.cidrs.WithLabelValues("configured").Set(float64(counts[maps.Configured]))
+		m.cidrs.WithLabelValues("link_local").Set(float64(counts[maps.LinkLocal]))
+	}
+}
+
+// expired records entries removed by the NAT table expiry.
+func (m *agentMetrics) expired(n int) { m.natExpired.Add(float64(n)) }
+
+// datapathCollector reads the maps at scrape time, so that the metrics are
+// as fresh as the scrape and cost nothing between scrapes.
+type datapathCollector struct {
+	dp atomic.Pointer[loader.Datapath]
+}
+
+var (
+	descPackets = prometheus.NewDesc(metricsNamespace+"_datapath_packets_total",
+		"Packets seen by the datapath programs, by event: the ipm_stats counter that counted them (egress_new_flow, ingress_miss, ...; see the README).",
+		[]string{"event"}, nil)
+	descNATEntries = prometheus.NewDesc(metricsNamespace+"_nat_entries",
+		"Entries in use in the NAT table (two per masqueraded flow, one per host reservation).", nil, nil)
+	descNATCapacity = prometheus.NewDesc(metricsNamespace+"_nat_capacity_entries",
+		"Size of the NAT table in entries (--nat-max-entries); a new flow that finds it full is dropped.", nil, nil)
+	descNATFlows = prometheus.NewDesc(metricsNamespace+"_nat_flows",
+		"Masqueraded flows in the NAT table, by protocol and state (opening, established, closing, reset).",
+		[]string{"protocol", "state"}, nil)
+	descNATReserved = prometheus.NewDesc(metricsNamespace+"_nat_host_reservations",
+		"Node tuples reserved for host sockets and flows that netfilter NATed to the node address.", nil, nil)
+	descAttached = prometheus.NewDesc(metricsNamespace+"_interface_attached",
+		"1 when the datapath programs run on both tc hooks of a managed interface, else 0.",
+		[]string{"interface"}, nil)
+)
+
+func (c *datapathCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descPackets, descNATEntries, descNATCapacity, descNATFlows, descNATReserved, descAttached} {
+		ch <- d
+	}
+}
+
+func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
+	dp := c.dp.Load()
+	if dp == nil {
+		return // not loaded yet
+	}
+	if cnt, err := maps.NewCounters(dp).Read(); err != nil {
+		klog.ErrorS(err, "Metrics: reading the datapath counters failed")
+		ch <- prometheus.NewInvalidMetric(descPackets, err)
+	} else {
+		for _, f := range maps.Fields(cnt) {
+			ch <- prometheus.MustNewConstMetric(descPackets, prometheus.CounterValue, float64(f.Value), f.Name)
+		}
+	}
+
+	nat := maps.NewNATTable(dp)
+	ch <- prometheus.MustNewConstMetric(descNATCapacity, prometheus.GaugeValue, float64(nat.Capacity()))
+	if snap, err := nat.Read(); err != nil {
+		klog.ErrorS(err, "Metrics: reading the NAT table failed")
+		ch <- prometheus.NewInvalidMetric(descNATEntries, err)
+	} else {
+		ch <- prometheus.MustNewConstMetric(descNATEntries, prometheus.GaugeValue, float64(snap.Entries))
+		ch <- prometheus.MustNewConstMetric(descNATReserved, prometheus.GaugeValue, float64(len(snap.Reserved)))
+		type key struct{ proto, state string }
+		flows := map[key]int{}
+		for _, f := range snap.Flows {
+			flows[key{protoName(f.Proto), f.State()}]++
+		}
+		for k, n := range flows {
+			ch <- prometheus.MustNewConstMetric(descNATFlows, prometheus.GaugeValue, float64(n), k.proto, k.state)
+		}
+	}
+
+	ifaces, err := managedInterfaces(dp)
+	if err != nil {
+		klog.ErrorS(err, "Metrics: reading the managed interfaces failed")
+		ch <- prometheus.NewInvalidMetric(descAttached, err)
+		return
+	}
+	for _, i := range ifaces {
+		v := 0.0
+		if i.ingress != "" && i.egress != "" {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descAttached, prometheus.GaugeValue, v, i.name)
+	}
+}
+
+// protoName names an IP protocol as the flows print it.
+func protoName(p uint8) string {
+	switch p {
+	case 1:
+		return "icmp"
+	case 6:
+		return "tcp"
+	case 17:
+		return "udp"
+	}
+	return "other"
+}
+
+// managedInterface is one interface of ipm_ifaces and what the kernel says
+// is attached to it.
+type managedInterface struct {
+	ifindex         int
+	name            string
+	addr            netip.Addr // masquerade address; invalid when none yet
+	ingress, egress loader.Mode
+	err             error // of the attachment query
+}
+
+// managedInterfaces lists the interfaces the agent manages (ipm_ifaces)
+// and queries the kernel for our programs on each. An interface that has
+// vanished since is listed with its index as name.
+func managedInterfaces(dp *loader.Datapath) ([]managedInterface, error) {
+	var out []managedInterface
+	var k uint32
+	var v loader.BPFIpmIface
+	it := dp.Maps.IpmIfaces.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, managedInterface{ifindex: int(k), addr: addrFromMap(v.Addr4)})
+	}
+	if err := it.Err(); err != nil {
+		return nil, err
+	}
+	for i := range out {
+		out[i].name = interfaceName(out[i].ifindex)
+		out[i].ingress, out[i].egress, out[i].err = loader.Attachment(out[i].ifindex)
+	}
+	return out, nil
+}
