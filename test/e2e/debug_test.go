@@ -1,0 +1,209 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// runDebug runs `ip-masq-agent debug --pin-path=...` in the node namespace
+// and returns its standard output and standard error.
+func runDebug(t *testing.T, a *Agent, pinPath string) (stdout, stderr string, err error) {
+	t.Helper()
+	cmd := exec.Command("ip", "netns", "exec", a.Topo.Node.Name, agentBin, "debug", "--pin-path="+pinPath)
+	var out, errb strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err = cmd.Run()
+	return out.String(), errb.String(), err
+}
+
+// TestDebugCommand: `ip-masq-agent debug` prints the active CIDRs, the NAT
+// table in human terms (pod -> remote via node, protocol, state, idle time)
+// with host reservations, the interfaces and the counters; it reads the pins
+// next to a running agent without disturbing it, and after the agent
+// stopped.
+func TestDebugCommand(t *testing.T) {
+	forEachMode(t, func(t *testing.T, mode string) {
+		tp, a := startAgent(t, AgentOptions{Mode: mode, Config: cfgPrivate})
+		tcp, err := tp.Pod1.DialTCP(tp.Internet.TCPAddr(), 40000, ProbeTimeout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tcp.Close()
+		if err := tcp.Echo([]byte("established\n"), ProbeTimeout); err != nil {
+			t.Fatal(err)
+		}
+		udp, err := tp.Pod1.UDPPeer(tp.Internet.UDPAddr(), 40001, ProbeTimeout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pingID := randomID()
+		if _, err := tp.Internet.PingSource(tp.Pod2, pingID, ProbeTimeout); err != nil {
+			t.Fatal(err)
+		}
+		host, err := tp.Node.DialTCP(tp.Internet.TCPAddr(), 45000, ProbeTimeout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer host.Close()
+
+		check := func(t *testing.T, out string) {
+			t.Helper()
+			for _, want := range []string{
+				// Flows, exactly as the README shows them.
+				fmt.Sprintf(`(?m)^  10\.244\.1\.2:40000 -> 203\.0\.113\.10:8080 via 172\.31\.0\.2:%d tcp established \d+s$`, tcp.Peer.Port()),
+				fmt.Sprintf(`(?m)^  10\.244\.1\.2:40001 -> 203\.0\.113\.10:8081 via 172\.31\.0\.2:%d udp established \d+s$`, udp.Peer.Port()),
+				fmt.Sprintf(`(?m)^  10\.244\.1\.3:%d -> 203\.0\.113\.10:0 via 172\.31\.0\.2:\d+ icmp established \d+s$`, pingID),
+				// The host's connection holds its tuple.
+				`(?m)^  172\.31\.0\.2:45000 -> 203\.0\.113\.10:8080 tcp established \d+s$`,
+				// The active set, with the link-local range it implies.
+				`(?m)^  10\.0\.0\.0/8 +configured$`,
+				`(?m)^  169\.254\.0\.0/16 +link-local`,
+				`(?m)^Non-masquerade CIDRs \(trie [01] active, 2 prefixes\):$`,
+				`(?m)^NAT table: \d+ of 131072 entries in use, [3-9] flows, [1-9]\d* host reservations`,
+				// The interface and how it is attached.
+				fmt.Sprintf(`(?m)^  %s +ifindex \d+ +masquerade as 172\.31\.0\.2 +ingress %s, egress %s$`, Uplink, mode, mode),
+				`(?m)^Node ports: \[1024-65535\] \(64512 ports\), random-fully true$`,
+			} {
+				if !regexp.MustCompile(want).MatchString(out) {
+					t.Errorf("debug output has no line matching %s", want)
+				}
+			}
+			counters := map[string]uint64{}
+			for _, m := range regexp.MustCompile(`(?m)^  ([a-z_]+) +(\d+)$`).FindAllStringSubmatch(out, -1) {
+				counters[m[1]], _ = strconv.ParseUint(m[2], 10, 64)
+			}
+			for _, c := range []string{"egress_new_flow", "egress_translated", "ingress_translated", "egress_host"} {
+				if counters[c] == 0 {
+					t.Errorf("counter %s is %d, want it counted", c, counters[c])
+				}
+			}
+			if t.Failed() {
+				t.Logf("debug output:\n%s", out)
+			}
+		}
+
+		t.Run("agent running", func(t *testing.T) {
+			out, stderr, err := runDebug(t, a, a.PinPath)
+			if err != nil {
+				t.Fatalf("debug: %v\n%s%s", err, out, stderr)
+			}
+			if stderr != "" {
+				t.Errorf("debug wrote to stderr: %s", stderr)
+			}
+			check(t, out)
+			t.Logf("debug output:\n%s", out)
+			if !a.Running() {
+				t.Error("the agent stopped while debug ran")
+			}
+		})
+
+		// The agent still holds its lock and works after debug.
+		if err := tcp.Echo([]byte("after debug\n"), ProbeTimeout); err != nil {
+			t.Error(err)
+		}
+		t.Run("agent stopped", func(t *testing.T) {
+			a.Stop(t, syscall.SIGTERM)
+			out, stderr, err := runDebug(t, a, a.PinPath)
+			if err != nil {
+				t.Fatalf("debug without an agent: %v\n%s%s", err, out, stderr)
+			}
+			check(t, out)
+		})
+
+		t.Run("wrong pin path", func(t *testing.T) {
+			out, stderr, err := runDebug(t, a, filepath.Join(a.BPFFS, "nothing-here"))
+			if err == nil || !strings.Contains(stderr, "no ip-masq-agent pins") {
+				t.Errorf("debug on an empty path: %v, stderr %q, stdout %q; want a non-zero exit and a clear message", err, stderr, out)
+			}
+		})
+	})
+}
+
+// TestBPFToolNamedFields: every map pinned under --pin-path carries BTF, so
+// `bpftool map dump pinned` prints named fields (SPEC 5): every entry of a
+// non-empty map is shown "formatted", with its key and value as objects of
+// named fields.
+func TestBPFToolNamedFields(t *testing.T) {
+	requireAgent(t)
+	if _, err := exec.LookPath("bpftool"); err != nil {
+		t.Fatal("bpftool is not installed (make setup installs it)")
+	}
+	t.Parallel()
+	tp, a := startAgent(t, AgentOptions{Mode: AttachModes[0], Config: cfgPrivate})
+	c, err := tp.Pod1.DialTCP(tp.Internet.TCPAddr(), 0, ProbeTimeout) // fills the NAT table
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	expectSource(t, tp.Node, tp.Internet, NodeIP) // host reservations
+
+	entries, err := os.ReadDir(a.PinPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nonEmpty := 0
+	for _, e := range entries {
+		if e.IsDir() { // links/
+			continue
+		}
+		path := filepath.Join(a.PinPath, e.Name())
+		out, err := exec.Command("bpftool", "-j", "map", "show", "pinned", path).CombinedOutput()
+		if err != nil {
+			t.Errorf("bpftool map show pinned %s: %v\n%s", path, err, out)
+			continue
+		}
+		var info struct {
+			Name  string `json:"name"`
+			BTFID int    `json:"btf_id"`
+		}
+		if err := json.Unmarshal(out, &info); err != nil {
+			t.Errorf("bpftool map show %s: %v\n%s", e.Name(), err, out)
+			continue
+		}
+		if info.BTFID == 0 {
+			t.Errorf("map %s (%s) has no BTF: bpftool prints raw bytes", e.Name(), info.Name)
+		}
+		out, err = exec.Command("bpftool", "-j", "map", "dump", "pinned", path).Output()
+		if err != nil {
+			t.Errorf("bpftool map dump pinned %s: %v", path, err)
+			continue
+		}
+		var dump []map[string]json.RawMessage
+		if err := json.Unmarshal(out, &dump); err != nil {
+			t.Errorf("bpftool map dump %s: %v\n%.500s", e.Name(), err, out)
+			continue
+		}
+		if len(dump) > 0 {
+			nonEmpty++
+		}
+		for i, entry := range dump {
+			f, ok := entry["formatted"]
+			if !ok {
+				t.Errorf("map %s entry %d is not formatted (no BTF for its key or value): %s", e.Name(), i, out)
+				break
+			}
+			if !strings.Contains(string(f), `"value"`) || (e.Name() != "ipm_stats" && e.Name() != "ipm_settings" && !strings.Contains(string(f), `"key"`)) {
+				t.Errorf("map %s entry %d: formatted entry without key or value: %s", e.Name(), i, f)
+				break
+			}
+			if !regexp.MustCompile(`"value":\s*(\[\s*)?\{`).Match(f) && !regexp.MustCompile(`"values":`).Match(f) {
+				t.Errorf("map %s entry %d: value has no named fields: %s", e.Name(), i, f)
+				break
+			}
+		}
+		if t.Failed() || testing.Verbose() {
+			t.Logf("%s:\n%.1500s", e.Name(), out)
+		}
+	}
+	if nonEmpty < 5 {
+		t.Errorf("only %d pinned maps had entries to check, want at least 5 (nat, a trie, settings, ifaces, local, stats)", nonEmpty)
+	}
+}
