@@ -77,17 +77,29 @@ type Topology struct {
 	Internet   *Host
 	VPC        *Host
 	LinkLocal  *Host
+
+	// Only with the WithLowMTUHop option (topology_mtu.go); nil otherwise.
+	Hop *Netns // router behind the router, MTU 1280 towards it
+	Far *Host  // server with MTU 1500 behind the hop
 }
 
 // Namespaces lists every namespace of the topology.
 func (tp *Topology) Namespaces() []*Netns {
-	return []*Netns{tp.Node, tp.Pod1, tp.Pod2, tp.Router, tp.Internet.Netns, tp.VPC.Netns, tp.LinkLocal.Netns}
+	ns := []*Netns{tp.Node, tp.Pod1, tp.Pod2, tp.Router, tp.Internet.Netns, tp.VPC.Netns, tp.LinkLocal.Netns}
+	if tp.Hop != nil {
+		ns = append(ns, tp.Hop, tp.Far.Netns)
+	}
+	return ns
 }
+
+// TopologyOption adds to the default topology; NewTopology applies options
+// after building it.
+type TopologyOption func(t testing.TB, tp *Topology)
 
 // NewTopology builds the namespaces, links, addresses and routes, and starts
 // the TCP, UDP and ICMP servers on the three remote hosts. Everything is
 // removed by t.Cleanup, also when the test fails halfway.
-func NewTopology(t testing.TB) *Topology {
+func NewTopology(t testing.TB, opts ...TopologyOption) *Topology {
 	t.Helper()
 	requireRoot(t)
 	id := randomSuffix(6)
@@ -197,6 +209,9 @@ func NewTopology(t testing.TB) *Topology {
 		case ll:
 			tp.LinkLocal = h
 		}
+	}
+	for _, o := range opts {
+		o(t, tp)
 	}
 	return tp
 }
