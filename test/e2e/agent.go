@@ -99,6 +99,7 @@ type AgentOptions struct {
 	Config     string   // content of a fresh config file; ignored when ConfigPath is set
 	ConfigPath string   // --config as given; the caller owns the file (may be a symlink)
 	ExtraArgs  []string // appended to the standard flags
+	Wrapper    []string // a command that execs the agent, e.g. setpriv with capability options
 }
 
 // Agent is the agent binary running in the node namespace of a topology.
@@ -108,6 +109,7 @@ type Agent struct {
 	BPFFS      string   // the test's own bpffs mount
 	PinPath    string   // --pin-path, inside BPFFS
 	Args       []string // every argument after the binary
+	Wrapper    []string // runs the binary (ip netns exec NODE WRAPPER... BINARY ARGS...)
 
 	t    testing.TB
 	logs logBuffer
@@ -152,7 +154,7 @@ func mountBPFFS(t testing.TB) string {
 func StartAgent(t testing.TB, tp *Topology, opts AgentOptions) *Agent {
 	t.Helper()
 	requireAgent(t)
-	a := &Agent{Topo: tp, t: t, ConfigPath: opts.ConfigPath}
+	a := &Agent{Topo: tp, t: t, ConfigPath: opts.ConfigPath, Wrapper: opts.Wrapper}
 	a.BPFFS = mountBPFFS(t)
 	a.PinPath = filepath.Join(a.BPFFS, "ipm")
 	if a.ConfigPath == "" {
@@ -193,7 +195,8 @@ func (a *Agent) Start(t testing.TB) {
 	run := a.runs
 	fmt.Fprintf(&a.logs, "=== run %d: %s\n", run, time.Now().Format(time.RFC3339Nano))
 	from := a.logs.Len()
-	cmd := exec.Command("ip", append([]string{"netns", "exec", a.Topo.Node.Name, agentBin}, a.Args...)...)
+	argv := append(append([]string{"netns", "exec", a.Topo.Node.Name}, a.Wrapper...), agentBin)
+	cmd := exec.Command("ip", append(argv, a.Args...)...)
 	cmd.Stdout = &a.logs
 	cmd.Stderr = &a.logs
 	if err := cmd.Start(); err != nil {
