@@ -107,6 +107,61 @@ struct ipm_inbound {
 	__u64 last_seen_ns;
 };
 
+/* The IPv6 counterparts of the IPv4 types above, field for field. Addresses
+ * are four network-order words, so they can be compared and checksummed a
+ * word at a time. */
+struct ipm_nat6_key {
+	__be32 saddr[4];
+	__be32 daddr[4];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	enum ipm_dir dir;
+	__u16 pad;
+};
+
+struct ipm_nat6_entry {
+	__u64 created_ns;
+	__u64 last_seen_ns;
+	__be32 addr[4];
+	__be16 port;
+	enum ipm_kind kind;
+	enum ipm_entry_flags flags;
+	__u32 ifindex;
+};
+
+struct ipm_frag6_key {
+	__be32 saddr[4];
+	__be32 daddr[4];
+	__be32 id;
+	__u8 proto;
+	enum ipm_dir dir;
+	__u16 pad;
+};
+
+struct ipm_frag6_entry {
+	__u64 created_ns;
+	__be32 addr[4];
+};
+
+struct ipm_cidr6_key {
+	__u32 prefixlen;
+	__be32 addr[4];
+};
+
+struct ipm_addr6 {
+	__be32 addr[4];
+};
+
+/* Per-CPU scratch space of claim_port: the reply half being claimed, of
+ * either family. Not pinned: it holds nothing between packets. */
+struct ipm_scratch {
+	struct ipm_nat_key key4;
+	struct ipm_nat_entry value4;
+	struct ipm_nat6_key key6;
+	struct ipm_nat6_entry value6;
+};
+
 /* Key of the LPM tries of non-masquerade destinations. */
 struct ipm_cidr4_key {
 	__u32 prefixlen;
@@ -136,12 +191,13 @@ struct ipm_settings {
 	__u32 port_count;     /* ports in all ranges together; 0 means unconfigured */
 	__u32 range_count;
 	struct ipm_port_range ranges[IPM_MAX_PORT_RANGES];
+	__u32 enable_ipv6; /* 1: masquerade IPv6 too (--enable-ipv6); 0: IPv6 passes */
 };
 
 /* Value of ipm_ifaces, keyed by ifindex: a managed interface. */
 struct ipm_iface {
-	__be32 addr4; /* primary IPv4 address, the masquerade source; 0: none yet */
-	__u32 pad;
+	__be32 addr4;	 /* primary IPv4 address, the masquerade source; 0: none yet */
+	__be32 addr6[4]; /* primary global IPv6 address, the same for IPv6; :: none yet */
 };
 
 /* Value of ipm_local4, keyed by address: the node owns this address. */
@@ -150,8 +206,9 @@ struct ipm_local {
 };
 
 /*
- * Datapath counters, one per-CPU instance. Every verdict the programs reach
- * increments exactly one of the packet counters.
+ * Datapath counters, per CPU, one instance per address family (key 0: IPv4,
+ * key 1: IPv6). Every verdict the programs reach increments exactly one of
+ * the packet counters.
  */
 struct ipm_counters {
 	__u64 egress_translated;  /* egress packets of an existing mapping, rewritten */

@@ -84,12 +84,67 @@ struct {
 	__uint(max_entries, 4096);
 } ipm_local4 SEC(".maps");
 
-/* Key: 0. Value: struct ipm_counters, one per CPU: the datapath counters. */
+/* Key: 0 for IPv4, 1 for IPv6. Value: struct ipm_counters, one per CPU: the
+ * datapath counters. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
 	__type(value, struct ipm_counters);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 } ipm_stats SEC(".maps");
+
+/* Key: 0. Value: struct ipm_scratch, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct ipm_scratch);
+	__uint(max_entries, 1);
+} ipm_scratch SEC(".maps");
+
+/* The IPv6 maps, each the counterpart of the IPv4 map of the same name. */
+
+/* Key: struct ipm_nat6_key. Value: struct ipm_nat6_entry. Size set by the
+ * agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct ipm_nat6_key);
+	__type(value, struct ipm_nat6_entry);
+	__uint(max_entries, 131072);
+} ipm_nat6 SEC(".maps");
+
+/* Key: struct ipm_cidr6_key. Value: struct ipm_cidr_value. Flipped by the
+ * same ipm_settings.active_cidrs as the IPv4 tries, so both families change
+ * together. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ipm_cidr6_key);
+	__type(value, struct ipm_cidr_value);
+	__uint(max_entries, IPM_CIDR_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} ipm_cidr6_0 SEC(".maps"), ipm_cidr6_1 SEC(".maps");
+
+/* Key: struct ipm_addr6. Value: struct ipm_local. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct ipm_addr6);
+	__type(value, struct ipm_local);
+	__uint(max_entries, 4096);
+} ipm_local6 SEC(".maps");
+
+/* Key: struct ipm_frag6_key. Value: struct ipm_frag6_entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ipm_frag6_key);
+	__type(value, struct ipm_frag6_entry);
+	__uint(max_entries, 16384);
+} ipm_frag6 SEC(".maps");
+
+/* Key: struct ipm_nat6_key (egress direction). Value: struct ipm_inbound. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ipm_nat6_key);
+	__type(value, struct ipm_inbound);
+	__uint(max_entries, 65536);
+} ipm_inbound6 SEC(".maps");
 
 #endif /* IPMASQ_MAPS_H */

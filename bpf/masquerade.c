@@ -21,43 +21,14 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
+#include "counters.h"
 #include "frag.h"
 #include "icmp_error.h"
 #include "ipmasq.h"
 #include "maps.h"
+#include "masquerade6.h"
 #include "nat.h"
 #include "packet.h"
-
-static __always_inline struct ipm_counters *get_counters(void)
-{
-	__u32 zero = 0;
-
-	return bpf_map_lookup_elem(&ipm_stats, &zero);
-}
-
-#define COUNT(c, field)                                                                            \
-	do {                                                                                       \
-		if (c)                                                                             \
-			(c)->field++;                                                              \
-	} while (0)
-
-/* A new SYN that opens a connection, as opposed to a SYN-ACK answering one. */
-static __always_inline bool opens_tcp(const struct flow4 *f)
-{
-	return (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
-}
-
-/* A packet that may start a flow of its own: a TCP SYN, any UDP datagram, an
- * ICMP echo request. A TCP segment or an echo reply without a mapping belongs
- * to something that did not start with a masqueraded packet. */
-static __always_inline bool opens_flow(const struct flow4 *f)
-{
-	if (f->proto == IPPROTO_TCP)
-		return opens_tcp(f);
-	if (f->proto == IPPROTO_ICMP)
-		return f->icmp_type == ICMP_ECHO;
-	return true;
-}
 
 /* Creates both halves of a mapping for flow f and returns the egress half's
  * translation in to_addr/to_port; any verdict but TC_ACT_UNSPEC means the
@@ -132,20 +103,17 @@ static __always_inline int new_mapping(struct __sk_buff *skb, struct ipm_counter
  * A packet from a node address: a host socket, or a flow that netfilter
  * already NATed to the node address. It keeps its address and port, and its
  * tuple is reserved in the NAT table so that no pod mapping takes it later.
- * If a pod mapping holds the tuple already, a new host flow is moved to
- * another node port instead, as conntrack does on a clash; its replies are
+ * If a pod mapping holds the tuple already, a new host flow must move to
+ * another node port instead, as conntrack does on a clash: VERDICT_MOVE
+ * tells the caller to give it a mapping like a pod flow's, whose replies are
  * translated back to the host's own port on ingress.
  */
 static __always_inline int host_egress(struct __sk_buff *skb, struct ipm_counters *c,
-				       const struct ipm_settings *s, const struct flow4 *f,
-				       const struct ipm_nat_key *k, __u64 now)
+				       const struct flow4 *f, __u64 now)
 {
 	struct ipm_nat_key rk = {};
 	struct ipm_nat_entry hv = {};
 	struct ipm_nat_entry *e;
-	__be32 to_addr;
-	__be16 to_port;
-	int verdict;
 
 	reply_key(f, &rk);
 	e = bpf_map_lookup_elem(&ipm_nat4, &rk);
@@ -163,22 +131,15 @@ static __always_inline int host_egress(struct __sk_buff *skb, struct ipm_counter
 		COUNT(c, egress_host);
 		return TC_ACT_UNSPEC;
 	}
-	if (e->kind != IPM_KIND_MASQ || !opens_flow(f)) {
+	if (e->kind != IPM_KIND_MASQ || !opens(f)) {
 		/* Our reservation, or a running connection we cannot move. */
 		touch_entry(e, now, f, 0);
 		COUNT(c, egress_host);
 		return TC_ACT_UNSPEC;
 	}
 
-	verdict = new_mapping(skb, c, s, f, k, now, &to_addr, &to_port);
-	if (verdict != TC_ACT_UNSPEC)
-		return verdict;
-	if (rewrite_endpoint(skb, f, true, to_addr, to_port)) {
-		COUNT(c, egress_malformed);
-		return TC_ACT_SHOT;
-	}
-	COUNT(c, egress_host_moved);
-	return TC_ACT_UNSPEC;
+	/* A pod mapping holds this tuple and this is a new host flow. */
+	return VERDICT_MOVE;
 }
 
 /*
@@ -194,6 +155,7 @@ static __always_inline int egress_flow(struct __sk_buff *skb, struct ipm_counter
 	struct ipm_nat_key k = {};
 	__be32 to_addr;
 	__be16 to_port;
+	bool is_local;
 	int verdict;
 
 	*left_as = f->saddr;
@@ -221,13 +183,18 @@ static __always_inline int egress_flow(struct __sk_buff *skb, struct ipm_counter
 	s = get_settings();
 	if (!s)
 		return TC_ACT_UNSPEC;
-	if (bpf_map_lookup_elem(&ipm_local4, &f->saddr))
-		return host_egress(skb, c, s, f, &k, now);
+	is_local = bpf_map_lookup_elem(&ipm_local4, &f->saddr) != NULL;
+	if (is_local) {
+		verdict = host_egress(skb, c, f, now);
+		if (verdict != VERDICT_MOVE)
+			return verdict;
+		goto map;
+	}
 	if (is_nomasq_dest(s, f->daddr)) {
 		COUNT(c, egress_nomasq);
 		return TC_ACT_UNSPEC;
 	}
-	if (!opens_flow(f)) {
+	if (!opens(f)) {
 		/* A mid-stream TCP segment of a connection that was not
 		 * masqueraded when it opened (the config changed since, or it
 		 * was opened from outside), or an echo reply to an outside
@@ -245,6 +212,7 @@ static __always_inline int egress_flow(struct __sk_buff *skb, struct ipm_counter
 		return TC_ACT_UNSPEC;
 	}
 
+map:
 	verdict = new_mapping(skb, c, s, f, &k, now, &to_addr, &to_port);
 	if (verdict != TC_ACT_UNSPEC)
 		return verdict;
@@ -253,7 +221,10 @@ static __always_inline int egress_flow(struct __sk_buff *skb, struct ipm_counter
 		return TC_ACT_SHOT;
 	}
 	*left_as = to_addr;
-	COUNT(c, egress_new_flow);
+	if (is_local)
+		COUNT(c, egress_host_moved);
+	else
+		COUNT(c, egress_new_flow);
 	return TC_ACT_UNSPEC;
 }
 
@@ -323,7 +294,10 @@ static __always_inline int egress_icmp_error(struct __sk_buff *skb, struct ipm_c
 SEC("tc")
 int ipm_egress(struct __sk_buff *skb)
 {
-	struct ipm_counters *c = get_counters();
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return egress6(skb);
+
+	struct ipm_counters *c = get_counters(FAMILY_IPV4);
 	struct flow4 f = {};
 	__be32 left_as;
 	__u64 now;
@@ -441,7 +415,10 @@ static __always_inline int ingress_icmp_error(struct __sk_buff *skb, struct ipm_
 SEC("tc")
 int ipm_ingress(struct __sk_buff *skb)
 {
-	struct ipm_counters *c = get_counters();
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return ingress6(skb);
+
+	struct ipm_counters *c = get_counters(FAMILY_IPV4);
 	struct ipm_nat_entry *e;
 	struct ipm_nat_key k = {};
 	struct flow4 f = {};

@@ -7,6 +7,7 @@
 
 #include <linux/bpf.h>
 #include <linux/in.h>
+#include <linux/in6.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
@@ -29,6 +30,9 @@
 
 /* ICMP identifiers are translated over their full 16-bit space. */
 #define IPM_ICMP_IDS 65536
+
+/* Not a tc verdict: "create a mapping for this host flow" (host_egress). */
+#define VERDICT_MOVE 1000
 
 enum alloc_result {
 	ALLOC_OK,
@@ -87,11 +91,98 @@ static __always_inline bool port_in_ranges(const struct ipm_settings *s, __u16 p
 }
 
 /*
- * Reserves the reply half of a new mapping for flow f leaving through
- * ifindex with source node: finds a node port (or ICMP identifier) such that
- * (proto, remote, remote port, node, node port) is free, and claims it by
- * inserting the ingress entry with BPF_NOEXIST, which is atomic against other
- * CPUs and against host reservations. On success rk holds the claimed key.
+ * Claims a node port (or ICMP identifier) for the reply half of a new
+ * mapping: writes candidates into *port (a field of key) and inserts
+ * key/value into map (ipm_nat4 or ipm_nat6) with BPF_NOEXIST until an insert
+ * succeeds. The insert is atomic against other CPUs and against host
+ * reservations, so the claimed (proto, remote, remote port, node, node port)
+ * is unique. pod_port is what --random-fully=false tries first.
+ */
+static __always_inline enum alloc_result claim_node_port(const struct ipm_settings *s, void *map,
+							 void *key, __be16 *port, const void *value,
+							 bool icmp, __be16 pod_port)
+{
+	__u32 ri = 0, p = 0, count = icmp ? IPM_ICMP_IDS : s->port_count;
+
+	if (!count || !s->range_count || s->range_count > IPM_MAX_PORT_RANGES)
+		return ALLOC_NO_PORT;
+
+	if (!s->random_fully && (icmp || port_in_ranges(s, bpf_ntohs(pod_port)))) {
+		/* MASQUERADE without --random-fully keeps the pod's own port
+		 * (identifier) when that tuple is free. */
+		*port = pod_port;
+		if (!bpf_map_update_elem(map, key, value, BPF_NOEXIST))
+			return ALLOC_OK;
+	}
+
+	if (icmp)
+		p = bpf_get_prandom_u32() & 0xffff;
+	else
+		port_at(s, bpf_get_prandom_u32() % count, &ri, &p);
+	/* The modulo makes ri an unknown in [0, 7] for the verifier on every
+	 * path (it stays the same number at run time): otherwise it explores
+	 * the probe loop once per possible constant and gives up. */
+	ri = (ri % s->range_count) & (IPM_MAX_PORT_RANGES - 1);
+
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < IPM_PORT_PROBES; i++) {
+		long err;
+
+		*port = bpf_htons(p);
+		err = bpf_map_update_elem(map, key, value, BPF_NOEXIST);
+		if (!err)
+			return ALLOC_OK;
+		if (err != -EEXIST)
+			return ALLOC_TABLE_FULL;
+		/* Next port, wrapping into the next range. */
+		if (icmp) {
+			p = (p + 1) & 0xffff;
+		} else if (p >= s->ranges[ri & (IPM_MAX_PORT_RANGES - 1)].last) {
+			ri = ((ri + 1) % s->range_count) & (IPM_MAX_PORT_RANGES - 1);
+			p = s->ranges[ri].first;
+		} else {
+			p++;
+		}
+		/* Same bounds on every path, so the verifier prunes. */
+		p &= 0xffff;
+	}
+	return ALLOC_NO_PORT;
+}
+
+/*
+ * claim_node_port for the reply half waiting in this CPU's ipm_scratch, of
+ * family 0 (IPv4) or 1 (IPv6); on success the scratch key holds the claimed
+ * port. A global function on purpose: the verifier checks it once, alone,
+ * instead of once per path that reaches a new mapping, which multiplied the
+ * probe loop into hundreds of thousands of instructions.
+ */
+__attribute__((noinline)) int ipm_claim_port(__u32 family, __u32 icmp, __u32 pod_port)
+{
+	struct ipm_settings *s = get_settings();
+	struct ipm_scratch *sc;
+	__u32 zero = 0;
+
+	sc = bpf_map_lookup_elem(&ipm_scratch, &zero);
+	if (!sc || !s)
+		return ALLOC_NO_PORT;
+	if (family)
+		return claim_node_port(s, &ipm_nat6, &sc->key6, &sc->key6.dport, &sc->value6, icmp,
+				       pod_port);
+	return claim_node_port(s, &ipm_nat4, &sc->key4, &sc->key4.dport, &sc->value4, icmp,
+			       pod_port);
+}
+
+/* This CPU's scratch space for ipm_claim_port. */
+static __always_inline struct ipm_scratch *get_scratch(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&ipm_scratch, &zero);
+}
+
+/*
+ * Reserves the reply half of a new mapping for IPv4 flow f leaving through
+ * ifindex with source node. On success rk holds the claimed key.
  */
 static __always_inline enum alloc_result reserve_reply_half(const struct ipm_settings *s,
 							    const struct flow4 *f, __be32 node,
@@ -106,7 +197,6 @@ static __always_inline enum alloc_result reserve_reply_half(const struct ipm_set
 		.ifindex = ifindex,
 	};
 	bool icmp = f->proto == IPPROTO_ICMP;
-	__u32 ri = 0, port = 0, count = icmp ? IPM_ICMP_IDS : s->port_count;
 
 	rk->saddr = f->daddr;
 	rk->daddr = node;
@@ -114,48 +204,16 @@ static __always_inline enum alloc_result reserve_reply_half(const struct ipm_set
 	rk->proto = f->proto;
 	rk->dir = IPM_DIR_INGRESS;
 	rk->pad = 0;
-	if (!count || !s->range_count || s->range_count > IPM_MAX_PORT_RANGES)
+	struct ipm_scratch *sc = get_scratch();
+	int r;
+
+	if (!sc)
 		return ALLOC_NO_PORT;
-
-	if (!s->random_fully && (icmp || port_in_ranges(s, bpf_ntohs(f->sport)))) {
-		/* MASQUERADE without --random-fully keeps the pod's own port
-		 * (identifier) when that tuple is free. */
-		rk->dport = f->sport;
-		if (!bpf_map_update_elem(&ipm_nat4, rk, &rv, BPF_NOEXIST))
-			return ALLOC_OK;
-	}
-
-	if (icmp)
-		port = bpf_get_prandom_u32() & 0xffff;
-	else
-		port_at(s, bpf_get_prandom_u32() % count, &ri, &port);
-	/* The modulo makes ri an unknown in [0, 7] for the verifier on every
-	 * path (it stays the same number at run time): otherwise it explores
-	 * the probe loop once per possible constant and gives up. */
-	ri = (ri % s->range_count) & (IPM_MAX_PORT_RANGES - 1);
-
-	for (int i = 0; i < IPM_PORT_PROBES; i++) {
-		long err;
-
-		rk->dport = bpf_htons(port);
-		err = bpf_map_update_elem(&ipm_nat4, rk, &rv, BPF_NOEXIST);
-		if (!err)
-			return ALLOC_OK;
-		if (err != -EEXIST)
-			return ALLOC_TABLE_FULL;
-		/* Next port, wrapping into the next range. */
-		if (icmp) {
-			port = (port + 1) & 0xffff;
-		} else if (port >= s->ranges[ri & (IPM_MAX_PORT_RANGES - 1)].last) {
-			ri = ((ri + 1) % s->range_count) & (IPM_MAX_PORT_RANGES - 1);
-			port = s->ranges[ri].first;
-		} else {
-			port++;
-		}
-		/* Same bounds on every path, so the verifier prunes. */
-		port &= 0xffff;
-	}
-	return ALLOC_NO_PORT;
+	sc->key4 = *rk;
+	sc->value4 = rv;
+	r = ipm_claim_port(0, icmp, f->sport);
+	rk->dport = sc->key4.dport;
+	return r;
 }
 
 /* The ingress key of the reply to flow f: where a mapping whose node side
@@ -173,21 +231,47 @@ static __always_inline void reply_key(const struct flow4 *f, struct ipm_nat_key 
 	rk->pad = 0;
 }
 
-/* Records that a packet of this half was seen now, with the TCP flags it
- * carried and any extra flags in seen. */
-static __always_inline void touch_entry(struct ipm_nat_entry *e, __u64 now, const struct flow4 *f,
-					__u8 seen)
+/* Records that a packet of a NAT table half was seen now, with the TCP flags
+ * it carried (0 for other protocols) and any extra flags in seen. */
+static __always_inline void touch_fields(__u64 *last_seen_ns, enum ipm_entry_flags *flags,
+					 __u64 now, __u8 tcp_flags, __u8 seen)
 {
-	if (now - e->last_seen_ns > IPM_TOUCH_NS)
-		e->last_seen_ns = now;
-	if (f->proto == IPPROTO_TCP && (f->tcp_flags & TCP_FLAG_FIN))
+	if (now - *last_seen_ns > IPM_TOUCH_NS)
+		*last_seen_ns = now;
+	if (tcp_flags & TCP_FLAG_FIN)
 		seen |= IPM_F_FIN;
-	if (f->proto == IPPROTO_TCP && (f->tcp_flags & TCP_FLAG_RST))
+	if (tcp_flags & TCP_FLAG_RST)
 		seen |= IPM_F_RST;
 	/* Plain read-modify-write: 5.10 has no atomic OR, and two CPUs racing
 	 * on the same flag both set it. */
-	if (seen & ~e->flags)
-		e->flags |= seen;
+	if (seen & ~*flags)
+		*flags |= seen;
 }
+
+/* touch_fields for an entry of either family and the flow that hit it: both
+ * families name these fields alike. */
+#define touch_entry(e, now, f, seen)                                                               \
+	touch_fields(&(e)->last_seen_ns, &(e)->flags, now,                                         \
+		     (f)->proto == IPPROTO_TCP ? (f)->tcp_flags : 0, seen)
+
+/* A packet that may start a flow of its own: a TCP SYN (not a SYN-ACK), any
+ * UDP datagram, an ICMP or ICMPv6 echo request. A TCP segment or an echo
+ * reply without a mapping belongs to something that did not start with a
+ * masqueraded packet. */
+static __always_inline bool opens_flow(__u8 proto, __u8 tcp_flags, __u8 icmp_type)
+{
+	switch (proto) {
+	case IPPROTO_TCP:
+		return (tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+	case IPPROTO_ICMP:
+		return icmp_type == ICMP_ECHO;
+	case IPPROTO_ICMPV6:
+		return icmp_type == 128; /* echo request */
+	default:
+		return true;
+	}
+}
+
+#define opens(f) opens_flow((f)->proto, (f)->tcp_flags, (f)->icmp_type)
 
 #endif /* IPMASQ_NAT_H */

@@ -63,6 +63,7 @@ func (d *Datapath) load(o Options) error {
 	}
 	if o.NATMaxEntries != 0 {
 		spec.Maps["ipm_nat4"].MaxEntries = o.NATMaxEntries
+		spec.Maps["ipm_nat6"].MaxEntries = o.NATMaxEntries
 	}
 	reuse, err := reusePinnedMaps(spec, d.PinPath)
 	if err != nil {
@@ -93,15 +94,24 @@ func (d *Datapath) load(o Options) error {
 	return nil
 }
 
-// mapsByName lists the maps by their pin name, which is their BPF name.
+// mapsByName lists the maps that are pinned, by their pin name, which is
+// their BPF name. ipm_scratch is per-packet scratch space and not pinned.
 func mapsByName(m *BPFMaps) map[string]*ebpf.Map {
 	return map[string]*ebpf.Map{
 		"ipm_nat4":     m.IpmNat4,
+		"ipm_nat6":     m.IpmNat6,
 		"ipm_cidr4_0":  m.IpmCidr40,
 		"ipm_cidr4_1":  m.IpmCidr41,
+		"ipm_cidr6_0":  m.IpmCidr60,
+		"ipm_cidr6_1":  m.IpmCidr61,
+		"ipm_frag4":    m.IpmFrag4,
+		"ipm_frag6":    m.IpmFrag6,
+		"ipm_inbound4": m.IpmInbound4,
+		"ipm_inbound6": m.IpmInbound6,
 		"ipm_settings": m.IpmSettings,
 		"ipm_ifaces":   m.IpmIfaces,
 		"ipm_local4":   m.IpmLocal4,
+		"ipm_local6":   m.IpmLocal6,
 		"ipm_stats":    m.IpmStats,
 	}
 }

@@ -13,10 +13,21 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type BPFIpmAddr6 struct {
+	_    structs.HostLayout
+	Addr [4]uint32
+}
+
 type BPFIpmCidr4Key struct {
 	_         structs.HostLayout
 	Prefixlen uint32
 	Addr      uint32
+}
+
+type BPFIpmCidr6Key struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      [4]uint32
 }
 
 type BPFIpmCidrOrigin uint32
@@ -75,6 +86,22 @@ const (
 	BPFIpmEntryFlagsIPM_F_REPLIED BPFIpmEntryFlags = 4
 )
 
+type BPFIpmFrag6Entry struct {
+	_         structs.HostLayout
+	CreatedNs uint64
+	Addr      [4]uint32
+}
+
+type BPFIpmFrag6Key struct {
+	_     structs.HostLayout
+	Saddr [4]uint32
+	Daddr [4]uint32
+	Id    uint32
+	Proto uint8
+	Dir   BPFIpmDir
+	Pad   uint16
+}
+
 type BPFIpmFragEntry struct {
 	_         structs.HostLayout
 	CreatedNs uint64
@@ -94,7 +121,7 @@ type BPFIpmFragKey struct {
 type BPFIpmIface struct {
 	_     structs.HostLayout
 	Addr4 uint32
-	Pad   uint32
+	Addr6 [4]uint32
 }
 
 type BPFIpmInbound struct {
@@ -113,6 +140,28 @@ const (
 type BPFIpmLocal struct {
 	_       structs.HostLayout
 	Ifindex uint32
+}
+
+type BPFIpmNat6Entry struct {
+	_          structs.HostLayout
+	CreatedNs  uint64
+	LastSeenNs uint64
+	Addr       [4]uint32
+	Port       uint16
+	Kind       BPFIpmKind
+	Flags      BPFIpmEntryFlags
+	Ifindex    uint32
+}
+
+type BPFIpmNat6Key struct {
+	_     structs.HostLayout
+	Saddr [4]uint32
+	Daddr [4]uint32
+	Sport uint16
+	Dport uint16
+	Proto uint8
+	Dir   BPFIpmDir
+	Pad   uint16
 }
 
 type BPFIpmNatEntry struct {
@@ -138,6 +187,14 @@ type BPFIpmNatKey struct {
 	Pad   uint16
 }
 
+type BPFIpmScratch struct {
+	_      structs.HostLayout
+	Key4   BPFIpmNatKey
+	Value4 BPFIpmNatEntry
+	Key6   BPFIpmNat6Key
+	Value6 BPFIpmNat6Entry
+}
+
 type BPFIpmSettings struct {
 	_             structs.HostLayout
 	LayoutVersion uint32
@@ -150,6 +207,7 @@ type BPFIpmSettings struct {
 		First uint16
 		Last  uint16
 	}
+	EnableIpv6 uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -158,11 +216,18 @@ type BPFIpmSettings struct {
 const (
 	BPFMapIpmCidr40   = "ipm_cidr4_0"
 	BPFMapIpmCidr41   = "ipm_cidr4_1"
+	BPFMapIpmCidr60   = "ipm_cidr6_0"
+	BPFMapIpmCidr61   = "ipm_cidr6_1"
 	BPFMapIpmFrag4    = "ipm_frag4"
+	BPFMapIpmFrag6    = "ipm_frag6"
 	BPFMapIpmIfaces   = "ipm_ifaces"
 	BPFMapIpmInbound4 = "ipm_inbound4"
+	BPFMapIpmInbound6 = "ipm_inbound6"
 	BPFMapIpmLocal4   = "ipm_local4"
+	BPFMapIpmLocal6   = "ipm_local6"
 	BPFMapIpmNat4     = "ipm_nat4"
+	BPFMapIpmNat6     = "ipm_nat6"
+	BPFMapIpmScratch  = "ipm_scratch"
 	BPFMapIpmSettings = "ipm_settings"
 	BPFMapIpmStats    = "ipm_stats"
 	BPFProgIpmEgress  = "ipm_egress"
@@ -221,11 +286,18 @@ type BPFProgramSpecs struct {
 type BPFMapSpecs struct {
 	IpmCidr40   *ebpf.MapSpec `ebpf:"ipm_cidr4_0"`
 	IpmCidr41   *ebpf.MapSpec `ebpf:"ipm_cidr4_1"`
+	IpmCidr60   *ebpf.MapSpec `ebpf:"ipm_cidr6_0"`
+	IpmCidr61   *ebpf.MapSpec `ebpf:"ipm_cidr6_1"`
 	IpmFrag4    *ebpf.MapSpec `ebpf:"ipm_frag4"`
+	IpmFrag6    *ebpf.MapSpec `ebpf:"ipm_frag6"`
 	IpmIfaces   *ebpf.MapSpec `ebpf:"ipm_ifaces"`
 	IpmInbound4 *ebpf.MapSpec `ebpf:"ipm_inbound4"`
+	IpmInbound6 *ebpf.MapSpec `ebpf:"ipm_inbound6"`
 	IpmLocal4   *ebpf.MapSpec `ebpf:"ipm_local4"`
+	IpmLocal6   *ebpf.MapSpec `ebpf:"ipm_local6"`
 	IpmNat4     *ebpf.MapSpec `ebpf:"ipm_nat4"`
+	IpmNat6     *ebpf.MapSpec `ebpf:"ipm_nat6"`
+	IpmScratch  *ebpf.MapSpec `ebpf:"ipm_scratch"`
 	IpmSettings *ebpf.MapSpec `ebpf:"ipm_settings"`
 	IpmStats    *ebpf.MapSpec `ebpf:"ipm_stats"`
 }
@@ -258,11 +330,18 @@ func (o *BPFObjects) Close() error {
 type BPFMaps struct {
 	IpmCidr40   *ebpf.Map `ebpf:"ipm_cidr4_0"`
 	IpmCidr41   *ebpf.Map `ebpf:"ipm_cidr4_1"`
+	IpmCidr60   *ebpf.Map `ebpf:"ipm_cidr6_0"`
+	IpmCidr61   *ebpf.Map `ebpf:"ipm_cidr6_1"`
 	IpmFrag4    *ebpf.Map `ebpf:"ipm_frag4"`
+	IpmFrag6    *ebpf.Map `ebpf:"ipm_frag6"`
 	IpmIfaces   *ebpf.Map `ebpf:"ipm_ifaces"`
 	IpmInbound4 *ebpf.Map `ebpf:"ipm_inbound4"`
+	IpmInbound6 *ebpf.Map `ebpf:"ipm_inbound6"`
 	IpmLocal4   *ebpf.Map `ebpf:"ipm_local4"`
+	IpmLocal6   *ebpf.Map `ebpf:"ipm_local6"`
 	IpmNat4     *ebpf.Map `ebpf:"ipm_nat4"`
+	IpmNat6     *ebpf.Map `ebpf:"ipm_nat6"`
+	IpmScratch  *ebpf.Map `ebpf:"ipm_scratch"`
 	IpmSettings *ebpf.Map `ebpf:"ipm_settings"`
 	IpmStats    *ebpf.Map `ebpf:"ipm_stats"`
 }
@@ -271,11 +350,18 @@ func (m *BPFMaps) Close() error {
 	return _BPFClose(
 		m.IpmCidr40,
 		m.IpmCidr41,
+		m.IpmCidr60,
+		m.IpmCidr61,
 		m.IpmFrag4,
+		m.IpmFrag6,
 		m.IpmIfaces,
 		m.IpmInbound4,
+		m.IpmInbound6,
 		m.IpmLocal4,
+		m.IpmLocal6,
 		m.IpmNat4,
+		m.IpmNat6,
+		m.IpmScratch,
 		m.IpmSettings,
 		m.IpmStats,
 	)

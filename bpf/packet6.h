@@ -1,0 +1,246 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Reading IPv6 packets (extension headers included) and rewriting one
+ * endpoint with every checksum kept right. IPv6 has no header checksum, so
+ * an address change shows up only in the transport checksum, through its
+ * pseudo-header (ICMPv6 has one too, unlike ICMP).
+ */
+#ifndef IPMASQ_PACKET6_H
+#define IPMASQ_PACKET6_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/in6.h>
+#include <linux/ipv6.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "ipmasq.h"
+#include "packet.h"
+
+#define ICMPV6_DEST_UNREACH 1
+#define ICMPV6_PKT_TOOBIG   2
+#define ICMPV6_TIME_EXCEED  3
+#define ICMPV6_PARAMPROB    4
+#define ICMPV6_ECHO_REQUEST 128
+#define ICMPV6_ECHO_REPLY   129
+
+/* Extension headers walked before giving up on a packet (verifier bound).
+ * Real traffic carries one or two. */
+#define IPM_MAX_EXT_HEADERS 6
+
+/* Offset of the addresses in struct ipv6hdr. */
+#define IPV6_SADDR_OFF 8
+#define IPV6_DADDR_OFF 24
+
+/* struct flow4 for IPv6. */
+struct flow6 {
+	__be32 saddr[4];
+	__be32 daddr[4];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 tcp_flags;
+	__u8 icmp_type;
+	__u8 frag;     /* enum frag_kind */
+	__be32 fragid; /* identification of the fragment header */
+	__u32 l4_off;
+};
+
+static __always_inline bool is_icmp6_error(__u8 type)
+{
+	return type >= ICMPV6_DEST_UNREACH && type <= ICMPV6_PARAMPROB;
+}
+
+static __always_inline bool addr6_eq(const __be32 *a, const __be32 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+}
+
+static __always_inline void addr6_copy(__be32 *dst, const __be32 *src)
+{
+	dst[0] = src[0];
+	dst[1] = src[1];
+	dst[2] = src[2];
+	dst[3] = src[3];
+}
+
+/*
+ * Fills f from the IPv6 packet whose header starts at off (ETH_HLEN for a
+ * packet, further in for the quote of an ICMPv6 error): addresses, then the
+ * extension headers up to the transport header, then ports or the echo
+ * identifier. A header is read with bpf_skb_load_bytes, which also works on
+ * non-linear packets.
+ */
+static __always_inline enum parse_result parse_ipv6_at(struct __sk_buff *skb, __u32 off,
+						       struct flow6 *f)
+{
+	struct ipv6hdr ip6;
+	__u8 nexthdr;
+
+	if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)))
+		return PARSE_MALFORMED;
+	if (ip6.version != 6)
+		return PARSE_MALFORMED;
+	__builtin_memcpy(f->saddr, &ip6.saddr, 16);
+	__builtin_memcpy(f->daddr, &ip6.daddr, 16);
+	nexthdr = ip6.nexthdr;
+	off += sizeof(ip6);
+
+	for (int i = 0; i < IPM_MAX_EXT_HEADERS; i++) {
+		__u8 ext[8];
+
+		switch (nexthdr) {
+		case IPPROTO_HOPOPTS:
+		case IPPROTO_ROUTING:
+		case IPPROTO_DSTOPTS:
+			if (bpf_skb_load_bytes(skb, off, ext, 2))
+				return PARSE_MALFORMED;
+			nexthdr = ext[0];
+			off += (ext[1] + 1) * 8;
+			continue;
+		case IPPROTO_FRAGMENT: {
+			__u16 frag_off;
+
+			if (bpf_skb_load_bytes(skb, off, ext, 8))
+				return PARSE_MALFORMED;
+			nexthdr = ext[0];
+			frag_off = bpf_ntohs(*(__be16 *)&ext[2]);
+			f->fragid = *(__be32 *)&ext[4];
+			off += 8;
+			if (frag_off & 0xfff8) {
+				f->proto = nexthdr;
+				f->frag = FRAG_LATER;
+				return PARSE_FRAGMENT;
+			}
+			if (frag_off & 1)
+				f->frag = FRAG_FIRST;
+			continue;
+		}
+		default:
+			goto transport;
+		}
+	}
+	/* More extension headers than any real packet: leave it alone. */
+	return PARSE_OTHER;
+
+transport:
+	f->proto = nexthdr;
+	f->l4_off = off;
+	switch (nexthdr) {
+	case IPPROTO_TCP: {
+		__u8 th[14];
+
+		if (bpf_skb_load_bytes(skb, off, th, sizeof(th)))
+			return PARSE_MALFORMED;
+		f->sport = *(__be16 *)&th[0];
+		f->dport = *(__be16 *)&th[2];
+		f->tcp_flags = th[13];
+		return PARSE_OK;
+	}
+	case IPPROTO_UDP: {
+		__be16 ports[2];
+
+		if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)))
+			return PARSE_MALFORMED;
+		f->sport = ports[0];
+		f->dport = ports[1];
+		return PARSE_OK;
+	}
+	case IPPROTO_ICMPV6: {
+		struct icmp_echo_hdr ih;
+
+		if (bpf_skb_load_bytes(skb, off, &ih, sizeof(ih)))
+			return PARSE_MALFORMED;
+		f->icmp_type = ih.type;
+		if (is_icmp6_error(ih.type))
+			return PARSE_ICMP_ERROR;
+		/* Neighbour discovery, router solicitation and
+		 * advertisement, MLD and the rest are never touched. */
+		if ((ih.type != ICMPV6_ECHO_REQUEST && ih.type != ICMPV6_ECHO_REPLY) || ih.code)
+			return PARSE_OTHER;
+		if (ih.type == ICMPV6_ECHO_REQUEST)
+			f->sport = ih.id;
+		else
+			f->dport = ih.id;
+		return PARSE_OK;
+	}
+	default:
+		return PARSE_OTHER;
+	}
+}
+
+/* Where the transport checksum of a parsed packet sits, and whether a zero
+ * there means "none" (UDP). */
+static __always_inline __u32 csum_offset6(__u8 proto, __u32 l4_off, __u64 *zero_flag)
+{
+	*zero_flag = 0;
+	switch (proto) {
+	case IPPROTO_TCP:
+		return l4_off + 16;
+	case IPPROTO_UDP:
+		*zero_flag = BPF_F_MARK_MANGLED_0;
+		return l4_off + 6;
+	default: /* ICMPv6 */
+		return l4_off + 2;
+	}
+}
+
+/* Offset of the port (ICMPv6 echo: identifier) of one endpoint. */
+static __always_inline __u32 port_offset6(__u8 proto, __u32 l4_off, bool source)
+{
+	if (proto == IPPROTO_ICMPV6)
+		return l4_off + 4;
+	return l4_off + (source ? 0 : 2);
+}
+
+/*
+ * Rewrites the source (egress) or destination (ingress) address and port of
+ * a parsed IPv6 packet. The address change reaches the transport checksum
+ * through the pseudo-header (BPF_F_PSEUDO_HDR, so that CHECKSUM_PARTIAL
+ * packets get their seed updated), the port change through the data. The
+ * address is stored with BPF_F_RECOMPUTE_CSUM so that a CHECKSUM_COMPLETE
+ * packet's sum, which covers the IPv6 header here, stays right.
+ */
+static __always_inline int rewrite_endpoint6(struct __sk_buff *skb, const struct flow6 *f,
+					     bool source, const __be32 *to_addr, __be16 to_port)
+{
+	const __be32 *from_addr = source ? f->saddr : f->daddr;
+	__be16 from_port = source ? f->sport : f->dport;
+	__u64 zero_flag;
+	__u32 csum_off = csum_offset6(f->proto, f->l4_off, &zero_flag);
+	__be32 from[4], to[4];
+	__s64 diff;
+
+	addr6_copy(from, from_addr);
+	addr6_copy(to, to_addr);
+	diff = bpf_csum_diff(from, sizeof(from), to, sizeof(to), 0);
+	if (diff < 0)
+		return -1;
+	if (bpf_l4_csum_replace(skb, csum_off, 0, diff, BPF_F_PSEUDO_HDR | zero_flag))
+		return -1;
+	if (from_port != to_port) {
+		if (bpf_l4_csum_replace(skb, csum_off, from_port, to_port,
+					zero_flag | sizeof(to_port)))
+			return -1;
+		if (bpf_skb_store_bytes(skb, port_offset6(f->proto, f->l4_off, source), &to_port,
+					sizeof(to_port), 0))
+			return -1;
+	}
+	return bpf_skb_store_bytes(skb, ETH_HLEN + (source ? IPV6_SADDR_OFF : IPV6_DADDR_OFF), to,
+				   sizeof(to), BPF_F_RECOMPUTE_CSUM);
+}
+
+/* Rewrites only an address of the IPv6 header, as for a non-first fragment:
+ * no checksum covers it but a CHECKSUM_COMPLETE sum. */
+static __always_inline int rewrite_addr6(struct __sk_buff *skb, bool source, const __be32 *to_addr)
+{
+	__be32 to[4];
+
+	addr6_copy(to, to_addr);
+	return bpf_skb_store_bytes(skb, ETH_HLEN + (source ? IPV6_SADDR_OFF : IPV6_DADDR_OFF), to,
+				   sizeof(to), BPF_F_RECOMPUTE_CSUM);
+}
+
+#endif /* IPMASQ_PACKET6_H */
