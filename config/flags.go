@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -29,6 +30,7 @@ const (
 // Defaults of the other flags. The first two are upstream's.
 const (
 	defaultMasqChain   = "IP-MASQ-AGENT"
+	defaultRemoveChain = true
 	defaultRandomFully = true
 	defaultNATEntries  = 131072
 	defaultTCPSyn      = 60 * time.Second
@@ -65,6 +67,9 @@ const maxIfNameLen = 15
 // maxChainLen is the longest iptables chain name (XT_EXTENSION_MAXNAMELEN-1).
 const maxChainLen = 28
 
+// builtinChains are the chains of the iptables tables, which no agent created.
+var builtinChains = []string{"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
+
 // defaultPortRange is what translated ports are drawn from without
 // --to-ports: the range MASQUERADE uses for ports it must change.
 var defaultPortRange = PortRange{First: 1024, Last: 65535}
@@ -77,6 +82,10 @@ type Flags struct {
 	EnableIPv6              bool
 	RandomFully             bool
 	ToPorts                 string
+
+	// RemoveIPTablesChain removes the --masq-chain chain and its POSTROUTING
+	// jump that an earlier iptables agent left, on start (SPEC 3.9).
+	RemoveIPTablesChain bool
 
 	// Flags of this project.
 	ConfigPath    string
@@ -117,8 +126,12 @@ func NewFlagSet(name string) (*flag.FlagSet, *Flags) {
 
 	fs.StringVar(&f.MasqChain, "masq-chain", defaultMasqChain,
 		"Name of the iptables nat chain that an earlier, iptables-based ip-masq-agent created. "+
-			"Accepted for compatibility; this agent does not use iptables. "+
-			"Removing that chain and its POSTROUTING jump on start is not implemented yet: remove them by hand when migrating.")
+			"This agent does not use iptables: on start it removes that chain and its POSTROUTING jump "+
+			"(iptables-nft and iptables-legacy, IPv4 and IPv6), unless --remove-iptables-chain=false.")
+	fs.BoolVar(&f.RemoveIPTablesChain, "remove-iptables-chain", defaultRemoveChain,
+		"On start, remove the --masq-chain chain and the POSTROUTING rules that jump to it from the nat table, "+
+			"if an earlier iptables ip-masq-agent left them: netfilter runs before this agent, so their stale list "+
+			"would decide first. Nothing is touched when they are absent. Disable with --remove-iptables-chain=false.")
 	fs.BoolVar(&f.NoMasqAllReservedRanges, "nomasq-all-reserved-ranges", false,
 		"When the config file has no nonMasqueradeCIDRs key, keep the pod source address for all 11 IPv4 ranges "+
 			"reserved by RFCs (RFC 1918, 100.64.0.0/10, 192.0.0.0/24, 192.0.2.0/24, 192.88.99.0/24, 198.18.0.0/15, "+
@@ -193,6 +206,8 @@ func (f *Flags) Validate() error {
 		bad("masq-chain", "%q is longer than %d characters, the iptables limit", f.MasqChain, maxChainLen)
 	case strings.ContainsFunc(f.MasqChain, isSpace):
 		bad("masq-chain", "%q contains white space", f.MasqChain)
+	case f.RemoveIPTablesChain && slices.Contains(builtinChains, f.MasqChain):
+		bad("masq-chain", "%q is a built-in chain, which --remove-iptables-chain must not remove", f.MasqChain)
 	}
 
 	if f.ToPorts != "" {

@@ -42,6 +42,7 @@ func restoreKlogFlags(t *testing.T, names ...string) {
 func defaultFlags() Flags {
 	return Flags{
 		MasqChain:             "IP-MASQ-AGENT",
+		RemoveIPTablesChain:   true,
 		RandomFully:           true,
 		ConfigPath:            "/etc/config/ip-masq-agent",
 		PinPath:               "/sys/fs/bpf/ip-masq-agent",
@@ -74,6 +75,7 @@ func TestFlagDefaults(t *testing.T) {
 	// Defaults as shown by --help, with the names upstream and tools use.
 	for name, def := range map[string]string{
 		"masq-chain":                 "IP-MASQ-AGENT",
+		"remove-iptables-chain":      "true",
 		"nomasq-all-reserved-ranges": "false",
 		"enable-ipv6":                "false",
 		"random-fully":               "true",
@@ -113,6 +115,7 @@ func TestFlagsParse(t *testing.T) {
 		check func(f *Flags) bool
 	}{
 		{"masq-chain", "OLD-CHAIN", func(f *Flags) bool { return f.MasqChain == "OLD-CHAIN" }},
+		{"remove-iptables-chain", "false", func(f *Flags) bool { return !f.RemoveIPTablesChain }},
 		{"nomasq-all-reserved-ranges", "", func(f *Flags) bool { return f.NoMasqAllReservedRanges }},
 		{"enable-ipv6", "", func(f *Flags) bool { return f.EnableIPv6 }},
 		{"random-fully", "false", func(f *Flags) bool { return !f.RandomFully }},
@@ -219,6 +222,7 @@ func TestValidateRejects(t *testing.T) {
 		{"empty masq-chain", func(f *Flags) { f.MasqChain = "" }, []string{"--masq-chain"}},
 		{"long masq-chain", func(f *Flags) { f.MasqChain = strings.Repeat("C", 29) }, []string{"--masq-chain", "28"}},
 		{"masq-chain with space", func(f *Flags) { f.MasqChain = "IP MASQ" }, []string{"--masq-chain", "white space"}},
+		{"masq-chain built-in", func(f *Flags) { f.MasqChain = "POSTROUTING" }, []string{"--masq-chain", `"POSTROUTING"`, "built-in"}},
 		{"to-ports garbage", func(f *Flags) { f.ToPorts = "many" }, []string{"--to-ports", `"many"`}},
 		{"to-ports reversed", func(f *Flags) { f.ToPorts = "2000-1000" }, []string{"--to-ports", "backwards"}},
 		{"to-ports too many", func(f *Flags) { f.ToPorts = "1,2,3,4,5,6,7,8,9" }, []string{"--to-ports", "at most 8"}},
@@ -304,6 +308,12 @@ func TestValidateAcceptsBounds(t *testing.T) {
 	f.PinPath = "/sys/fs/bpf/"
 	if err := f.Validate(); err != nil {
 		t.Errorf("limits: %v", err)
+	}
+	// A built-in chain name is only refused when it would be removed.
+	f = defaultFlags()
+	f.MasqChain, f.RemoveIPTablesChain = "POSTROUTING", false
+	if err := f.Validate(); err != nil {
+		t.Errorf("--masq-chain=POSTROUTING --remove-iptables-chain=false: %v", err)
 	}
 }
 
