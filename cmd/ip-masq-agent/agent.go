@@ -53,6 +53,7 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 	if err := ifaces.reconcile(); err != nil {
 		return err
 	}
+	removeIPTablesChain(f) // after the attach: see there
 	klog.InfoS("Datapath ready", "pinPath", f.PinPath, "interfaces", ifaces.attachedNames())
 	obs.setStarted()
 
