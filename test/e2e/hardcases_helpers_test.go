@@ -19,6 +19,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// dropTimeout is how long a probe that must fail (its packets are dropped)
+// waits.
+const dropTimeout = 1500 * time.Millisecond
+
 // startAgentOn starts the agent on a topology the test built itself (for
 // example with WithLowMTUHop) and fails the test at its end on any checksum
 // error counted by a receiver, like startAgent.
