@@ -38,3 +38,6 @@ func portFromBE(v uint16) uint16 {
 	binary.NativeEndian.PutUint16(b[:], v)
 	return binary.BigEndian.Uint16(b[:])
 }
+
+func nativeUint32(b []byte) uint32       { return binary.NativeEndian.Uint32(b) }
+func putNativeUint32(b []byte, v uint32) { binary.NativeEndian.PutUint32(b, v) }

@@ -36,20 +36,42 @@ func TestPortToBEIsNetworkOrderInMemory(t *testing.T) {
 }
 
 func TestReplyAndOriginalKeysArePaired(t *testing.T) {
-	pod, remote, node := netip.MustParseAddr("10.244.1.2"), netip.MustParseAddr("203.0.113.10"), netip.MustParseAddr("172.31.0.2")
-	for _, proto := range []uint8{6, 17, 1} {
-		k := NATKey{Saddr: addrToBE(pod), Daddr: addrToBE(remote), Sport: portToBE(40000), Proto: proto, Dir: dirEgress}
-		if proto != 1 {
-			k.Dport = portToBE(443)
+	for _, fam := range []struct{ pod, remote, node string }{
+		{"10.244.1.2", "203.0.113.10", "172.31.0.2"},
+		{"fd00:10:244:1::2", "2001:db8:1::10", "2001:db8:31::2"},
+	} {
+		pod, remote, node := netip.MustParseAddr(fam.pod), netip.MustParseAddr(fam.remote), netip.MustParseAddr(fam.node)
+		for _, proto := range []uint8{6, 17, 1, 58} {
+			k := tuple{Src: pod, Dst: remote, Sport: 40000, Proto: proto, Dir: dirEgress}
+			if !isICMP(proto) {
+				k.Dport = 443
+			}
+			out := half{Addr: node, Port: 51234, Kind: kindMasq}
+			rk := replyKey(k, out)
+			if rk.Src != remote || rk.Dst != node || rk.Dport != 51234 || rk.Dir != dirIngress {
+				t.Errorf("proto %d: reply key %+v does not match the reply of %+v", proto, rk, k)
+			}
+			in := half{Addr: pod, Port: 40000, Kind: kindMasq}
+			if back := originalKey(rk, in); back != k {
+				t.Errorf("proto %d: original key %+v, want %+v", proto, back, k)
+			}
 		}
-		out := NATEntry{Addr: addrToBE(node), Port: portToBE(51234), Kind: kindMasq}
-		rk := replyKey(k, out)
-		if rk.Saddr != k.Daddr || rk.Daddr != out.Addr || rk.Dport != out.Port || rk.Dir != dirIngress {
-			t.Errorf("proto %d: reply key %+v does not match the reply of %+v", proto, rk, k)
+	}
+}
+
+func TestCodecsRoundTrip(t *testing.T) {
+	for _, tu := range []tuple{
+		{Src: netip.MustParseAddr("10.244.1.2"), Dst: netip.MustParseAddr("203.0.113.10"), Sport: 40000, Dport: 443, Proto: 6, Dir: dirEgress},
+		{Src: netip.MustParseAddr("fd00::2"), Dst: netip.MustParseAddr("2001:db8::10"), Sport: 1, Dport: 65535, Proto: 17, Dir: dirIngress},
+	} {
+		var back tuple
+		if tu.Src.Is4() {
+			back = codec4{}.tuple(codec4{}.key(tu))
+		} else {
+			back = codec6{}.tuple(codec6{}.key(tu))
 		}
-		in := NATEntry{Addr: k.Saddr, Port: k.Sport, Kind: kindMasq}
-		if back := originalKey(rk, in); back != k {
-			t.Errorf("proto %d: original key %+v, want %+v", proto, back, k)
+		if back != tu {
+			t.Errorf("round trip of %+v gave %+v", tu, back)
 		}
 	}
 }

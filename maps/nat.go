@@ -15,6 +15,7 @@ import (
 type (
 	NATKey   = loader.BPFIpmNatKey
 	NATEntry = loader.BPFIpmNatEntry
+	Flags    = loader.BPFIpmEntryFlags
 )
 
 const (
@@ -34,14 +35,6 @@ type Timeouts struct {
 	UDP, UDPStream, ICMP                   time.Duration
 }
 
-// NATTable is ipm_nat4.
-type NATTable struct{ m *ebpf.Map }
-
-func NewNATTable(d *loader.Datapath) *NATTable { return &NATTable{m: d.Maps.IpmNat4} }
-
-// Capacity is the table's bound in entries (two per flow).
-func (t *NATTable) Capacity() int { return int(t.m.MaxEntries()) }
-
 // Now is the datapath's clock: bpf_ktime_get_ns is CLOCK_MONOTONIC, which
 // wall time must never be compared with.
 func Now() time.Duration {
@@ -52,6 +45,45 @@ func Now() time.Duration {
 	return time.Duration(ts.Nano())
 }
 
+// tuple is a NAT table key of either family in Go types.
+type tuple struct {
+	Src, Dst     netip.Addr
+	Sport, Dport uint16
+	Proto        uint8
+	Dir          loader.BPFIpmDir
+}
+
+// half is a NAT table value of either family in Go types.
+type half struct {
+	Created, LastSeen time.Duration
+	Addr              netip.Addr
+	Port              uint16
+	Kind              loader.BPFIpmKind
+	Flags             Flags
+}
+
+// codec reads and writes one family's NAT map as tuples and halves.
+type codec interface {
+	iterate(m *ebpf.Map, fn func(tuple, half)) error
+	lookup(m *ebpf.Map, t tuple) (half, bool)
+	remove(m *ebpf.Map, t tuple) error
+}
+
+// NATTable is ipm_nat4 or ipm_nat6.
+type NATTable struct {
+	m *ebpf.Map
+	c codec
+}
+
+// NewNATTable is the IPv4 NAT table.
+func NewNATTable(d *loader.Datapath) *NATTable { return &NATTable{m: d.Maps.IpmNat4, c: codec4{}} }
+
+// NewNAT6Table is the IPv6 NAT table.
+func NewNAT6Table(d *loader.Datapath) *NATTable { return &NATTable{m: d.Maps.IpmNat6, c: codec6{}} }
+
+// Capacity is the table's bound in entries (two per flow).
+func (t *NATTable) Capacity() int { return int(t.m.MaxEntries()) }
+
 // Flow is a translated flow: both halves of one mapping, as the debug
 // command and the collector see it.
 type Flow struct {
@@ -59,20 +91,43 @@ type Flow struct {
 	Pod      netip.AddrPort // the pod's address and port (ICMP: identifier)
 	Remote   netip.AddrPort
 	Node     netip.AddrPort // what the pod's source becomes
-	Out, In  NATEntry       // the halves; In is zero when missing
-	HasIn    bool
-	LastSeen time.Duration // newer of the halves' last packets
+	Flags    Flags          // seen in either direction
+	Replied  bool           // a reply came back
+	HasIn    bool           // the reply half exists
+	LastSeen time.Duration  // newer of the halves' last packets
 }
 
 // State names the flow's lifecycle stage, which decides its timeout.
-func (f Flow) State() string {
-	return state(f.Proto, f.Out.Flags|f.In.Flags, f.In.LastSeenNs != 0)
-}
+func (f Flow) State() string { return state(f.Proto, f.Flags, f.Replied) }
 
 // Timeout is how long the flow lives after its last packet.
 func (f Flow) Timeout(t Timeouts) time.Duration { return timeout(f.Proto, f.State(), t) }
 
-func state(proto uint8, flags loader.BPFIpmEntryFlags, replied bool) string {
+func (f Flow) String() string {
+	return fmt.Sprintf("%s -> %s via %s %s %s", f.Pod, f.Remote, f.Node, protoName(f.Proto), f.State())
+}
+
+// Reservation is a tuple held for a host socket or a flow netfilter NATed to
+// the node address (SPEC 3.6), keyed as the reply would arrive.
+type Reservation struct {
+	Proto    uint8
+	Node     netip.AddrPort // the host's side
+	Remote   netip.AddrPort
+	Flags    Flags
+	LastSeen time.Duration // newer of creation and last packet
+}
+
+// State is the reserved flow's lifecycle stage.
+func (r Reservation) State() string {
+	return state(r.Proto, r.Flags, r.Flags&flagReplied != 0)
+}
+
+// Host is the node's side of the reserved tuple.
+func (r Reservation) Host() netip.AddrPort { return r.Node }
+
+func (r Reservation) timeout(t Timeouts) time.Duration { return timeout(r.Proto, r.State(), t) }
+
+func state(proto uint8, flags Flags, replied bool) string {
 	switch {
 	case proto == unix.IPPROTO_TCP && flags&flagRst != 0:
 		return "reset"
@@ -106,27 +161,6 @@ func timeout(proto uint8, state string, t Timeouts) time.Duration {
 	return t.ICMP
 }
 
-// Reservation is a tuple held for a host socket or a flow netfilter NATed to
-// the node address (SPEC 3.6), keyed as the reply would arrive.
-type Reservation struct {
-	Key   NATKey
-	Entry NATEntry
-}
-
-// State is the reserved flow's lifecycle stage.
-func (r Reservation) State() string {
-	return state(r.Key.Proto, r.Entry.Flags, r.Entry.Flags&flagReplied != 0)
-}
-
-// Host is the node's side of the reserved tuple.
-func (r Reservation) Host() netip.AddrPort {
-	return netip.AddrPortFrom(addrFromBE(r.Key.Daddr), portFromBE(r.Key.Dport))
-}
-
-func (f Flow) String() string {
-	return fmt.Sprintf("%s -> %s via %s %s %s", f.Pod, f.Remote, f.Node, protoName(f.Proto), f.State())
-}
-
 func protoName(p uint8) string {
 	switch p {
 	case unix.IPPROTO_TCP:
@@ -135,63 +169,77 @@ func protoName(p uint8) string {
 		return "udp"
 	case unix.IPPROTO_ICMP:
 		return "icmp"
+	case unix.IPPROTO_ICMPV6:
+		return "icmpv6"
 	}
 	return fmt.Sprintf("proto-%d", p)
 }
 
+func isICMP(proto uint8) bool { return proto == unix.IPPROTO_ICMP || proto == unix.IPPROTO_ICMPV6 }
+
 // replyKey is the ingress key that belongs to an egress half.
-func replyKey(k NATKey, e NATEntry) NATKey {
-	r := NATKey{Saddr: k.Daddr, Daddr: e.Addr, Sport: k.Dport, Dport: e.Port, Proto: k.Proto, Dir: dirIngress}
-	if k.Proto == unix.IPPROTO_ICMP {
+func replyKey(k tuple, e half) tuple {
+	r := tuple{Src: k.Dst, Dst: e.Addr, Sport: k.Dport, Dport: e.Port, Proto: k.Proto, Dir: dirIngress}
+	if isICMP(k.Proto) {
 		r.Sport = 0
 	}
 	return r
 }
 
 // originalKey is the egress key that belongs to an ingress half.
-func originalKey(k NATKey, e NATEntry) NATKey {
-	o := NATKey{Saddr: e.Addr, Daddr: k.Saddr, Sport: e.Port, Dport: k.Sport, Proto: k.Proto, Dir: dirEgress}
-	if k.Proto == unix.IPPROTO_ICMP {
+func originalKey(k tuple, e half) tuple {
+	o := tuple{Src: e.Addr, Dst: k.Src, Sport: e.Port, Dport: k.Sport, Proto: k.Proto, Dir: dirEgress}
+	if isICMP(k.Proto) {
 		o.Dport = 0
 	}
 	return o
 }
 
-func makeFlow(k NATKey, out NATEntry, in NATEntry, hasIn bool) Flow {
-	f := Flow{
-		Proto:  k.Proto,
-		Pod:    netip.AddrPortFrom(addrFromBE(k.Saddr), portFromBE(k.Sport)),
-		Remote: netip.AddrPortFrom(addrFromBE(k.Daddr), portFromBE(k.Dport)),
-		Node:   netip.AddrPortFrom(addrFromBE(out.Addr), portFromBE(out.Port)),
-		Out:    out, In: in, HasIn: hasIn,
+func makeFlow(k tuple, out, in half, hasIn bool) Flow {
+	return Flow{
+		Proto:    k.Proto,
+		Pod:      netip.AddrPortFrom(k.Src, k.Sport),
+		Remote:   netip.AddrPortFrom(k.Dst, k.Dport),
+		Node:     netip.AddrPortFrom(out.Addr, out.Port),
+		Flags:    out.Flags | in.Flags,
+		Replied:  in.LastSeen != 0,
+		HasIn:    hasIn,
+		LastSeen: max(out.LastSeen, in.LastSeen, out.Created),
 	}
-	f.LastSeen = time.Duration(max(out.LastSeenNs, in.LastSeenNs, out.CreatedNs))
-	return f
+}
+
+func makeReservation(k tuple, e half) Reservation {
+	return Reservation{
+		Proto:    k.Proto,
+		Node:     netip.AddrPortFrom(k.Dst, k.Dport),
+		Remote:   netip.AddrPortFrom(k.Src, k.Sport),
+		Flags:    e.Flags,
+		LastSeen: max(e.LastSeen, e.Created),
+	}
 }
 
 // Snapshot is one pass over the table.
 type Snapshot struct {
 	Flows    []Flow
 	Reserved []Reservation
-	Orphans  map[NATKey]NATEntry // reply halves without their egress half
+	Orphans  int // reply halves without their egress half
 	Entries  int
 }
 
-// Read walks the table once. Entries change under it; the collector
-// re-reads before it deletes anything.
-func (t *NATTable) Read() (Snapshot, error) {
-	all := map[NATKey]NATEntry{}
-	var k NATKey
-	var e NATEntry
-	it := t.m.Iterate()
-	for it.Next(&k, &e) {
-		all[k] = e
+type pass struct {
+	flows    map[tuple]Flow // by egress key
+	reserved map[tuple]Reservation
+	orphans  map[tuple]half
+	entries  int
+}
+
+func (t *NATTable) read() (pass, error) {
+	all := map[tuple]half{}
+	if err := t.c.iterate(t.m, func(k tuple, e half) { all[k] = e }); err != nil {
+		return pass{}, fmt.Errorf("read NAT table: %w", err)
 	}
-	if err := it.Err(); err != nil {
-		return Snapshot{}, fmt.Errorf("read NAT table: %w", err)
-	}
-	s := Snapshot{Orphans: map[NATKey]NATEntry{}, Entries: len(all)}
-	paired := map[NATKey]bool{}
+	p := pass{flows: map[tuple]Flow{}, reserved: map[tuple]Reservation{}, orphans: map[tuple]half{}, entries: len(all)}
+	paired := map[tuple]bool{}
 	for k, e := range all {
 		if k.Dir != dirEgress || e.Kind != kindMasq {
 			continue
@@ -199,35 +247,51 @@ func (t *NATTable) Read() (Snapshot, error) {
 		rk := replyKey(k, e)
 		in, ok := all[rk]
 		paired[rk] = ok
-		s.Flows = append(s.Flows, makeFlow(k, e, in, ok))
+		p.flows[k] = makeFlow(k, e, in, ok)
 	}
 	for k, e := range all {
 		switch {
 		case k.Dir == dirIngress && e.Kind == kindMasq && !paired[k]:
-			s.Orphans[k] = e
+			p.orphans[k] = e
 		case e.Kind == kindHost:
-			s.Reserved = append(s.Reserved, Reservation{Key: k, Entry: e})
+			p.reserved[k] = makeReservation(k, e)
 		}
+	}
+	return p, nil
+}
+
+// Read walks the table once. Entries change under it; the collector
+// re-reads before it deletes anything.
+func (t *NATTable) Read() (Snapshot, error) {
+	p, err := t.read()
+	if err != nil {
+		return Snapshot{}, err
+	}
+	s := Snapshot{Orphans: len(p.orphans), Entries: p.entries}
+	for _, f := range p.flows {
+		s.Flows = append(s.Flows, f)
+	}
+	for _, r := range p.reserved {
+		s.Reserved = append(s.Reserved, r)
 	}
 	return s, nil
 }
 
-// Collect deletes the flows whose timeout has passed, both halves together,
-// and reply halves left without their egress half. Each candidate is read
-// again just before deletion and kept if a packet used it meanwhile.
+// Collect deletes the flows whose timeout has passed (both halves
+// together), idle host reservations, and reply halves left without their
+// egress half. Each candidate is read again just before deletion and kept if
+// a packet used it meanwhile.
 func (t *NATTable) Collect(to Timeouts) (removed int, err error) {
-	snap, err := t.Read()
+	p, err := t.read()
 	if err != nil {
 		return 0, err
 	}
 	var errs []error
-	for _, f := range snap.Flows {
+	for k, f := range p.flows {
 		if Now()-f.LastSeen <= f.Timeout(to) {
 			continue
 		}
-		k := NATKey{Saddr: addrToBE(f.Pod.Addr()), Daddr: addrToBE(f.Remote.Addr()),
-			Sport: portToBE(f.Pod.Port()), Dport: portToBE(f.Remote.Port()), Proto: f.Proto, Dir: dirEgress}
-		ok, err := t.removeIfExpired(k, to)
+		ok, err := t.removeFlowIfExpired(k, to)
 		if err != nil {
 			errs = append(errs, err)
 		}
@@ -235,47 +299,47 @@ func (t *NATTable) Collect(to Timeouts) (removed int, err error) {
 			removed++
 		}
 	}
-	for _, r := range snap.Reserved {
-		if t.removeReservationIfExpired(r.Key, to) {
+	for k, r := range p.reserved {
+		if Now()-r.LastSeen > r.timeout(to) && t.removeReservationIfExpired(k, to) {
 			removed++
 		}
 	}
-	for rk, in := range snap.Orphans {
+	for rk, in := range p.orphans {
 		// Give a half-created mapping time to get its egress half.
-		if Now()-time.Duration(max(in.LastSeenNs, in.CreatedNs)) <= to.TCPRst {
+		if Now()-max(in.LastSeen, in.Created) <= to.TCPRst {
 			continue
 		}
-		var out NATEntry
-		if err := t.m.Lookup(originalKey(rk, in), &out); err == nil {
+		if _, ok := t.c.lookup(t.m, originalKey(rk, in)); ok {
 			continue // paired again meanwhile
 		}
-		if err := t.m.Delete(rk); err == nil {
+		if t.c.remove(t.m, rk) == nil {
 			removed++
 		}
 	}
 	return removed, errors.Join(errs...)
 }
 
-// removeIfExpired re-reads a flow's halves and deletes them if it is still
-// expired: the reply half first, so a packet racing with the deletion finds
-// no mapping in ingress rather than a reply half that outlives its flow.
-func (t *NATTable) removeIfExpired(k NATKey, to Timeouts) (bool, error) {
-	var out, in NATEntry
-	if err := t.m.Lookup(k, &out); err != nil {
+// removeFlowIfExpired re-reads a flow's halves and deletes them if it is
+// still expired: the reply half first, so a packet racing with the deletion
+// finds no mapping in ingress rather than a reply half that outlives its
+// flow.
+func (t *NATTable) removeFlowIfExpired(k tuple, to Timeouts) (bool, error) {
+	out, ok := t.c.lookup(t.m, k)
+	if !ok {
 		return false, nil // gone already
 	}
 	rk := replyKey(k, out)
-	hasIn := t.m.Lookup(rk, &in) == nil
+	in, hasIn := t.c.lookup(t.m, rk)
 	f := makeFlow(k, out, in, hasIn)
 	if Now()-f.LastSeen <= f.Timeout(to) {
 		return false, nil
 	}
 	if hasIn {
-		if err := t.m.Delete(rk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := t.c.remove(t.m, rk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return false, fmt.Errorf("delete reply half: %w", err)
 		}
 	}
-	if err := t.m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := t.c.remove(t.m, k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return false, fmt.Errorf("delete egress half: %w", err)
 	}
 	return true, nil
@@ -283,14 +347,14 @@ func (t *NATTable) removeIfExpired(k NATKey, to Timeouts) (bool, error) {
 
 // removeReservationIfExpired re-reads a host reservation and deletes it if
 // its flow has been idle for longer than its state allows.
-func (t *NATTable) removeReservationIfExpired(k NATKey, to Timeouts) bool {
-	var e NATEntry
-	if err := t.m.Lookup(k, &e); err != nil || e.Kind != kindHost {
+func (t *NATTable) removeReservationIfExpired(k tuple, to Timeouts) bool {
+	e, ok := t.c.lookup(t.m, k)
+	if !ok || e.Kind != kindHost {
 		return false
 	}
-	r := Reservation{Key: k, Entry: e}
-	if Now()-time.Duration(max(e.LastSeenNs, e.CreatedNs)) <= timeout(k.Proto, r.State(), to) {
+	r := makeReservation(k, e)
+	if Now()-r.LastSeen <= r.timeout(to) {
 		return false
 	}
-	return t.m.Delete(k) == nil
+	return t.c.remove(t.m, k) == nil
 }

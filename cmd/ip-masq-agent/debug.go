@@ -120,7 +120,7 @@ func printDebug(out io.Writer, dp *loader.Datapath) error {
 		}
 		now := maps.Now()
 		fmt.Fprintf(w, "\nNAT table: %d of %d entries in use, %d flows, %d host reservations, %d reply halves without their flow\n",
-			snap.Entries, nat.Capacity(), len(snap.Flows), len(snap.Reserved), len(snap.Orphans))
+			snap.Entries, nat.Capacity(), len(snap.Flows), len(snap.Reserved), snap.Orphans)
 		slices.SortFunc(snap.Flows, func(a, b maps.Flow) int {
 			return cmp.Or(cmp.Compare(a.Proto, b.Proto), a.Pod.Compare(b.Pod), a.Remote.Compare(b.Remote))
 		})
@@ -135,9 +135,7 @@ func printDebug(out io.Writer, dp *loader.Datapath) error {
 			fmt.Fprintf(w, "Host reservations (node tuples kept from pod mappings):\n")
 			slices.SortFunc(snap.Reserved, func(a, b maps.Reservation) int { return a.Host().Compare(b.Host()) })
 			for _, r := range snap.Reserved {
-				remote := netip.AddrPortFrom(addrFromMap(r.Key.Saddr), portFromMap(r.Key.Sport))
-				last := time.Duration(max(r.Entry.LastSeenNs, r.Entry.CreatedNs))
-				fmt.Fprintf(w, "  %s -> %s %s %s %s\n", r.Host(), remote, protoName(r.Key.Proto), r.State(), idle(now, last))
+				fmt.Fprintf(w, "  %s -> %s %s %s %s\n", r.Host(), r.Remote, protoName(r.Proto), r.State(), idle(now, r.LastSeen))
 			}
 		}
 		return nil

@@ -1,0 +1,114 @@
+package maps
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/ipmasq-ebpf/ip-masq-agent/loader"
+)
+
+// codec4 converts ipm_nat4's keys and values.
+type codec4 struct{}
+
+func (codec4) key(t tuple) NATKey {
+	return NATKey{Saddr: addrToBE(t.Src), Daddr: addrToBE(t.Dst), Sport: portToBE(t.Sport),
+		Dport: portToBE(t.Dport), Proto: t.Proto, Dir: t.Dir}
+}
+
+func (codec4) tuple(k NATKey) tuple {
+	return tuple{Src: addrFromBE(k.Saddr), Dst: addrFromBE(k.Daddr), Sport: portFromBE(k.Sport),
+		Dport: portFromBE(k.Dport), Proto: k.Proto, Dir: k.Dir}
+}
+
+func (codec4) half(e NATEntry) half {
+	return half{Created: time.Duration(e.CreatedNs), LastSeen: time.Duration(e.LastSeenNs),
+		Addr: addrFromBE(e.Addr), Port: portFromBE(e.Port), Kind: e.Kind, Flags: e.Flags}
+}
+
+func (c codec4) iterate(m *ebpf.Map, fn func(tuple, half)) error {
+	var k NATKey
+	var e NATEntry
+	it := m.Iterate()
+	for it.Next(&k, &e) {
+		fn(c.tuple(k), c.half(e))
+	}
+	return it.Err()
+}
+
+func (c codec4) lookup(m *ebpf.Map, t tuple) (half, bool) {
+	var e NATEntry
+	k := c.key(t)
+	if err := m.Lookup(&k, &e); err != nil {
+		return half{}, false
+	}
+	return c.half(e), true
+}
+
+func (c codec4) remove(m *ebpf.Map, t tuple) error {
+	k := c.key(t)
+	return m.Delete(&k)
+}
+
+// codec6 converts ipm_nat6's keys and values.
+type codec6 struct{}
+
+func (codec6) key(t tuple) loader.BPFIpmNat6Key {
+	return loader.BPFIpmNat6Key{Saddr: addr6ToBE(t.Src), Daddr: addr6ToBE(t.Dst), Sport: portToBE(t.Sport),
+		Dport: portToBE(t.Dport), Proto: t.Proto, Dir: t.Dir}
+}
+
+func (codec6) tuple(k loader.BPFIpmNat6Key) tuple {
+	return tuple{Src: addr6FromBE(k.Saddr), Dst: addr6FromBE(k.Daddr), Sport: portFromBE(k.Sport),
+		Dport: portFromBE(k.Dport), Proto: k.Proto, Dir: k.Dir}
+}
+
+func (codec6) half(e loader.BPFIpmNat6Entry) half {
+	return half{Created: time.Duration(e.CreatedNs), LastSeen: time.Duration(e.LastSeenNs),
+		Addr: addr6FromBE(e.Addr), Port: portFromBE(e.Port), Kind: e.Kind, Flags: e.Flags}
+}
+
+func (c codec6) iterate(m *ebpf.Map, fn func(tuple, half)) error {
+	var k loader.BPFIpmNat6Key
+	var e loader.BPFIpmNat6Entry
+	it := m.Iterate()
+	for it.Next(&k, &e) {
+		fn(c.tuple(k), c.half(e))
+	}
+	return it.Err()
+}
+
+func (c codec6) lookup(m *ebpf.Map, t tuple) (half, bool) {
+	var e loader.BPFIpmNat6Entry
+	k := c.key(t)
+	if err := m.Lookup(&k, &e); err != nil {
+		return half{}, false
+	}
+	return c.half(e), true
+}
+
+func (c codec6) remove(m *ebpf.Map, t tuple) error {
+	k := c.key(t)
+	return m.Delete(&k)
+}
+
+// addr6ToBE returns an IPv6 address as the four uint32 whose memory holds it
+// in network order.
+func addr6ToBE(a netip.Addr) [4]uint32 {
+	b := a.As16()
+	var w [4]uint32
+	for i := range w {
+		w[i] = nativeUint32(b[4*i : 4*i+4])
+	}
+	return w
+}
+
+// addr6FromBE is the inverse of addr6ToBE.
+func addr6FromBE(w [4]uint32) netip.Addr {
+	var b [16]byte
+	for i, v := range w {
+		putNativeUint32(b[4*i:4*i+4], v)
+	}
+	return netip.AddrFrom16(b)
+}
