@@ -1,6 +1,7 @@
 package maps
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"sync"
@@ -19,24 +20,34 @@ const (
 	LinkLocal  = loader.BPFIpmCidrOriginIPM_CIDR_LINK_LOCAL
 )
 
-// CIDRSet is a set of IPv4 non-masquerade prefixes, masked.
+// CIDRSet is a set of non-masquerade prefixes of both families, masked.
 type CIDRSet map[netip.Prefix]Origin
 
-// NewCIDRSet builds the set the datapath needs from configured prefixes and
-// the implied link-local ones. A prefix listed twice keeps "configured".
-func NewCIDRSet(configured, implied []netip.Prefix) CIDRSet {
+// NewCIDRSet builds the set the datapath needs from the effective set (the
+// configured prefixes plus the implied link-local ones); a prefix that is
+// also in configured is marked "configured", the others "link-local".
+func NewCIDRSet(configured, effective []netip.Prefix) CIDRSet {
 	s := CIDRSet{}
-	for _, p := range implied {
-		if p.Addr().Is4() {
-			s[p.Masked()] = LinkLocal
-		}
+	for _, p := range effective {
+		s[p.Masked()] = LinkLocal
 	}
 	for _, p := range configured {
-		if p.Addr().Is4() {
+		if _, ok := s[p.Masked()]; ok {
 			s[p.Masked()] = Configured
 		}
 	}
 	return s
+}
+
+// family returns the prefixes of one family: IPv4 when v4, else IPv6.
+func (s CIDRSet) family(v4 bool) CIDRSet {
+	out := CIDRSet{}
+	for p, o := range s {
+		if p.Addr().Is4() == v4 {
+			out[p] = o
+		}
+	}
+	return out
 }
 
 // Diff returns what must be written to and deleted from a trie holding old so
@@ -61,18 +72,24 @@ func Diff(old, new CIDRSet) (upsert CIDRSet, remove []netip.Prefix) {
 // far beyond any packet still looking at it.
 const retireGrace = 50 * time.Millisecond
 
-// NonMasq owns the two non-masquerade tries and the index that says which
-// one decides. A new set is written into the idle trie and made active with
-// one write, so the datapath never sees a mix of two configurations.
+// NonMasq owns the non-masquerade tries, two per family, and the index that
+// says which of each pair decides. A new set is written into the idle tries
+// and made active with one write for both families, so the datapath never
+// sees a mix of two configurations.
 type NonMasq struct {
 	mu       sync.Mutex
-	tries    [2]*ebpf.Map
+	tries4   [2]*ebpf.Map
+	tries6   [2]*ebpf.Map
 	settings *Settings
 	retired  time.Time
 }
 
 func NewNonMasq(d *loader.Datapath, s *Settings) *NonMasq {
-	return &NonMasq{tries: [2]*ebpf.Map{d.Maps.IpmCidr40, d.Maps.IpmCidr41}, settings: s}
+	return &NonMasq{
+		tries4:   [2]*ebpf.Map{d.Maps.IpmCidr40, d.Maps.IpmCidr41},
+		tries6:   [2]*ebpf.Map{d.Maps.IpmCidr60, d.Maps.IpmCidr61},
+		settings: s,
+	}
 }
 
 // Apply makes set the active non-masquerade set.
@@ -82,25 +99,12 @@ func (n *NonMasq) Apply(set CIDRSet) error {
 	if wait := retireGrace - time.Since(n.retired); wait > 0 {
 		time.Sleep(wait)
 	}
-	active := n.settings.ActiveCIDRs()
-	idle := 1 - active
-	current, err := readTrie(n.tries[idle])
-	if err != nil {
-		return fmt.Errorf("read idle trie: %w", err)
+	idle := 1 - n.settings.ActiveCIDRs()
+	if err := fillTrie(n.tries4[idle], set.family(true), cidrKey4); err != nil {
+		return err
 	}
-	upsert, remove := Diff(current, set)
-	for _, p := range remove {
-		k := cidrKey(p)
-		if err := n.tries[idle].Delete(&k); err != nil {
-			return fmt.Errorf("delete %s from idle trie: %w", p, err)
-		}
-	}
-	for p, o := range upsert {
-		k := cidrKey(p)
-		v := loader.BPFIpmCidrValue{Origin: o}
-		if err := n.tries[idle].Put(&k, &v); err != nil {
-			return fmt.Errorf("write %s to idle trie: %w", p, err)
-		}
+	if err := fillTrie(n.tries6[idle], set.family(false), cidrKey6); err != nil {
+		return err
 	}
 	if err := n.settings.SetActiveCIDRs(idle); err != nil {
 		return err
@@ -113,20 +117,71 @@ func (n *NonMasq) Apply(set CIDRSet) error {
 func (n *NonMasq) Active() (CIDRSet, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return readTrie(n.tries[n.settings.ActiveCIDRs()])
+	active := n.settings.ActiveCIDRs()
+	set, err := readTrie(n.tries4[active])
+	if err != nil {
+		return nil, err
+	}
+	set6, err := readTrie(n.tries6[active])
+	for p, o := range set6 {
+		set[p] = o
+	}
+	return set, err
 }
 
-func cidrKey(p netip.Prefix) loader.BPFIpmCidr4Key {
+// fillTrie makes an idle trie hold exactly want, writing only the difference.
+func fillTrie[K any](m *ebpf.Map, want CIDRSet, key func(netip.Prefix) K) error {
+	current, err := readTrie(m)
+	if err != nil {
+		return fmt.Errorf("read idle trie %s: %w", mapName(m), err)
+	}
+	upsert, remove := Diff(current, want)
+	for _, p := range remove {
+		k := key(p)
+		if err := m.Delete(&k); err != nil {
+			return fmt.Errorf("delete %s from idle trie: %w", p, err)
+		}
+	}
+	for p, o := range upsert {
+		k := key(p)
+		v := loader.BPFIpmCidrValue{Origin: o}
+		if err := m.Put(&k, &v); err != nil {
+			return fmt.Errorf("write %s to idle trie: %w", p, err)
+		}
+	}
+	return nil
+}
+
+func mapName(m *ebpf.Map) string {
+	if info, err := m.Info(); err == nil {
+		return info.Name
+	}
+	return "?"
+}
+
+func cidrKey4(p netip.Prefix) loader.BPFIpmCidr4Key {
 	return loader.BPFIpmCidr4Key{Prefixlen: uint32(p.Bits()), Addr: addrToBE(p.Addr())}
 }
 
+func cidrKey6(p netip.Prefix) loader.BPFIpmCidr6Key {
+	return loader.BPFIpmCidr6Key{Prefixlen: uint32(p.Bits()), Addr: addr6ToBE(p.Addr())}
+}
+
+// readTrie reads a trie of either family: the key size tells which.
 func readTrie(m *ebpf.Map) (CIDRSet, error) {
 	set := CIDRSet{}
-	var k loader.BPFIpmCidr4Key
 	var v loader.BPFIpmCidrValue
 	it := m.Iterate()
-	for it.Next(&k, &v) {
-		set[netip.PrefixFrom(addrFromBE(k.Addr), int(k.Prefixlen))] = v.Origin
+	if m.KeySize() == uint32(binary.Size(loader.BPFIpmCidr6Key{})) {
+		var k loader.BPFIpmCidr6Key
+		for it.Next(&k, &v) {
+			set[netip.PrefixFrom(addr6FromBE(k.Addr), int(k.Prefixlen))] = v.Origin
+		}
+	} else {
+		var k loader.BPFIpmCidr4Key
+		for it.Next(&k, &v) {
+			set[netip.PrefixFrom(addrFromBE(k.Addr), int(k.Prefixlen))] = v.Origin
+		}
 	}
 	return set, it.Err()
 }

@@ -15,22 +15,28 @@ func prefixes(ss ...string) []netip.Prefix {
 }
 
 func TestNewCIDRSet(t *testing.T) {
-	set := NewCIDRSet(
-		prefixes("10.0.0.0/8", "169.254.0.0/16", "2001:db8::/32", "10.0.0.0/8"),
-		prefixes("169.254.0.0/16", "172.16.0.0/12"),
-	)
+	configured := prefixes("10.0.0.0/8", "169.254.0.0/16", "2001:db8::/32", "10.0.0.0/8")
+	effective := prefixes("169.254.0.0/16", "fe80::/10", "10.0.0.0/8", "169.254.0.0/16", "2001:db8::/32")
+	set := NewCIDRSet(configured, effective)
 	want := CIDRSet{
 		netip.MustParsePrefix("10.0.0.0/8"):     Configured,
 		netip.MustParsePrefix("169.254.0.0/16"): Configured, // listed: configured wins
-		netip.MustParsePrefix("172.16.0.0/12"):  LinkLocal,
+		netip.MustParsePrefix("2001:db8::/32"):  Configured,
+		netip.MustParsePrefix("fe80::/10"):      LinkLocal,
 	}
 	if len(set) != len(want) {
-		t.Fatalf("got %v, want %v (IPv6 must be left out, duplicates merged)", set, want)
+		t.Fatalf("got %v, want %v (duplicates merged)", set, want)
 	}
 	for p, o := range want {
 		if set[p] != o {
 			t.Errorf("%s: origin %d, want %d", p, set[p], o)
 		}
+	}
+	if v4 := set.family(true); len(v4) != 2 {
+		t.Errorf("IPv4 part %v, want 2 prefixes", v4)
+	}
+	if v6 := set.family(false); len(v6) != 2 {
+		t.Errorf("IPv6 part %v, want 2 prefixes", v6)
 	}
 }
 

@@ -14,23 +14,49 @@ type Counters struct{ m *ebpf.Map }
 
 func NewCounters(d *loader.Datapath) *Counters { return &Counters{m: d.Maps.IpmStats} }
 
-// Read returns the counters summed over all CPUs.
+// Family selects the counters of one address family (the map's key).
+type Family uint32
+
+const (
+	IPv4 Family = 0
+	IPv6 Family = 1
+)
+
+// Read returns the counters of both families summed over all CPUs.
 func (c *Counters) Read() (loader.BPFIpmCounters, error) {
-	var perCPU []loader.BPFIpmCounters
 	var sum loader.BPFIpmCounters
-	if err := c.m.Lookup(uint32(0), &perCPU); err != nil {
-		return sum, fmt.Errorf("read counters: %w", err)
-	}
-	total := reflect.ValueOf(&sum).Elem()
-	for _, cpu := range perCPU {
-		v := reflect.ValueOf(cpu)
-		for i := 0; i < v.NumField(); i++ {
-			if f := total.Field(i); f.CanSet() && f.Kind() == reflect.Uint64 {
-				f.SetUint(f.Uint() + v.Field(i).Uint())
-			}
+	for _, f := range []Family{IPv4, IPv6} {
+		v, err := c.ReadFamily(f)
+		if err != nil {
+			return sum, err
 		}
+		add(&sum, v)
 	}
 	return sum, nil
+}
+
+// ReadFamily returns one family's counters summed over all CPUs.
+func (c *Counters) ReadFamily(f Family) (loader.BPFIpmCounters, error) {
+	var perCPU []loader.BPFIpmCounters
+	var sum loader.BPFIpmCounters
+	if err := c.m.Lookup(uint32(f), &perCPU); err != nil {
+		return sum, fmt.Errorf("read counters: %w", err)
+	}
+	for _, cpu := range perCPU {
+		add(&sum, cpu)
+	}
+	return sum, nil
+}
+
+// add adds every counter of v to sum.
+func add(sum *loader.BPFIpmCounters, v loader.BPFIpmCounters) {
+	total := reflect.ValueOf(sum).Elem()
+	val := reflect.ValueOf(v)
+	for i := 0; i < val.NumField(); i++ {
+		if f := total.Field(i); f.CanSet() && f.Kind() == reflect.Uint64 {
+			f.SetUint(f.Uint() + val.Field(i).Uint())
+		}
+	}
 }
 
 // Fields lists the counters by their C names (for metrics and the debug

@@ -15,12 +15,16 @@ type Interfaces struct{ m *ebpf.Map }
 
 func NewInterfaces(d *loader.Datapath) *Interfaces { return &Interfaces{m: d.Maps.IpmIfaces} }
 
-// Set records the masquerade address of an interface; an invalid addr means
-// it has none yet (new flows through it are then dropped, never leaked).
-func (i *Interfaces) Set(ifindex int, addr netip.Addr) error {
+// Set records the masquerade addresses of an interface, IPv4 and IPv6; an
+// invalid address means it has none of that family yet (new flows of that
+// family through it are then dropped, never leaked).
+func (i *Interfaces) Set(ifindex int, addr4, addr6 netip.Addr) error {
 	v := loader.BPFIpmIface{}
-	if addr.Is4() {
-		v.Addr4 = addrToBE(addr)
+	if addr4.Is4() {
+		v.Addr4 = addrToBE(addr4)
+	}
+	if addr6.Is6() && !addr6.Is4In6() {
+		v.Addr6 = addr6ToBE(addr6)
 	}
 	if err := i.m.Put(uint32(ifindex), &v); err != nil {
 		return fmt.Errorf("write interface %d: %w", ifindex, err)
@@ -48,37 +52,56 @@ func (i *Interfaces) Retain(keep map[int]bool) error {
 	return nil
 }
 
-// LocalAddrs is ipm_local4: every IPv4 address of the node, so the datapath
-// recognises the host's own traffic.
-type LocalAddrs struct{ m *ebpf.Map }
+// LocalAddrs is ipm_local4 and ipm_local6: every address of the node, so the
+// datapath recognises the host's own traffic.
+type LocalAddrs struct{ m4, m6 *ebpf.Map }
 
-func NewLocalAddrs(d *loader.Datapath) *LocalAddrs { return &LocalAddrs{m: d.Maps.IpmLocal4} }
+func NewLocalAddrs(d *loader.Datapath) *LocalAddrs {
+	return &LocalAddrs{m4: d.Maps.IpmLocal4, m6: d.Maps.IpmLocal6}
+}
 
-// Sync makes the map hold exactly addrs (address -> interface index).
+// Sync makes the maps hold exactly addrs (address -> interface index).
 func (l *LocalAddrs) Sync(addrs map[netip.Addr]int) error {
-	var k uint32
+	var k4 uint32
+	var k6 loader.BPFIpmAddr6
 	var v loader.BPFIpmLocal
-	var stale []uint32
-	it := l.m.Iterate()
-	for it.Next(&k, &v) {
-		if _, ok := addrs[addrFromBE(k)]; !ok {
-			stale = append(stale, k)
+	var stale4 []uint32
+	var stale6 []loader.BPFIpmAddr6
+	it := l.m4.Iterate()
+	for it.Next(&k4, &v) {
+		if _, ok := addrs[addrFromBE(k4)]; !ok {
+			stale4 = append(stale4, k4)
 		}
 	}
 	if err := it.Err(); err != nil {
-		return fmt.Errorf("read local addresses: %w", err)
+		return fmt.Errorf("read local IPv4 addresses: %w", err)
+	}
+	it = l.m6.Iterate()
+	for it.Next(&k6, &v) {
+		if _, ok := addrs[addr6FromBE(k6.Addr)]; !ok {
+			stale6 = append(stale6, k6)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read local IPv6 addresses: %w", err)
 	}
 	for a, ifindex := range addrs {
-		if !a.Is4() {
-			continue
-		}
 		v := loader.BPFIpmLocal{Ifindex: uint32(ifindex)}
-		if err := l.m.Put(addrToBE(a), &v); err != nil {
+		var err error
+		if a.Is4() {
+			err = l.m4.Put(addrToBE(a), &v)
+		} else {
+			err = l.m6.Put(loader.BPFIpmAddr6{Addr: addr6ToBE(a)}, &v)
+		}
+		if err != nil {
 			return fmt.Errorf("write local address %s: %w", a, err)
 		}
 	}
-	for _, k := range stale {
-		l.m.Delete(k)
+	for _, k := range stale4 {
+		l.m4.Delete(k)
+	}
+	for _, k := range stale6 {
+		l.m6.Delete(k)
 	}
 	return nil
 }

@@ -8,7 +8,7 @@ import (
 	"github.com/ipmasq-ebpf/ip-masq-agent/loader"
 )
 
-// Inbound is ipm_inbound4: UDP flows that outside hosts opened towards pods,
+// Inbound is ipm_inbound4 or ipm_inbound6: UDP flows that outside hosts opened towards pods,
 // whose replies keep the pod address (SPEC 3.5). The map is an LRU, so a
 // flood of them cannot grow it; Collect removes the idle ones so that a
 // stale entry cannot exempt a later pod-initiated flow on the same tuple.
@@ -16,16 +16,19 @@ type Inbound struct{ m *ebpf.Map }
 
 func NewInbound(d *loader.Datapath) *Inbound { return &Inbound{m: d.Maps.IpmInbound4} }
 
+func NewInbound6(d *loader.Datapath) *Inbound { return &Inbound{m: d.Maps.IpmInbound6} }
+
 // Collect deletes the entries idle for longer than to.UDPStream and returns
 // how many it removed.
 func (i *Inbound) Collect(to Timeouts) int {
-	var k NATKey
+	// The key is kept as raw bytes: it is ipm_nat_key or ipm_nat6_key.
+	k := make([]byte, i.m.KeySize())
 	var v loader.BPFIpmInbound
-	var stale []NATKey
+	var stale [][]byte
 	it := i.m.Iterate()
-	for it.Next(&k, &v) {
+	for it.Next(k, &v) {
 		if Now()-time.Duration(v.LastSeenNs) > to.UDPStream {
-			stale = append(stale, k)
+			stale = append(stale, append([]byte(nil), k...))
 		}
 	}
 	removed := 0

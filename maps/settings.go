@@ -61,6 +61,18 @@ func (s *Settings) SetPorts(ranges []PortRange, randomFully bool) error {
 	return s.write(v)
 }
 
+// SetIPv6 turns IPv6 masquerading on or off (--enable-ipv6).
+func (s *Settings) SetIPv6(enable bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v := s.val
+	v.EnableIpv6 = 0
+	if enable {
+		v.EnableIpv6 = 1
+	}
+	return s.write(v)
+}
+
 // ActiveCIDRs returns the index of the trie that decides.
 func (s *Settings) ActiveCIDRs() int {
 	s.mu.Lock()

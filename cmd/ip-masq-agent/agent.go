@@ -43,6 +43,9 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 	if err := settings.SetPorts(ranges, f.RandomFully); err != nil {
 		return err
 	}
+	if err := settings.SetIPv6(f.EnableIPv6); err != nil {
+		return err
+	}
 
 	// The maps are filled before our programs take over (SPEC 3.8).
 	cfg := newConfigSync(f.ConfigPath, f.Options(), maps.NewNonMasq(dp, settings))
@@ -65,8 +68,8 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 	if err != nil {
 		return err
 	}
-	nat := maps.NewNATTable(dp)
-	inbound := maps.NewInbound(dp)
+	nats := []*maps.NATTable{maps.NewNATTable(dp), maps.NewNAT6Table(dp)}
+	inbounds := []*maps.Inbound{maps.NewInbound(dp), maps.NewInbound6(dp)}
 	timeouts := maps.Timeouts{
 		TCPSyn: f.TCPSynTimeout, TCPEstablished: f.TCPEstablishedTimeout, TCPFin: f.TCPFinTimeout,
 		TCPRst: f.TCPRstTimeout, UDP: f.UDPTimeout, UDPStream: f.UDPStreamTimeout, ICMP: f.ICMPTimeout,
@@ -94,12 +97,14 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 				klog.ErrorS(err, "Interface sync failed")
 			}
 		case <-gc.C:
-			removed, err := nat.Collect(timeouts)
-			if err != nil {
-				klog.ErrorS(err, "NAT table expiry failed")
+			for i, nat := range nats {
+				removed, err := nat.Collect(timeouts)
+				if err != nil {
+					klog.ErrorS(err, "NAT table expiry failed")
+				}
+				obs.expired(removed)
+				klog.V(4).InfoS("Expired NAT entries", "table", i, "removed", removed, "inbound", inbounds[i].Collect(timeouts))
 			}
-			obs.expired(removed)
-			klog.V(4).InfoS("Expired NAT entries", "removed", removed, "inbound", inbound.Collect(timeouts))
 		}
 	}
 }

@@ -78,8 +78,8 @@ func (s *configSync) sync() {
 	if len(next.UnknownKeys) > 0 {
 		klog.V(4).InfoS("Ignoring unknown configuration keys", "keys", next.UnknownKeys)
 	}
-	v4, _ := next.Effective(s.opts.EnableIPv6)
-	set := maps.NewCIDRSet(next.NonMasqueradeCIDRs, v4)
+	v4, v6 := next.Effective(s.opts.EnableIPv6)
+	set := maps.NewCIDRSet(next.NonMasqueradeCIDRs, append(v4, v6...))
 	if err := s.nonMasq.Apply(set); err != nil {
 		// The old set stays active: Apply flips only after a full write.
 		klog.ErrorS(err, "Could not apply configuration, keeping the last good one")
@@ -87,7 +87,7 @@ func (s *configSync) sync() {
 		return
 	}
 	s.current, s.applied, s.lastRead = next, true, data
-	klog.InfoS("Applied configuration", "cidrs", len(v4), "masqLinkLocal", next.MasqLinkLocal,
+	klog.InfoS("Applied configuration", "cidrs", len(v4), "cidrs6", len(v6), "masqLinkLocal", next.MasqLinkLocal,
 		"resyncInterval", next.ResyncInterval, "duration", time.Since(start))
 	if rejected != nil {
 		// The file was rejected at start: the defaults are in force.

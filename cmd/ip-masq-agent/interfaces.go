@@ -71,7 +71,7 @@ func (s *interfaceSet) reconcile() error {
 		keep[idx] = true
 		// The address first: a new flow through an interface without
 		// one is dropped, never leaked.
-		if err := s.ifaces.Set(idx, primaryIPv4(l)); err != nil {
+		if err := s.ifaces.Set(idx, primaryIPv4(l), primaryIPv6(l)); err != nil {
 			return err
 		}
 		if s.attached[name] == idx {
@@ -87,7 +87,7 @@ func (s *interfaceSet) reconcile() error {
 	if err := s.ifaces.Retain(keep); err != nil {
 		return err
 	}
-	addrs, err := localIPv4Addrs()
+	addrs, err := localAddrs()
 	if err != nil {
 		return err
 	}
@@ -112,15 +112,37 @@ func primaryIPv4(l netlink.Link) netip.Addr {
 	return netip.Addr{}
 }
 
-func localIPv4Addrs() (map[netip.Addr]int, error) {
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+// primaryIPv6 is the first global, permanent-or-stable IPv6 address of l:
+// not link-local, not deprecated, not tentative (duplicate address detection
+// still running), not a temporary privacy address.
+func primaryIPv6(l netlink.Link) netip.Addr {
+	addrs, err := netlink.AddrList(l, netlink.FAMILY_V6)
+	if err != nil {
+		return netip.Addr{}
+	}
+	const skip = unix.IFA_F_DEPRECATED | unix.IFA_F_TENTATIVE | unix.IFA_F_DADFAILED | unix.IFA_F_TEMPORARY
+	for _, a := range addrs {
+		if a.Flags&skip != 0 || a.Scope != unix.RT_SCOPE_UNIVERSE {
+			continue
+		}
+		if ip, ok := netip.AddrFromSlice(a.IP.To16()); ok && !ip.Is4In6() {
+			return ip
+		}
+	}
+	return netip.Addr{}
+}
+
+// localAddrs lists every address of the node, both families.
+func localAddrs() (map[netip.Addr]int, error) {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, fmt.Errorf("list addresses: %w", err)
 	}
 	out := map[netip.Addr]int{}
 	for _, a := range addrs {
-		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok {
-			out[ip] = a.LinkIndex
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if ok {
+			out[ip.Unmap()] = a.LinkIndex
 		}
 	}
 	return out, nil
