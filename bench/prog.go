@@ -1,0 +1,386 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"golang.org/x/sys/unix"
+
+	"github.com/ipmasq-ebpf/ip-masq-agent/loader"
+)
+
+// Nanoseconds per packet of each datapath path, from BPF_PROG_TEST_RUN
+// repeats on the real object (SPEC 6). A test run repeats the program on the
+// same buffer, so a translated packet would take another path on the second
+// repeat; each path below is set up so that every repeat takes it, and the
+// datapath's own counters prove it: after each sample exactly one counter
+// moved, by exactly the number of repeats.
+
+// pathResult is one measured path.
+type pathResult struct {
+	Name    string
+	Detail  string
+	Counter string
+	Repeats int
+	Ns      sample // one value per sample: kernel-measured ns per repeat
+	Target  string // the target for this path, if any
+}
+
+// progEnv is one loaded datapath on a private bpffs, configured like the
+// agent would be, in a throwaway network namespace (test runs use its
+// loopback, ifindex 1). It writes the maps through the generated types
+// directly rather than through the maps package, so that the bench depends
+// only on the object's layout.
+type progEnv struct {
+	bpffs    string
+	dp       *loader.Datapath
+	settings loader.BPFIpmSettings
+}
+
+const testIfindex = 1
+
+func newProgEnv(natEntries uint32) (*progEnv, error) {
+	dir, err := os.MkdirTemp("", "ipm-bench-bpffs-")
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
+		os.Remove(dir)
+		return nil, fmt.Errorf("mount bpffs on %s: %w", dir, err)
+	}
+	e := &progEnv{bpffs: dir}
+	e.dp, err = loader.Open(loader.Options{PinPath: filepath.Join(dir, "ipm"), NATMaxEntries: natEntries})
+	if err != nil {
+		e.close()
+		return nil, fmt.Errorf("open datapath: %+v", err)
+	}
+	// --to-ports unset (1024-65535), --random-fully.
+	e.settings.LayoutVersion = loader.Layout
+	e.settings.RandomFully = 1
+	e.settings.RangeCount = 1
+	e.settings.PortCount = 65535 - 1024 + 1
+	e.settings.Ranges[0].First, e.settings.Ranges[0].Last = 1024, 65535
+	err = e.setCIDRs(defaultNM)
+	if err == nil {
+		err = e.setIfaceAddr(nodeIP)
+	}
+	for _, a := range []netip.Addr{nodeIP, netip.MustParseAddr("127.0.0.1")} {
+		if err == nil {
+			err = e.dp.Maps.IpmLocal4.Put(be32(a), loader.BPFIpmLocal{Ifindex: testIfindex})
+		}
+	}
+	if err != nil {
+		e.close()
+		return nil, err
+	}
+	return e, nil
+}
+
+// setIfaceAddr sets the masquerade address of the test runs' interface.
+func (e *progEnv) setIfaceAddr(a netip.Addr) error {
+	return e.dp.Maps.IpmIfaces.Put(uint32(testIfindex), loader.BPFIpmIface{Addr4: be32(a)})
+}
+
+// setCIDRs writes c plus link-local into the idle trie (emptied first) and
+// makes it the active one, as the agent does.
+func (e *progEnv) setCIDRs(c []netip.Prefix) error {
+	idle := 1 - e.settings.ActiveCidrs
+	trie := [2]*ebpf.Map{e.dp.Maps.IpmCidr40, e.dp.Maps.IpmCidr41}[idle]
+	var k loader.BPFIpmCidr4Key
+	var old []loader.BPFIpmCidr4Key
+	it := trie.Iterate()
+	var v loader.BPFIpmCidrValue
+	for it.Next(&k, &v) {
+		old = append(old, k)
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	for _, k := range old {
+		if err := trie.Delete(&k); err != nil {
+			return err
+		}
+	}
+	put := func(p netip.Prefix, o loader.BPFIpmCidrOrigin) error {
+		k := loader.BPFIpmCidr4Key{Prefixlen: uint32(p.Bits()), Addr: be32(p.Addr())}
+		return trie.Put(&k, loader.BPFIpmCidrValue{Origin: o})
+	}
+	if err := put(linkLocal, loader.BPFIpmCidrOriginIPM_CIDR_LINK_LOCAL); err != nil {
+		return err
+	}
+	for _, p := range c {
+		if err := put(p, loader.BPFIpmCidrOriginIPM_CIDR_CONFIGURED); err != nil {
+			return err
+		}
+	}
+	e.settings.ActiveCidrs = idle
+	return e.dp.Maps.IpmSettings.Put(uint32(0), &e.settings)
+}
+
+func (e *progEnv) close() {
+	if e.dp != nil {
+		e.dp.Close()
+	}
+	if err := unix.Unmount(e.bpffs, 0); err != nil {
+		unix.Unmount(e.bpffs, unix.MNT_DETACH)
+	}
+	os.Remove(e.bpffs)
+}
+
+func (e *progEnv) readCounters() (map[string]uint64, error) {
+	return readCounters(e.dp.Maps.IpmStats)
+}
+
+// readCounters sums the per-CPU datapath counters of every entry of the
+// stats map (one per address family), keyed by their C names.
+func readCounters(m *ebpf.Map) (map[string]uint64, error) {
+	out := map[string]uint64{}
+	for key := uint32(0); key < m.MaxEntries(); key++ {
+		var perCPU []loader.BPFIpmCounters
+		if err := m.Lookup(key, &perCPU); err != nil {
+			return nil, fmt.Errorf("read counters: %w", err)
+		}
+		for _, c := range perCPU {
+			v := reflect.ValueOf(c)
+			for i := 0; i < v.NumField(); i++ {
+				if v.Field(i).Kind() == reflect.Uint64 {
+					out[snake(v.Type().Field(i).Name)] += v.Field(i).Uint()
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// snake turns a generated field name (EgressNewFlow) into the C name.
+func snake(s string) string {
+	var b strings.Builder
+	for i, c := range s {
+		if c >= 'A' && c <= 'Z' {
+			if i > 0 {
+				b.WriteByte('_')
+			}
+			c += 'a' - 'A'
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}
+
+// run runs prog repeat times on frame and checks that every repeat ended on
+// counter (and passed the packet on).
+func (e *progEnv) run(prog *ebpf.Program, frame []byte, repeat int, counter string) (time.Duration, error) {
+	before, err := e.readCounters()
+	if err != nil {
+		return 0, err
+	}
+	ret, per, err := prog.Benchmark(append([]byte(nil), frame...), repeat, nil)
+	if err != nil {
+		return 0, fmt.Errorf("test run: %w", err)
+	}
+	if int32(ret) != -1 { // TC_ACT_UNSPEC
+		return 0, fmt.Errorf("verdict %d, want TC_ACT_UNSPEC", int32(ret))
+	}
+	after, err := e.readCounters()
+	if err != nil {
+		return 0, err
+	}
+	moved := map[string]uint64{}
+	for k, v := range after {
+		if d := v - before[k]; d != 0 {
+			moved[k] = d
+		}
+	}
+	if len(moved) != 1 || moved[counter] != uint64(repeat) {
+		return 0, fmt.Errorf("after %d repeats the counters moved %v, want only %s by %d: some repeats took another path", repeat, moved, counter, repeat)
+	}
+	return per, nil
+}
+
+// clearNAT empties the NAT table.
+func (e *progEnv) clearNAT() error {
+	m := e.dp.Maps.IpmNat4
+	var k loader.BPFIpmNatKey
+	var keys []loader.BPFIpmNatKey
+	var v loader.BPFIpmNatEntry
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		keys = append(keys, k)
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if err := m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+func natKey(dir loader.BPFIpmDir, src, dst netip.AddrPort) loader.BPFIpmNatKey {
+	return loader.BPFIpmNatKey{Saddr: be32(src.Addr()), Daddr: be32(dst.Addr()), Sport: be16(src.Port()), Dport: be16(dst.Port()), Proto: 6, Dir: dir}
+}
+
+func (e *progEnv) putMasq(k loader.BPFIpmNatKey, to netip.AddrPort) error {
+	v := loader.BPFIpmNatEntry{Addr: be32(to.Addr()), Port: be16(to.Port()), Kind: loader.BPFIpmKindIPM_KIND_MASQ, Ifindex: testIfindex}
+	return e.dp.Maps.IpmNat4.Put(&k, &v)
+}
+
+// progOptions size the test runs.
+type progOptions struct {
+	Samples    int // samples per path
+	Repeats    int // repeats per sample
+	NewFlows   int // repeats per new-flow sample (each a new mapping; the table is emptied between samples)
+	ManyCIDRs  int // the large CIDR set
+	NATEntries uint32
+}
+
+// measurePaths measures every path; it must run in a throwaway network
+// namespace (see inNetns).
+func measurePaths(o progOptions, many []netip.Prefix) ([]pathResult, error) {
+	e, err := newProgEnv(o.NATEntries)
+	if err != nil {
+		return nil, err
+	}
+	defer e.close()
+	eg, in := e.dp.Programs.IpmEgress, e.dp.Programs.IpmIngress
+
+	a := netip.AddrPortFrom(podIP, 40000)
+	b := netip.AddrPortFrom(netip.MustParseAddr("10.244.7.7"), 50000)
+	d := netip.AddrPortFrom(serverIP, 443)
+	// The address new flows are masqueraded to in the new-flow path: not an
+	// address of the node, so a translated SYN is a new pod flow again on
+	// the next repeat.
+	masqTo := netip.MustParseAddr("172.31.0.3")
+	nmDst := many[len(many)-1]
+
+	var out []pathResult
+	sampleOf := func(r *pathResult, prog *ebpf.Program, frame []byte, repeat int, before func() error) error {
+		// One unrecorded warm-up sample.
+		for i := -1; i < o.Samples; i++ {
+			if before != nil {
+				if err := before(); err != nil {
+					return err
+				}
+			}
+			per, err := e.run(prog, frame, repeat, r.Counter)
+			if err != nil {
+				return fmt.Errorf("%s: %w", r.Name, err)
+			}
+			if i >= 0 {
+				r.Ns = append(r.Ns, float64(per.Nanoseconds()))
+			}
+		}
+		r.Repeats = repeat
+		out = append(out, *r)
+		return nil
+	}
+
+	// The floor: a program that only returns TC_ACT_UNSPEC, run the same
+	// way. What the test-run loop and the call into a program cost here
+	// (retpolines make that call indirect and slow on this kind of CPU);
+	// tcx pays a similar call per packet for real.
+	empty, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()}})
+	if err != nil {
+		return nil, fmt.Errorf("load the empty program: %w", err)
+	}
+	defer empty.Close()
+	floor := pathResult{Name: "floor: empty program", Detail: "returns TC_ACT_UNSPEC at once; the cost of the test run itself, included in every figure", Repeats: o.Repeats}
+	for i := -1; i < o.Samples; i++ {
+		_, per, err := empty.Benchmark(tcpFrame(a, d, tcpACK|tcpPSH, 64), o.Repeats, nil)
+		if err != nil {
+			return nil, err
+		}
+		if i >= 0 {
+			floor.Ns = append(floor.Ns, float64(per.Nanoseconds()))
+		}
+	}
+	out = append(out, floor)
+
+	// Established egress: two egress halves map A -> B and B -> A towards
+	// D, so every repeat rewrites address and port (and both checksums).
+	if err := e.putMasq(natKey(loader.BPFIpmDirIPM_DIR_EGRESS, a, d), b); err != nil {
+		return nil, err
+	}
+	if err := e.putMasq(natKey(loader.BPFIpmDirIPM_DIR_EGRESS, b, d), a); err != nil {
+		return nil, err
+	}
+	if err := sampleOf(&pathResult{Name: "established egress", Detail: "TCP ACK+PSH, 64 B payload, source address and port rewritten", Counter: "egress_translated", Target: "≤ 100 ns"},
+		eg, tcpFrame(a, d, tcpACK|tcpPSH, 64), o.Repeats, nil); err != nil {
+		return nil, err
+	}
+
+	// Reverse ingress: two ingress halves, the same alternation.
+	if err := e.putMasq(natKey(loader.BPFIpmDirIPM_DIR_INGRESS, d, a), b); err != nil {
+		return nil, err
+	}
+	if err := e.putMasq(natKey(loader.BPFIpmDirIPM_DIR_INGRESS, d, b), a); err != nil {
+		return nil, err
+	}
+	if err := sampleOf(&pathResult{Name: "reverse ingress", Detail: "TCP ACK+PSH, 64 B payload, destination address and port rewritten", Counter: "ingress_translated"},
+		in, tcpFrame(d, a, tcpACK|tcpPSH, 64), o.Repeats, nil); err != nil {
+		return nil, err
+	}
+
+	// Pass-through.
+	if err := sampleOf(&pathResult{Name: "pass-through: not IP", Detail: "ARP request on egress", Counter: "egress_other"},
+		eg, arpFrame(), o.Repeats, nil); err != nil {
+		return nil, err
+	}
+	if err := sampleOf(&pathResult{Name: "pass-through: IPv6, --enable-ipv6 off", Detail: "IPv6 TCP SYN on egress", Counter: "egress_other"},
+		eg, ipv6Frame(), o.Repeats, nil); err != nil {
+		return nil, err
+	}
+	if err := sampleOf(&pathResult{Name: "pass-through: ingress miss", Detail: "TCP to the node matching no mapping", Counter: "ingress_miss"},
+		in, tcpFrame(d, netip.AddrPortFrom(nodeIP, 40001), tcpACK, 64), o.Repeats, nil); err != nil {
+		return nil, err
+	}
+	if err := sampleOf(&pathResult{Name: "pass-through: host egress", Detail: "the node's own TCP (tuple reserved by the warm-up)", Counter: "egress_host"},
+		eg, tcpFrame(netip.AddrPortFrom(nodeIP, 40002), d, tcpACK, 64), o.Repeats, nil); err != nil {
+		return nil, err
+	}
+
+	// Non-masquerade egress, 3 CIDRs then the large set.
+	if err := sampleOf(&pathResult{Name: "non-masquerade egress, 3 CIDRs", Detail: "TCP SYN to 10.0.3.4 (in 10.0.0.0/8); trie: 3 CIDRs + link-local", Counter: "egress_nomasq"},
+		eg, tcpFrame(a, netip.AddrPortFrom(netip.MustParseAddr("10.0.3.4"), 443), tcpSYN, 0), o.Repeats, nil); err != nil {
+		return nil, err
+	}
+	if err := e.setCIDRs(many); err != nil {
+		return nil, err
+	}
+	if err := sampleOf(&pathResult{Name: fmt.Sprintf("non-masquerade egress, %d CIDRs", len(many)),
+		Detail:  fmt.Sprintf("TCP SYN to %s (in %s); trie: %d CIDRs + link-local", nmDst.Addr().Next(), nmDst, len(many)),
+		Counter: "egress_nomasq", Target: "≤ 60 ns"},
+		eg, tcpFrame(a, netip.AddrPortFrom(nmDst.Addr().Next(), 443), tcpSYN, 0), o.Repeats, nil); err != nil {
+		return nil, err
+	}
+
+	// New-flow egress: every repeat is a SYN of a flow without a mapping,
+	// so it allocates a random node port, inserts both halves and rewrites.
+	if err := e.setIfaceAddr(masqTo); err != nil {
+		return nil, err
+	}
+	syn := tcpFrame(a, d, tcpSYN, 0)
+	for _, n := range []int{len(defaultNM), len(many)} {
+		if err := e.setCIDRs(many[:n]); err != nil {
+			return nil, err
+		}
+		if err := sampleOf(&pathResult{Name: fmt.Sprintf("new-flow egress, %d CIDRs", n),
+			Detail:  fmt.Sprintf("TCP SYN, random port of 1024-65535, both halves inserted; %d flows per sample into an emptied table of %d entries", o.NewFlows, o.NATEntries),
+			Counter: "egress_new_flow"},
+			eg, syn, o.NewFlows, e.clearNAT); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
