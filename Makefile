@@ -21,6 +21,7 @@ setup: ## Install the Debian packages and Go modules everything here needs (root
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES)
 	$(GO) mod download
+	cd bench && $(GO) mod download
 
 .PHONY: generate
 generate: ## Compile bpf/ with clang-19 and regenerate the Go bindings in loader/.
@@ -43,6 +44,7 @@ lint: ## gofmt, go vet and clang-format checks.
 .PHONY: test
 test: ## All test tiers (root): unit, BPF program runs, netns end to end in both attach modes, short fuzz pass.
 	$(GO) test -count=1 -p 1 -timeout 40m ./...
+	cd bench && $(GO) test -count=1 ./...   # the bench harness's smoke pass (its own module)
 	$(GO) test -count=1 -run '^$$' -fuzz '^FuzzEgress$$' -fuzztime $(FUZZTIME) ./test/prog/
 	$(GO) test -count=1 -run '^$$' -fuzz '^FuzzIngress$$' -fuzztime $(FUZZTIME) ./test/prog/
 
@@ -53,3 +55,15 @@ test-unit: ## Only the tests that need no privileges.
 .PHONY: demo
 demo: build ## Build namespaces, run the agent, show pod traffic leaving with the node IP, clean up (root).
 	./demo/demo.sh $(BIN)
+
+# Extra flags for bin/ipm-bench, e.g. BENCHFLAGS='-rounds 9 -phases conn'.
+BENCHFLAGS ?=
+
+.PHONY: bench
+bench: build ## Benchmarks side by side: no NAT, upstream's iptables rules, this agent (root, ~10 min); bench/out/.
+	cd bench && $(GO) build -o ../bin/ipm-bench .
+	bin/ipm-bench -agent $(BIN) -out bench/out $(BENCHFLAGS)
+
+.PHONY: bench-smoke
+bench-smoke: ## Smoke pass of the bench harness: every phase at tiny sizes, no timing checked (root, ~1 min).
+	cd bench && $(GO) test -count=1 ./...
