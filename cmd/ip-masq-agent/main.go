@@ -4,6 +4,7 @@
 //	ip-masq-agent [flags]          run the agent
 //	ip-masq-agent cleanup [flags]  detach everything and remove the pins
 //	ip-masq-agent debug [flags]    print the pinned datapath's CIDRs, NAT table and counters
+//	ip-masq-agent version          print the version it was built as
 package main
 
 import (
@@ -32,6 +33,10 @@ func main() {
 // package), 1 for invalid values and failures, 0 after SIGTERM.
 func run(args []string) int {
 	command := "run"
+	if len(args) == 1 && args[0] == "version" {
+		fmt.Println(version)
+		return 0
+	}
 	if len(args) > 0 && (args[0] == "cleanup" || args[0] == "debug") {
 		command, args = args[0], args[1:]
 	}
