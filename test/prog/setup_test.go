@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -130,7 +131,7 @@ func newEnv(t testing.TB, c config) *env {
 	if c.noIfaceAddr {
 		addr = netip.Addr{}
 	}
-	if err := maps.NewInterfaces(dp).Set(testIfindex, addr); err != nil {
+	if err := maps.NewInterfaces(dp).Set(testIfindex, addr, netip.Addr{}); err != nil {
 		t.Fatal(err)
 	}
 	local := c.local
@@ -154,11 +155,13 @@ func (e *env) applyNonMasq(t testing.TB, configured []netip.Prefix, masqLinkLoca
 	if configured == nil {
 		configured = defaultNonMasq
 	}
-	var implied []netip.Prefix
+	// The effective set: the configured prefixes plus the implied
+	// link-local range.
+	effective := slices.Clone(configured)
 	if !masqLinkLocal {
-		implied = []netip.Prefix{linkLocal}
+		effective = append(effective, linkLocal)
 	}
-	if err := e.nonMasq.Apply(maps.NewCIDRSet(configured, implied)); err != nil {
+	if err := e.nonMasq.Apply(maps.NewCIDRSet(configured, effective)); err != nil {
 		t.Fatal(err)
 	}
 }
