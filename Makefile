@@ -50,7 +50,7 @@ test: ## All test tiers (root): unit, BPF program runs, netns end to end in both
 
 .PHONY: test-unit
 test-unit: ## Only the tests that need no privileges.
-	$(GO) test -count=1 ./config/ ./maps/ ./cmd/...
+	$(GO) test -count=1 ./config/ ./maps/ ./migrate/ ./cmd/...
 
 .PHONY: demo
 demo: build ## Build namespaces, run the agent, show pod traffic leaving with the node IP, clean up (root).
