@@ -540,8 +540,20 @@ func (t *xtTable) render(i int) string {
 		}
 		name := cstring(raw[m+2 : m+31])
 		parts = append(parts, "-m", name)
-		if name == "comment" {
-			parts = append(parts, "--comment", quote(cstring(raw[m+matchHdr:m+size])))
+		data := raw[m+matchHdr : m+size]
+		switch {
+		case name == "comment":
+			parts = append(parts, "--comment", quote(cstring(data)))
+		case name == "addrtype" && len(data) >= 8:
+			// struct xt_addrtype_info (revision 0: two u32 inverts) or
+			// xt_addrtype_info_v1 (flags: 1 inverts the source, 2 the
+			// destination).
+			src, dst, v := native.Uint16(data), native.Uint16(data[2:]), native.Uint32(data[4:])
+			invSrc, invDst := v&1 != 0, v&2 != 0
+			if raw[m+31] == 0 {
+				invSrc, invDst = v != 0, len(data) >= 12 && native.Uint32(data[8:]) != 0
+			}
+			parts = append(parts, addrtypeArgs(src, dst, invSrc, invDst)...)
 		}
 		m += size
 	}

@@ -128,3 +128,32 @@ func quote(s string) string {
 	}
 	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
 }
+
+// addrTypes are the names of XT_ADDRTYPE_* bits, lowest first.
+var addrTypes = []string{"UNSPEC", "UNICAST", "LOCAL", "BROADCAST", "ANYCAST", "MULTICAST", "BLACKHOLE",
+	"UNREACHABLE", "PROHIBIT", "THROW", "NAT", "XRESOLVE"}
+
+// addrtypeArgs renders the options of `-m addrtype`.
+func addrtypeArgs(src, dst uint16, invSrc, invDst bool) []string {
+	var out []string
+	for _, o := range []struct {
+		flag  string
+		types uint16
+		inv   bool
+	}{{"--src-type", src, invSrc}, {"--dst-type", dst, invDst}} {
+		if o.types == 0 {
+			continue
+		}
+		var names []string
+		for i, n := range addrTypes {
+			if o.types&(1<<i) != 0 {
+				names = append(names, n)
+			}
+		}
+		if o.inv {
+			out = append(out, "!")
+		}
+		out = append(out, o.flag, strings.Join(names, ","))
+	}
+	return out
+}

@@ -228,7 +228,7 @@ func TestRemoveKeepsEverythingElse(t *testing.T) {
 					t.Errorf("removed %d jumps and %d rules, want 2 and 3", len(r.Jumps), len(r.Rules))
 				}
 				for _, j := range r.Jumps {
-					if !strings.HasPrefix(j, "-A POSTROUTING") || !strings.Contains(j, "-j IP-MASQ-AGENT") ||
+					if !strings.HasPrefix(j, "-A POSTROUTING") || !strings.Contains(j, "-m addrtype ! --dst-type LOCAL -j IP-MASQ-AGENT") ||
 						!strings.Contains(j, upstreamJumpComment) {
 						t.Errorf("jump rendered as %q", j)
 					}

@@ -165,8 +165,13 @@ func renderNFT(chain string, family Family, r *nftables.Rule) string {
 			field = ""
 		case *expr.Match:
 			parts = append(parts, "-m", e.Name)
-			if c, ok := e.Info.(*xt.Comment); ok {
-				parts = append(parts, "--comment", quote(string(*c)))
+			switch i := e.Info.(type) {
+			case *xt.Comment:
+				parts = append(parts, "--comment", quote(string(*i)))
+			case *xt.AddrType:
+				parts = append(parts, addrtypeArgs(i.Source, i.Dest, i.InvertSource, i.InvertDest)...)
+			case *xt.AddrTypeV1:
+				parts = append(parts, addrtypeArgs(i.Source, i.Dest, i.Flags&1 != 0, i.Flags&2 != 0)...)
 			}
 		case *expr.Fib:
 			if e.ResultADDRTYPE {
