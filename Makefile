@@ -8,7 +8,8 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 # How long each fuzz target runs in `make test` (CI's short pass).
 FUZZTIME ?= 20s
 DEBIAN_PACKAGES := clang-19 llvm-19 clang-format-19 libbpf-dev bpftool iproute2 iptables \
-	iperf3 socat tcpdump conntrack iputils-ping ethtool
+	iperf3 socat tcpdump conntrack iputils-ping ethtool \
+	buildah podman runc
 
 .DEFAULT_GOAL := help
 
@@ -34,6 +35,21 @@ check-generate: generate ## Fail when the committed BPF object or bindings diffe
 .PHONY: build
 build: ## Build the agent binary (static, no cgo) into bin/.
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/ip-masq-agent
+
+# The image is built offline: the binary as `make build` makes it, wrapped by
+# the Dockerfile's final stage (FROM scratch) with buildah, without a daemon
+# and without pulling anything. `docker build .` compiles in a Go image instead.
+IMAGE         ?= ip-masq-agent
+IMAGE_ARCHIVE ?= bin/ip-masq-agent-image.tar
+BUILDAH       ?= buildah --storage-driver vfs
+
+.PHONY: image
+image: build ## Build the container image from bin/ into an OCI archive (buildah, offline).
+	$(BUILDAH) build --pull=never --build-arg BINARY=prebuilt --build-arg PREBUILT=$(BIN) --build-arg VERSION=$(VERSION) \
+		-t $(IMAGE):$(VERSION) -f Dockerfile .
+	rm -f $(IMAGE_ARCHIVE)
+	$(BUILDAH) push $(IMAGE):$(VERSION) oci-archive:$(IMAGE_ARCHIVE):$(IMAGE):$(VERSION)
+	@echo "image $(IMAGE):$(VERSION) in $(IMAGE_ARCHIVE); push it with: skopeo copy oci-archive:$(IMAGE_ARCHIVE) docker://REGISTRY/$(IMAGE):$(VERSION)"
 
 .PHONY: lint
 lint: ## gofmt, go vet and clang-format checks.
