@@ -282,6 +282,14 @@ func checkDaemonSet(t *testing.T, objs objects) (corev1.Container, *config.Flags
 		t.Error("the bpffs is mounted read-only: the agent pins there")
 	}
 
+	// The node's xtables lock, for removing the legacy iptables chain.
+	if m := mountAt(c, "/run/xtables.lock"); m == nil {
+		t.Error("/run/xtables.lock is not mounted")
+	} else if v := volume(spec, m.Name); v == nil || v.HostPath == nil || v.HostPath.Path != "/run/xtables.lock" ||
+		v.HostPath.Type == nil || *v.HostPath.Type != corev1.HostPathFileOrCreate {
+		t.Errorf("/run/xtables.lock comes from %+v, want the host's file (FileOrCreate)", v)
+	}
+
 	// Ports and probes: the agent's default listeners.
 	_, metricsPort := splitHostPort(t, "metrics-address", f.MetricsAddress)
 	if !slices.ContainsFunc(c.Ports, func(p corev1.ContainerPort) bool {
@@ -350,8 +358,8 @@ func TestManifestsLeastPrivilege(t *testing.T) {
 	if m == nil || m.MountPropagation == nil || *m.MountPropagation != corev1.MountPropagationHostToContainer {
 		t.Errorf("/sys/fs/bpf mount %+v, want HostToContainer (Bidirectional needs a privileged container)", m)
 	}
-	if len(c.VolumeMounts) != 2 {
-		t.Errorf("volume mounts %+v, want the config and the bpffs only", c.VolumeMounts)
+	if len(c.VolumeMounts) != 3 {
+		t.Errorf("volume mounts %+v, want the config, the bpffs and the xtables lock only", c.VolumeMounts)
 	}
 }
 
