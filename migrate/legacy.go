@@ -135,9 +135,12 @@ func (l *Legacy) Remove(family Family, chain string) (*Removal, error) {
 	}
 	defer unlock()
 
-	fd, err := unix.Socket(f.domain, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+	// Any inet socket reaches the x_tables socket options, which need
+	// CAP_NET_ADMIN; a UDP one (unlike iptables' raw one) needs no
+	// CAP_NET_RAW.
+	fd, err := unix.Socket(f.domain, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("open raw socket: %w", err)
+		return nil, fmt.Errorf("open socket: %w", err)
 	}
 	defer unix.Close(fd)
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // These tests change netfilter tables with the real iptables binaries and
@@ -88,16 +89,35 @@ func (n *testNS) backend(name string) Backend {
 	return l
 }
 
-// remove runs the backend's Remove inside the namespace.
+// remove runs the backend's Remove inside the namespace, on a thread
+// without CAP_NET_RAW (capabilities are per thread; this one is thrown
+// away): the agent needs only CAP_NET_ADMIN for it.
 func (n *testNS) remove(t *testing.T, backend string, fam Family, chain string) (*Removal, error) {
 	t.Helper()
 	var r *Removal
 	err := n.do(func() error {
+		if err := dropEffective(unix.CAP_NET_RAW); err != nil {
+			return err
+		}
 		var err error
 		r, err = n.backend(backend).Remove(fam, chain)
 		return err
 	})
 	return r, err
+}
+
+// dropEffective removes a capability from the calling thread's effective set.
+func dropEffective(capability int) error {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("capget: %w", err)
+	}
+	data[capability/32].Effective &^= 1 << (capability % 32)
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("capset: %w", err)
+	}
+	return nil
 }
 
 // iptablesBin is the iptables command of a backend and family.
