@@ -72,6 +72,16 @@ type objects struct {
 // kind fails the test.
 func decode(t *testing.T, stream []byte) objects {
 	t.Helper()
+	objs := decodeAny(t, stream)
+	if objs.ds == nil || len(objs.cms) != 1 {
+		t.Fatalf("want one DaemonSet and one ConfigMap, got %d DaemonSets and %d ConfigMaps", btoi(objs.ds != nil), len(objs.cms))
+	}
+	return objs
+}
+
+// decodeAny is decode without expectations on what the stream holds.
+func decodeAny(t *testing.T, stream []byte) objects {
+	t.Helper()
 	var objs objects
 	for _, doc := range regexp.MustCompile(`(?m)^---\s*$`).Split(string(stream), -1) {
 		if strings.TrimSpace(doc) == "" {
@@ -99,9 +109,6 @@ func decode(t *testing.T, stream []byte) objects {
 		if err := yaml.UnmarshalStrict([]byte(doc), obj); err != nil {
 			t.Fatalf("%s: not a valid %s: %v\n%s", meta.Kind, meta.APIVersion, err, doc)
 		}
-	}
-	if objs.ds == nil || len(objs.cms) != 1 {
-		t.Fatalf("want one DaemonSet and one ConfigMap, got %d DaemonSets and %d ConfigMaps", btoi(objs.ds != nil), len(objs.cms))
 	}
 	return objs
 }
@@ -399,5 +406,52 @@ func TestDockerfileEntrypoint(t *testing.T) {
 		if !bytes.Contains(data, []byte(want)) {
 			t.Errorf("Dockerfile has no %q", want)
 		}
+	}
+}
+
+// TestUninstallManifests renders deploy/uninstall: a DaemonSet that runs
+// `ip-masq-agent cleanup` (arguments the agent accepts, the agent's image and
+// pin path) on every node, in the host's network namespace, with the host's
+// bpffs.
+func TestUninstallManifests(t *testing.T) {
+	objs := decodeAny(t, render(t, "uninstall"))
+	if objs.ds == nil || len(objs.cms) != 0 {
+		t.Fatal("want one DaemonSet and nothing else")
+	}
+	ds := objs.ds
+	spec := ds.Spec.Template.Spec
+	if ds.Namespace != "kube-system" || !spec.HostNetwork || spec.PriorityClassName != "system-node-critical" {
+		t.Errorf("namespace %q, hostNetwork %t, priority %q", ds.Namespace, spec.HostNetwork, spec.PriorityClassName)
+	}
+	if !slices.ContainsFunc(spec.Tolerations, func(tl corev1.Toleration) bool {
+		return tl.Operator == corev1.TolerationOpExists && tl.Key == "" && tl.Effect == ""
+	}) {
+		t.Error("the cleanup does not tolerate every taint: tainted nodes would keep the datapath")
+	}
+	if len(spec.InitContainers) != 1 {
+		t.Fatalf("%d init containers, want the cleanup", len(spec.InitContainers))
+	}
+	c := spec.InitContainers[0]
+	if len(c.Args) == 0 || c.Args[0] != "cleanup" {
+		t.Fatalf("init container args %v, want the cleanup subcommand", c.Args)
+	}
+	_, f := agentFlags(t, corev1.Container{Args: c.Args[1:]})
+	base := decode(t, render(t, "."))
+	_, agent := agentFlags(t, base.ds.Spec.Template.Spec.Containers[0])
+	if f.PinPath != agent.PinPath {
+		t.Errorf("cleanup --pin-path=%s, the agent pins under %s", f.PinPath, agent.PinPath)
+	}
+	if c.Image != base.ds.Spec.Template.Spec.Containers[0].Image {
+		t.Errorf("cleanup image %q, agent image %q: keep both kustomizations' images in step", c.Image, base.ds.Spec.Template.Spec.Containers[0].Image)
+	}
+	if c.SecurityContext == nil || c.SecurityContext.Privileged == nil || !*c.SecurityContext.Privileged {
+		t.Error("the cleanup is not privileged")
+	}
+	m := mountAt(c, "/sys/fs/bpf")
+	if m == nil {
+		t.Fatal("the cleanup does not mount /sys/fs/bpf")
+	}
+	if v := volume(spec, m.Name); v == nil || v.HostPath == nil || v.HostPath.Path != "/sys/fs/bpf" {
+		t.Errorf("/sys/fs/bpf comes from %+v, want the host's", v)
 	}
 }
