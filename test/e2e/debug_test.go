@@ -150,6 +150,7 @@ func TestBPFToolNamedFields(t *testing.T) {
 		t.Fatal(err)
 	}
 	nonEmpty := 0
+	var memlock int64
 	for _, e := range entries {
 		if e.IsDir() { // links/
 			continue
@@ -161,13 +162,18 @@ func TestBPFToolNamedFields(t *testing.T) {
 			continue
 		}
 		var info struct {
-			Name  string `json:"name"`
-			BTFID int    `json:"btf_id"`
+			Name    string `json:"name"`
+			BTFID   int    `json:"btf_id"`
+			Memlock int64  `json:"bytes_memlock"`
+			Entries int64  `json:"max_entries"`
+			MapType string `json:"type"`
 		}
 		if err := json.Unmarshal(out, &info); err != nil {
 			t.Errorf("bpftool map show %s: %v\n%s", e.Name(), err, out)
 			continue
 		}
+		memlock += info.Memlock
+		t.Logf("map %s: %s, %d entries at most, %d bytes", e.Name(), info.MapType, info.Entries, info.Memlock)
 		if info.BTFID == 0 {
 			t.Errorf("map %s (%s) has no BTF: bpftool prints raw bytes", e.Name(), info.Name)
 		}
@@ -203,6 +209,7 @@ func TestBPFToolNamedFields(t *testing.T) {
 			t.Logf("%s:\n%.1500s", e.Name(), out)
 		}
 	}
+	t.Logf("memory of the pinned maps (bytes_memlock): %.1f MiB", float64(memlock)/(1<<20))
 	if nonEmpty < 5 {
 		t.Errorf("only %d pinned maps had entries to check, want at least 5 (nat, a trie, settings, ifaces, local, stats)", nonEmpty)
 	}

@@ -92,6 +92,9 @@ func TestMetrics(t *testing.T) {
 		if _, ok := during.Value("ip_masq_agent_build_info"); !ok {
 			t.Error("no ip_masq_agent_build_info")
 		}
+		if rss, ok := during.Value("process_resident_memory_bytes"); ok {
+			t.Logf("agent resident memory: %.1f MiB", rss/(1<<20))
+		}
 		if _, ok := during.Value("go_goroutines"); !ok {
 			t.Error("no Go runtime metrics (go_goroutines)")
 		}
