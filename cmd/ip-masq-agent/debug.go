@@ -112,43 +112,51 @@ func printDebug(out io.Writer, dp *loader.Datapath) error {
 		return nil
 	})
 
-	section("NAT table", pinned(dp.Maps.IpmNat4), func() error {
-		nat := maps.NewNATTable(dp)
-		snap, err := nat.Read()
-		if err != nil {
-			return err
-		}
-		now := maps.Now()
-		fmt.Fprintf(w, "\nNAT table: %d of %d entries in use, %d flows, %d host reservations, %d reply halves without their flow\n",
-			snap.Entries, nat.Capacity(), len(snap.Flows), len(snap.Reserved), snap.Orphans)
-		slices.SortFunc(snap.Flows, func(a, b maps.Flow) int {
-			return cmp.Or(cmp.Compare(a.Proto, b.Proto), a.Pod.Compare(b.Pod), a.Remote.Compare(b.Remote))
+	for _, fam := range families(dp) {
+		label := map[string]string{"ipv4": "IPv4", "ipv6": "IPv6"}[fam.name]
+		section("NAT table ("+label+")", true, func() error {
+			snap, err := fam.nat.Read()
+			if err != nil {
+				return err
+			}
+			now := maps.Now()
+			fmt.Fprintf(w, "\nNAT table (%s): %d of %d entries in use, %d flows, %d host reservations, %d reply halves without their flow\n",
+				label, snap.Entries, fam.nat.Capacity(), len(snap.Flows), len(snap.Reserved), snap.Orphans)
+			slices.SortFunc(snap.Flows, func(a, b maps.Flow) int {
+				return cmp.Or(cmp.Compare(a.Proto, b.Proto), a.Pod.Compare(b.Pod), a.Remote.Compare(b.Remote))
+			})
+			for _, f := range snap.Flows {
+				note := ""
+				if !f.HasIn {
+					note = " (reply half missing)"
+				}
+				fmt.Fprintf(w, "  %s %s%s\n", f, idle(now, f.LastSeen), note)
+			}
+			if len(snap.Reserved) > 0 {
+				fmt.Fprintf(w, "Host reservations (node tuples kept from pod mappings):\n")
+				slices.SortFunc(snap.Reserved, func(a, b maps.Reservation) int { return a.Host().Compare(b.Host()) })
+				for _, r := range snap.Reserved {
+					fmt.Fprintf(w, "  %s -> %s %s %s %s\n", r.Host(), r.Remote, protoName(r.Proto), r.State(), idle(now, r.LastSeen))
+				}
+			}
+			return nil
 		})
-		for _, f := range snap.Flows {
-			note := ""
-			if !f.HasIn {
-				note = " (reply half missing)"
-			}
-			fmt.Fprintf(w, "  %s %s%s\n", f, idle(now, f.LastSeen), note)
-		}
-		if len(snap.Reserved) > 0 {
-			fmt.Fprintf(w, "Host reservations (node tuples kept from pod mappings):\n")
-			slices.SortFunc(snap.Reserved, func(a, b maps.Reservation) int { return a.Host().Compare(b.Host()) })
-			for _, r := range snap.Reserved {
-				fmt.Fprintf(w, "  %s -> %s %s %s %s\n", r.Host(), r.Remote, protoName(r.Proto), r.State(), idle(now, r.LastSeen))
-			}
-		}
-		return nil
-	})
+	}
 
 	section("Counters", pinned(dp.Maps.IpmStats), func() error {
-		c, err := maps.NewCounters(dp).Read()
+		c := maps.NewCounters(dp)
+		v4, err := c.ReadFamily(maps.IPv4)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(w, "\nCounters (packets, all CPUs):\n")
-		for _, f := range maps.Fields(c) {
-			fmt.Fprintf(w, "  %s\t%d\n", f.Name, f.Value)
+		v6, err := c.ReadFamily(maps.IPv6)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "\nCounters (packets, all CPUs):\tipv4\tipv6\n")
+		f6 := maps.Fields(v6)
+		for i, f := range maps.Fields(v4) {
+			fmt.Fprintf(w, "  %s\t%d\t%d\n", f.Name, f.Value, f6[i].Value)
 		}
 		return nil
 	})

@@ -72,8 +72,8 @@ func newAgentMetrics() *agentMetrics {
 	})
 	m.cidrs = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: metricsNamespace, Name: "nonmasquerade_cidrs",
-		Help: "IPv4 prefixes in the active non-masquerade set, by origin (configured in the file, or link_local: 169.254.0.0/16 unless masqLinkLocal).",
-	}, []string{"origin"})
+		Help: "Prefixes in the active non-masquerade set, by family (ipv4, ipv6) and origin (configured in the file, or link_local: 169.254.0.0/16 unless masqLinkLocal, fe80::/10 unless masqLinkLocalIPv6).",
+	}, []string{"family", "origin"})
 	m.natExpired = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: metricsNamespace, Name: "nat_expired_total",
 		Help: "NAT table entries removed by the agent's expiry (whole flows and host reservations).",
@@ -106,12 +106,22 @@ func (m *agentMetrics) configSynced(r syncResult) {
 		m.configRejected.Set(0)
 	}
 	if r.applied != nil {
-		counts := map[maps.Origin]int{}
-		for _, o := range r.applied {
-			counts[o]++
+		type key struct {
+			v4     bool
+			origin maps.Origin
 		}
-		m.cidrs.WithLabelValues("configured").Set(float64(counts[maps.Configured]))
-		m.cidrs.WithLabelValues("link_local").Set(float64(counts[maps.LinkLocal]))
+		counts := map[key]int{}
+		for p, o := range r.applied {
+			counts[key{p.Addr().Is4(), o}]++
+		}
+		for _, v4 := range []bool{true, false} {
+			family := "ipv6"
+			if v4 {
+				family = "ipv4"
+			}
+			m.cidrs.WithLabelValues(family, "configured").Set(float64(counts[key{v4, maps.Configured}]))
+			m.cidrs.WithLabelValues(family, "link_local").Set(float64(counts[key{v4, maps.LinkLocal}]))
+		}
 	}
 }
 
@@ -126,17 +136,17 @@ type datapathCollector struct {
 
 var (
 	descPackets = prometheus.NewDesc(metricsNamespace+"_datapath_packets_total",
-		"Packets seen by the datapath programs, by event: the ipm_stats counter that counted them (egress_new_flow, ingress_miss, ...; see the README).",
-		[]string{"event"}, nil)
+		"Packets seen by the datapath programs, by family (ipv4, ipv6) and event: the ipm_stats counter that counted them (egress_new_flow, ingress_miss, ...; see the README).",
+		[]string{"family", "event"}, nil)
 	descNATEntries = prometheus.NewDesc(metricsNamespace+"_nat_entries",
-		"Entries in use in the NAT table (two per masqueraded flow, one per host reservation).", nil, nil)
+		"Entries in use in the NAT table of a family (two per masqueraded flow, one per host reservation).", []string{"family"}, nil)
 	descNATCapacity = prometheus.NewDesc(metricsNamespace+"_nat_capacity_entries",
-		"Size of the NAT table in entries (--nat-max-entries); a new flow that finds it full is dropped.", nil, nil)
+		"Size of the NAT table of a family in entries (--nat-max-entries); a new flow that finds it full is dropped.", []string{"family"}, nil)
 	descNATFlows = prometheus.NewDesc(metricsNamespace+"_nat_flows",
-		"Masqueraded flows in the NAT table, by protocol and state (opening, established, closing, reset).",
-		[]string{"protocol", "state"}, nil)
+		"Masqueraded flows in the NAT tables, by family, protocol and state (opening, established, closing, reset).",
+		[]string{"family", "protocol", "state"}, nil)
 	descNATReserved = prometheus.NewDesc(metricsNamespace+"_nat_host_reservations",
-		"Node tuples reserved for host sockets and flows that netfilter NATed to the node address.", nil, nil)
+		"Node tuples reserved for host sockets and flows that netfilter NATed to the node address, by family.", []string{"family"}, nil)
 	descAttached = prometheus.NewDesc(metricsNamespace+"_interface_attached",
 		"1 when the datapath programs run on both tc hooks of a managed interface, else 0.",
 		[]string{"interface"}, nil)
@@ -153,31 +163,8 @@ func (c *datapathCollector) Collect(ch chan<- prometheus.Metric) {
 	if dp == nil {
 		return // not loaded yet
 	}
-	if cnt, err := maps.NewCounters(dp).Read(); err != nil {
-		klog.ErrorS(err, "Metrics: reading the datapath counters failed")
-		ch <- prometheus.NewInvalidMetric(descPackets, err)
-	} else {
-		for _, f := range maps.Fields(cnt) {
-			ch <- prometheus.MustNewConstMetric(descPackets, prometheus.CounterValue, float64(f.Value), f.Name)
-		}
-	}
-
-	nat := maps.NewNATTable(dp)
-	ch <- prometheus.MustNewConstMetric(descNATCapacity, prometheus.GaugeValue, float64(nat.Capacity()))
-	if snap, err := nat.Read(); err != nil {
-		klog.ErrorS(err, "Metrics: reading the NAT table failed")
-		ch <- prometheus.NewInvalidMetric(descNATEntries, err)
-	} else {
-		ch <- prometheus.MustNewConstMetric(descNATEntries, prometheus.GaugeValue, float64(snap.Entries))
-		ch <- prometheus.MustNewConstMetric(descNATReserved, prometheus.GaugeValue, float64(len(snap.Reserved)))
-		type key struct{ proto, state string }
-		flows := map[key]int{}
-		for _, f := range snap.Flows {
-			flows[key{protoName(f.Proto), f.State()}]++
-		}
-		for k, n := range flows {
-			ch <- prometheus.MustNewConstMetric(descNATFlows, prometheus.GaugeValue, float64(n), k.proto, k.state)
-		}
+	for _, fam := range families(dp) {
+		c.collectFamily(ch, fam)
 	}
 
 	ifaces, err := managedInterfaces(dp)
@@ -204,6 +191,8 @@ func protoName(p uint8) string {
 		return "tcp"
 	case 17:
 		return "udp"
+	case 58:
+		return "icmpv6"
 	}
 	return "other"
 }
@@ -237,4 +226,54 @@ func managedInterfaces(dp *loader.Datapath) ([]managedInterface, error) {
 		out[i].ingress, out[i].egress, out[i].err = loader.Attachment(out[i].ifindex)
 	}
 	return out, nil
+}
+
+// family is one address family's counters and NAT table.
+type family struct {
+	name     string // label value: ipv4, ipv6
+	counters maps.Family
+	nat      *maps.NATTable
+}
+
+// families lists the families whose maps exist (an older pin set may lack
+// the IPv6 ones).
+func families(dp *loader.Datapath) []family {
+	out := []family{}
+	if dp.Maps.IpmNat4 != nil {
+		out = append(out, family{"ipv4", maps.IPv4, maps.NewNATTable(dp)})
+	}
+	if dp.Maps.IpmNat6 != nil {
+		out = append(out, family{"ipv6", maps.IPv6, maps.NewNAT6Table(dp)})
+	}
+	return out
+}
+
+func (c *datapathCollector) collectFamily(ch chan<- prometheus.Metric, fam family) {
+	dp := c.dp.Load()
+	if cnt, err := maps.NewCounters(dp).ReadFamily(fam.counters); err != nil {
+		klog.ErrorS(err, "Metrics: reading the datapath counters failed", "family", fam.name)
+		ch <- prometheus.NewInvalidMetric(descPackets, err)
+	} else {
+		for _, f := range maps.Fields(cnt) {
+			ch <- prometheus.MustNewConstMetric(descPackets, prometheus.CounterValue, float64(f.Value), fam.name, f.Name)
+		}
+	}
+
+	ch <- prometheus.MustNewConstMetric(descNATCapacity, prometheus.GaugeValue, float64(fam.nat.Capacity()), fam.name)
+	snap, err := fam.nat.Read()
+	if err != nil {
+		klog.ErrorS(err, "Metrics: reading the NAT table failed", "family", fam.name)
+		ch <- prometheus.NewInvalidMetric(descNATEntries, err)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(descNATEntries, prometheus.GaugeValue, float64(snap.Entries), fam.name)
+	ch <- prometheus.MustNewConstMetric(descNATReserved, prometheus.GaugeValue, float64(len(snap.Reserved)), fam.name)
+	type key struct{ proto, state string }
+	flows := map[key]int{}
+	for _, f := range snap.Flows {
+		flows[key{protoName(f.Proto), f.State()}]++
+	}
+	for k, n := range flows {
+		ch <- prometheus.MustNewConstMetric(descNATFlows, prometheus.GaugeValue, float64(n), fam.name, k.proto, k.state)
+	}
 }

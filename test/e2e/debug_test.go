@@ -67,7 +67,8 @@ func TestDebugCommand(t *testing.T) {
 				`(?m)^  10\.0\.0\.0/8 +configured$`,
 				`(?m)^  169\.254\.0\.0/16 +link-local`,
 				`(?m)^Non-masquerade CIDRs \(trie [01] active, 2 prefixes\):$`,
-				`(?m)^NAT table: \d+ of 131072 entries in use, [3-9] flows, [1-9]\d* host reservations`,
+				`(?m)^NAT table \(IPv4\): \d+ of 131072 entries in use, [3-9] flows, [1-9]\d* host reservations`,
+				`(?m)^NAT table \(IPv6\): 0 of 131072 entries in use, 0 flows`,
 				// The interface and how it is attached.
 				fmt.Sprintf(`(?m)^  %s +ifindex \d+ +masquerade as 172\.31\.0\.2 +ingress %s, egress %s$`, Uplink, mode, mode),
 				`(?m)^Node ports: \[1024-65535\] \(64512 ports\), random-fully true$`,
@@ -77,7 +78,7 @@ func TestDebugCommand(t *testing.T) {
 				}
 			}
 			counters := map[string]uint64{}
-			for _, m := range regexp.MustCompile(`(?m)^  ([a-z_]+) +(\d+)$`).FindAllStringSubmatch(out, -1) {
+			for _, m := range regexp.MustCompile(`(?m)^  ([a-z_]+) +(\d+) +\d+$`).FindAllStringSubmatch(out, -1) {
 				counters[m[1]], _ = strconv.ParseUint(m[2], 10, 64)
 			}
 			for _, c := range []string{"egress_new_flow", "egress_translated", "ingress_translated", "egress_host"} {

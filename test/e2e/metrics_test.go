@@ -65,16 +65,16 @@ func TestMetrics(t *testing.T) {
 		if v := during.Must(t, "ip_masq_agent_nat_entries"); v < 8 {
 			t.Errorf("nat_entries = %v, want two per flow (at least 8)", v)
 		}
-		if v := during.Must(t, "ip_masq_agent_nat_capacity_entries"); v != 131072 {
+		if v := during.Must(t, "ip_masq_agent_nat_capacity_entries", "family=ipv4"); v != 131072 {
 			t.Errorf("nat_capacity_entries = %v, want the default --nat-max-entries 131072", v)
 		}
 		if v := during.Must(t, "ip_masq_agent_interface_attached", "interface="+Uplink); v != 1 {
 			t.Errorf("interface_attached{%s} = %v, want 1", Uplink, v)
 		}
-		if v := during.Must(t, "ip_masq_agent_nonmasquerade_cidrs", "origin=configured"); v != 1 {
+		if v := during.Must(t, "ip_masq_agent_nonmasquerade_cidrs", "family=ipv4", "origin=configured"); v != 1 {
 			t.Errorf("nonmasquerade_cidrs{configured} = %v, want 1 (10.0.0.0/8)", v)
 		}
-		if v := during.Must(t, "ip_masq_agent_nonmasquerade_cidrs", "origin=link_local"); v != 1 {
+		if v := during.Must(t, "ip_masq_agent_nonmasquerade_cidrs", "family=ipv4", "origin=link_local"); v != 1 {
 			t.Errorf("nonmasquerade_cidrs{link_local} = %v, want 1 (169.254.0.0/16)", v)
 		}
 		if v := during.Must(t, "ip_masq_agent_config_syncs_total", "result=success"); v < 1 {
@@ -117,7 +117,7 @@ func TestMetrics(t *testing.T) {
 		if v := bad.Must(t, "ip_masq_agent_config_last_success_timestamp_seconds"); v != okTime {
 			t.Errorf("config_last_success_timestamp_seconds moved from %v to %v on a rejected file", okTime, v)
 		}
-		if v := bad.Must(t, "ip_masq_agent_nonmasquerade_cidrs", "origin=configured"); v != 1 {
+		if v := bad.Must(t, "ip_masq_agent_nonmasquerade_cidrs", "family=ipv4", "origin=configured"); v != 1 {
 			t.Errorf("nonmasquerade_cidrs{configured} = %v after a rejected file, want the last good 1", v)
 		}
 		code, body := healthProbe(node, "/readyz")
