@@ -77,6 +77,7 @@ func main() {
 	repeats := flag.Int("repeats", o.Prog.Repeats, "test-run repeats per sample")
 	samples := flag.Int("samples", o.Prog.Samples, "samples per datapath path")
 	phases := flag.String("phases", "", "comma-separated subset of phases (throughput,conn,apply,prog,stats); default all")
+	flag.StringVar(&o.Prog.Object, "object", "", "measure this datapath ELF in the prog phase instead of the embedded one (a bpf/ change before `make generate`)")
 	only := flag.String("modes", "", "comma-separated subset of modes (nonat,nonatct,ipt,ebpf,ebpfct)")
 	flag.Parse()
 	if *smoke {

@@ -47,7 +47,25 @@ type progEnv struct {
 
 const testIfindex = 1
 
-func newProgEnv(natEntries uint32) (*progEnv, error) {
+// openObject loads another build of the datapath (same maps and programs)
+// from an ELF file, unpinned: for measuring a change to bpf/ before it is
+// generated into loader/ (ipm-bench -phases prog -object FILE).
+func openObject(file string, natEntries uint32) (*loader.Datapath, error) {
+	spec, err := ebpf.LoadCollectionSpec(file)
+	if err != nil {
+		return nil, err
+	}
+	if ms, ok := spec.Maps["ipm_nat4"]; ok && natEntries != 0 {
+		ms.MaxEntries = natEntries
+	}
+	var objs loader.BPFObjects
+	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+		return nil, fmt.Errorf("load %s: %+v", file, err)
+	}
+	return &loader.Datapath{Maps: objs.BPFMaps, Programs: objs.BPFPrograms}, nil
+}
+
+func newProgEnv(natEntries uint32, object string) (*progEnv, error) {
 	dir, err := os.MkdirTemp("", "ipm-bench-bpffs-")
 	if err != nil {
 		return nil, err
@@ -57,7 +75,11 @@ func newProgEnv(natEntries uint32) (*progEnv, error) {
 		return nil, fmt.Errorf("mount bpffs on %s: %w", dir, err)
 	}
 	e := &progEnv{bpffs: dir}
-	e.dp, err = loader.Open(loader.Options{PinPath: filepath.Join(dir, "ipm"), NATMaxEntries: natEntries})
+	if object != "" {
+		e.dp, err = openObject(object, natEntries)
+	} else {
+		e.dp, err = loader.Open(loader.Options{PinPath: filepath.Join(dir, "ipm"), NATMaxEntries: natEntries})
+	}
 	if err != nil {
 		e.close()
 		return nil, fmt.Errorf("open datapath: %+v", err)
@@ -242,12 +264,13 @@ type progOptions struct {
 	NewFlows   int // repeats per new-flow sample (each a new mapping; the table is emptied between samples)
 	ManyCIDRs  int // the large CIDR set
 	NATEntries uint32
+	Object     string // an ELF to measure instead of the embedded object
 }
 
 // measurePaths measures every path; it must run in a throwaway network
 // namespace (see inNetns).
 func measurePaths(o progOptions, many []netip.Prefix) ([]pathResult, error) {
-	e, err := newProgEnv(o.NATEntries)
+	e, err := newProgEnv(o.NATEntries, o.Object)
 	if err != nil {
 		return nil, err
 	}

@@ -42,7 +42,8 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := os.Stat(agentBin); err != nil {
+	needTopo := len(o.Phases) == 0 || o.Phases["throughput"] || o.Phases["conn"] || o.Phases["apply"] || o.Phases["stats"]
+	if _, err := os.Stat(agentBin); err != nil && needTopo {
 		return nil, fmt.Errorf("agent binary: %w (run `make build`)", err)
 	}
 	o.AgentBin = agentBin
