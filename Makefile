@@ -68,6 +68,10 @@ test: ## All test tiers (root): unit, BPF program runs, netns end to end in both
 test-unit: ## Only the tests that need no privileges.
 	$(GO) test -count=1 ./config/ ./maps/ ./migrate/ ./cmd/...
 
+.PHONY: test-kernels
+test-kernels: ## Program and end-to-end tests inside qemu VMs on Debian's 5.10, 6.1, 6.12 (root, no KVM: slow; KERNELS='5.10').
+	test/kernels/run.sh $(KERNELS)
+
 .PHONY: demo
 demo: build ## Build namespaces, run the agent, show pod traffic leaving with the node IP, clean up (root).
 	./demo/demo.sh $(BIN)
