@@ -66,7 +66,7 @@ test: ## All test tiers (root): unit, BPF program runs, netns end to end in both
 
 .PHONY: test-unit
 test-unit: ## Only the tests that need no privileges.
-	$(GO) test -count=1 ./config/ ./maps/ ./migrate/ ./cmd/...
+	$(GO) test -count=1 ./config/ ./maps/ ./migrate/ ./cmd/... ./deploy/
 
 .PHONY: test-kernels
 test-kernels: ## Program and end-to-end tests inside qemu VMs on Debian's 5.10, 6.1, 6.12 (root, no KVM: slow; KERNELS='5.10').
