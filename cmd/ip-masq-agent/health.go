@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -99,7 +100,11 @@ func (o *observer) serve(ctx context.Context, metricsAddr, healthAddr string) er
 			for _, l := range listeners[:i] {
 				l.Close()
 			}
-			return fmt.Errorf("listen on %s: %w", e.addr, err)
+			if errors.Is(err, syscall.EADDRINUSE) {
+				return fmt.Errorf("listen on %s for %s: the port is taken (by another ip-masq-agent on this node?); "+
+					"choose another with --metrics-address or --health-address: %w", e.addr, strings.Join(e.paths, " "), err)
+			}
+			return fmt.Errorf("listen on %s for %s: %w", e.addr, strings.Join(e.paths, " "), err)
 		}
 		listeners[i] = l
 	}
