@@ -49,7 +49,7 @@ image: build ## Build the container image from bin/ into an OCI archive (buildah
 		-t $(IMAGE):$(VERSION) -f Dockerfile .
 	rm -f $(IMAGE_ARCHIVE)
 	$(BUILDAH) push $(IMAGE):$(VERSION) oci-archive:$(IMAGE_ARCHIVE):$(IMAGE):$(VERSION)
-	@echo "image $(IMAGE):$(VERSION) in $(IMAGE_ARCHIVE); push it with: skopeo copy oci-archive:$(IMAGE_ARCHIVE) docker://REGISTRY/$(IMAGE):$(VERSION)"
+	@echo "image $(IMAGE):$(VERSION), also in $(IMAGE_ARCHIVE); push it with: $(BUILDAH) push $(IMAGE):$(VERSION) docker://REGISTRY/$(IMAGE):$(VERSION)"
 
 .PHONY: lint
 lint: ## gofmt, go vet and clang-format checks.
