@@ -46,6 +46,8 @@ MODULES=(veth bridge sch_ingress cls_bpf)
 # for modprobe. Busybox covers sh, sysctl, cat, mount.
 HOST_TOOLS=(/usr/sbin/ip /usr/sbin/tc /usr/sbin/ethtool /usr/sbin/xtables-legacy-multi
 	/usr/sbin/xtables-nft-multi /usr/bin/ping /usr/sbin/bpftool /usr/bin/kmod)
+# Copied too when the host has them (debugging aids some tests reach for).
+OPTIONAL_TOOLS=(/usr/bin/tcpdump /usr/bin/socat /usr/sbin/conntrack)
 HOST_PACKAGES=(qemu-system-x86 busybox-static cpio iproute2 ethtool iptables iputils-ping bpftool kmod)
 
 log() { echo "test-kernels: $*" >&2; }
@@ -156,7 +158,11 @@ if [ -n "${KERNELS_REV:-}" ]; then
 	mkdir -p "$SRC"
 	git archive "$KERNELS_REV" | tar -x -C "$SRC"
 fi
-log "building the test binaries from ${KERNELS_REV:-$SRC} ($(git rev-parse --short "${KERNELS_REV:-HEAD}"))"
+if [ -n "${KERNELS_REV:-}" ]; then
+	log "building the test binaries from $KERNELS_REV ($(git rev-parse --short "$KERNELS_REV"))"
+else
+	log "building the test binaries from $SRC"
+fi
 export CGO_ENABLED=0
 (
 	cd "$SRC"
@@ -178,6 +184,9 @@ ln -s usr/sbin "$R/sbin"
 ln -s ../run "$R/var/run"
 cp "$(command -v busybox)" "$R/bin/busybox"
 files=("${HOST_TOOLS[@]}" /usr/lib/x86_64-linux-gnu/xtables/*.so)
+for f in "${OPTIONAL_TOOLS[@]}"; do
+	[ ! -x "$f" ] || files+=("$f")
+done
 for f in "${files[@]}"; do
 	mkdir -p "$R$(dirname "$f")"
 	cp -L "$f" "$R$f"
