@@ -39,7 +39,9 @@ func Attachment(ifindex int) (ingressMode, egressMode Mode, err error) {
 // ourTCX reports whether a tcx program of ours is attached to the hook.
 func ourTCX(ifindex int, dir direction) (bool, error) {
 	res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: dir.tcxAttach()})
-	if errors.Is(err, link.ErrNotSupported) {
+	if errors.Is(err, link.ErrNotSupported) || errors.Is(err, unix.EINVAL) {
+		// Before 6.6 the kernel knows no tcx attach type: BPF_PROG_QUERY
+		// answers EINVAL, so nothing of ours can be there.
 		return false, nil
 	}
 	if err != nil {
