@@ -1,0 +1,390 @@
+package prog
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/ipmasq-ebpf/ip-masq-agent/loader"
+	"github.com/ipmasq-ebpf/ip-masq-agent/maps"
+)
+
+// config6 is a test's configuration with --enable-ipv6: the IPv4 side as
+// in config, plus the IPv6 one. The zero value is the agent with
+// --enable-ipv6 and nonMasqueradeCIDRs [fd00::/8] (plus IPv4's defaults).
+type config6 struct {
+	config
+	nonMasq6       []netip.Prefix // IPv6 nonMasqueradeCIDRs; nil: fd00::/8, empty: none
+	masqLinkLocal6 bool           // masqLinkLocalIPv6
+	noIface6       bool           // leave ifindex 1 without a global IPv6 address
+	disabled       bool           // --enable-ipv6 off (settings.SetIPv6(false))
+}
+
+// local6 are the node's IPv6 addresses in every test.
+var local6 = []netip.Addr{node6, node6Other, node6LL, netip.MustParseAddr("::1")}
+
+// newEnv6 loads the datapath (newEnv) and configures IPv6 as the agent does
+// with --enable-ipv6: the interface's global IPv6 address, the node's IPv6
+// addresses, both families' non-masquerade sets flipped in together, and
+// the IPv6 switch.
+func newEnv6(t testing.TB, c config6) *env {
+	t.Helper()
+	e := newEnv(t, c.config)
+	addr4 := nodeAddr
+	if c.noIfaceAddr {
+		addr4 = netip.Addr{}
+	}
+	addr6 := node6
+	if c.noIface6 {
+		addr6 = netip.Addr{}
+	}
+	if err := maps.NewInterfaces(e.dp).Set(testIfindex, addr4, addr6); err != nil {
+		t.Fatal(err)
+	}
+	la := map[netip.Addr]int{}
+	local := c.local
+	if local == nil {
+		local = []netip.Addr{nodeAddr, nodeOther, netip.MustParseAddr("127.0.0.1")}
+	}
+	for _, a := range append(append([]netip.Addr(nil), local...), local6...) {
+		la[a] = testIfindex
+	}
+	if err := maps.NewLocalAddrs(e.dp).Sync(la); err != nil {
+		t.Fatal(err)
+	}
+	e.applyNonMasqBoth(t, c)
+	if err := e.settings.SetIPv6(!c.disabled); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// applyNonMasqBoth makes the configured prefixes of both families plus the
+// implied link-local ones the active set, as the agent's config sync does:
+// NewCIDRSet(configured, effective) with effective = configured + implied.
+func (e *env) applyNonMasqBoth(t testing.TB, c config6) {
+	t.Helper()
+	v4 := c.nonMasq
+	if v4 == nil {
+		v4 = defaultNonMasq
+	}
+	v6 := c.nonMasq6
+	if v6 == nil {
+		v6 = nonMasq6
+	}
+	configured := append(append([]netip.Prefix(nil), v4...), v6...)
+	effective := append([]netip.Prefix(nil), configured...)
+	if !c.masqLinkLocal {
+		effective = append(effective, linkLocal)
+	}
+	if !c.masqLinkLocal6 {
+		effective = append(effective, linkLocal6)
+	}
+	if err := e.nonMasq.Apply(maps.NewCIDRSet(configured, effective)); err != nil {
+		t.Fatal(err)
+	}
+	set, err := e.nonMasq.Active()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(set) != len(effective) {
+		t.Fatalf("active non-masquerade set %v, want %v", set, effective)
+	}
+}
+
+// counters by family, summed over CPUs, by C name.
+func (e *env) familyCounters(t testing.TB, f maps.Family) map[string]uint64 {
+	t.Helper()
+	c, err := e.counters.ReadFamily(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]uint64{}
+	for _, fl := range maps.Fields(c) {
+		out[fl.Name] = fl.Value
+	}
+	return out
+}
+
+// counterSnap is both families' counters at one moment.
+type counterSnap struct{ v4, v6 map[string]uint64 }
+
+func (e *env) snap(t testing.TB) counterSnap {
+	t.Helper()
+	return counterSnap{v4: e.familyCounters(t, maps.IPv4), v6: e.familyCounters(t, maps.IPv6)}
+}
+
+func movedSince(before, now map[string]uint64) map[string]uint64 {
+	moved := map[string]uint64{}
+	for k, v := range now {
+		if v != before[k] {
+			moved[k] = v - before[k]
+		}
+	}
+	return moved
+}
+
+// moved6 returns what moved since before: the IPv6 counters, and the IPv4
+// ones (which an IPv6 packet must never move).
+func (e *env) moved6(t testing.TB, before counterSnap) (v6, v4 map[string]uint64) {
+	t.Helper()
+	now := e.snap(t)
+	return movedSince(before.v6, now.v6), movedSince(before.v4, now.v4)
+}
+
+// expect6 checks that exactly the IPv6 counters in want moved since before,
+// each by the given amount, and no IPv4 counter.
+func (e *env) expect6(t testing.TB, before counterSnap, want map[string]uint64) {
+	t.Helper()
+	got, v4 := e.moved6(t, before)
+	ok := len(got) == len(want) && len(v4) == 0
+	for k, v := range want {
+		ok = ok && got[k] == v
+	}
+	if !ok {
+		t.Errorf("IPv6 counters moved %v (IPv4 counters %v), want IPv6 %v and no IPv4 counter", got, v4, want)
+	}
+}
+
+// --- the IPv6 NAT table -----------------------------------------------------
+
+type (
+	nat6Key   = loader.BPFIpmNat6Key
+	nat6Entry = loader.BPFIpmNat6Entry
+)
+
+// be128 is an IPv6 address as the four uint32 whose memory holds it in
+// network order (the generated types' view).
+func be128(a netip.Addr) [4]uint32 {
+	b := a.As16()
+	var w [4]uint32
+	for i := range w {
+		w[i] = binary.NativeEndian.Uint32(b[4*i:])
+	}
+	return w
+}
+
+func fromBE128(w [4]uint32) netip.Addr {
+	var b [16]byte
+	for i, v := range w {
+		binary.NativeEndian.PutUint32(b[4*i:], v)
+	}
+	return netip.AddrFrom16(b)
+}
+
+// natKey6 is an IPv6 NAT table key in the datapath's conventions (see
+// natKey).
+func natKey6(dir loader.BPFIpmDir, proto uint8, saddr, daddr netip.Addr, sport, dport uint16) nat6Key {
+	return nat6Key{Saddr: be128(saddr), Daddr: be128(daddr), Sport: be16(sport), Dport: be16(dport), Proto: proto, Dir: dir}
+}
+
+// natEntries6 returns every raw entry of the IPv6 NAT table.
+func (e *env) natEntries6(t testing.TB) map[nat6Key]nat6Entry {
+	t.Helper()
+	all := map[nat6Key]nat6Entry{}
+	var k nat6Key
+	var v nat6Entry
+	// The NAT state: the table and the host reservations beside it.
+	for _, m := range []*ebpf.Map{e.dp.Maps.IpmNat6, e.dp.Maps.IpmHostres6} {
+		it := m.Iterate()
+		for it.Next(&k, &v) {
+			all[k] = v
+		}
+		if err := it.Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return all
+}
+
+// putEntry6 writes one IPv6 NAT table half directly, as a synthetic state.
+func (e *env) putEntry6(t testing.TB, k nat6Key, kind loader.BPFIpmKind, addr netip.Addr, port uint16) {
+	t.Helper()
+	v := nat6Entry{CreatedNs: uint64(maps.Now()), Addr: be128(addr), Port: be16(port), Kind: kind, Ifindex: testIfindex}
+	m := e.dp.Maps.IpmNat6
+	if kind == kindHost {
+		m = e.dp.Maps.IpmHostres6 // where the datapath keeps reservations
+	}
+	if err := m.Put(&k, &v); err != nil {
+		t.Fatalf("write IPv6 NAT entry: %v", err)
+	}
+}
+
+// deleteEntries6 removes every IPv6 NAT entry not in keep.
+func (e *env) deleteEntries6(t testing.TB, keep map[nat6Key]nat6Entry) {
+	t.Helper()
+	for k := range e.natEntries6(t) {
+		if _, ok := keep[k]; ok {
+			continue
+		}
+		if err := e.dp.Maps.IpmNat6.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			t.Fatal(err)
+		}
+	}
+}
+
+// --- masquerade and its reply -------------------------------------------
+
+// masquerade6 runs p (from a pod) through egress and requires the
+// translation of issue 4: the source becomes the node's global IPv6 address
+// and a node port from the configured ranges (an ICMPv6 echo identifier
+// from the 16-bit space), every other byte stays, every checksum is right.
+// It returns the node port or identifier.
+func (e *env) masquerade6(t testing.TB, p pkt6) uint16 {
+	t.Helper()
+	in := p.frame(t)
+	r := e.egress(t, in)
+	requireVerdict(t, r, actPass)
+	u := decode6(t, r.out)
+	if u.src != node6 {
+		t.Fatalf("source %s, want the node's IPv6 address %s\n%s", u.src, node6, hexdump(r.out))
+	}
+	if u.proto != p.proto || u.dst != p.dst || u.dport != p.dport {
+		t.Fatalf("output %v, want only the source of %v changed", u, p.tuple)
+	}
+	if p.proto != protoICMPv6 && !e.inRanges(u.sport) {
+		t.Fatalf("node port %d outside --to-ports %v", u.sport, e.ports)
+	}
+	requireSame6(t, r.out, p.with(tuple{p.proto, node6, p.dst, u.sport, p.dport}).frame(t))
+	if p.noUDPCsum {
+		if err := checkPacket6(ip6Of(r.out), true); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		requireChecksums6(t, r.out)
+	}
+	return u.sport
+}
+
+// replyTo6 is the remote's answer to a masqueraded packet p that left with
+// node port nodePort: from the remote to the node.
+func replyTo6(p pkt6, nodePort uint16) pkt6 {
+	var r pkt6
+	switch p.proto {
+	case protoTCP:
+		r = tcp6(p.dst, p.dport, node6, nodePort, "SA")
+	case protoUDP:
+		r = udp6(p.dst, p.dport, node6, nodePort)
+	default:
+		r = echoReply6(p.dst, node6, nodePort)
+	}
+	r.exts = p.exts
+	return r
+}
+
+// unmasquerade6 runs the reply r through ingress and requires it
+// translated back to the pod's address and port (identifier) of to, every
+// other byte unchanged, every checksum right.
+func (e *env) unmasquerade6(t testing.TB, r pkt6, to tuple) {
+	t.Helper()
+	res := e.ingress(t, r.frame(t))
+	requireVerdict(t, res, actPass)
+	want := r.with(tuple{r.proto, r.src, to.src, r.sport, to.sport}) // ICMPv6: sport 0, dport the identifier
+	if u := decode6(t, res.out); u != want.tuple {
+		t.Fatalf("reply %v became %v, want %v\n%s", r.tuple, u, want.tuple, hexdump(res.out))
+	}
+	requireSame6(t, res.out, want.frame(t))
+	requireChecksums6(t, res.out)
+}
+
+// requireMapping6 checks the IPv6 NAT table holds exactly the two halves of
+// the mapping of orig to node6:nodePort, as raw entries and as
+// NATTable.Read (maps.NewNAT6Table) sees them.
+func (e *env) requireMapping6(t testing.TB, orig tuple, nodePort uint16, since time.Duration) {
+	t.Helper()
+	until := maps.Now()
+	all := e.natEntries6(t)
+	out := natKey6(dirEgress, orig.proto, orig.src, orig.dst, orig.sport, orig.dport)
+	rsport := orig.dport
+	if orig.proto == protoICMPv6 {
+		rsport = 0
+	}
+	in := natKey6(dirIngress, orig.proto, orig.dst, node6, rsport, nodePort)
+	if len(all) != 2 {
+		t.Errorf("IPv6 NAT table has %d entries, want the 2 halves of one mapping: %+v", len(all), all)
+	}
+	ov, ok := all[out]
+	if !ok {
+		t.Fatalf("no egress half %+v in %+v", out, all)
+	}
+	iv, ok := all[in]
+	if !ok {
+		t.Fatalf("no ingress half %+v in %+v", in, all)
+	}
+	if fromBE128(ov.Addr) != node6 || fromBE16(ov.Port) != nodePort || ov.Kind != kindMasq || ov.Ifindex != testIfindex {
+		t.Errorf("egress half %+v, want %s port %d kind masq ifindex %d", ov, node6, nodePort, testIfindex)
+	}
+	if fromBE128(iv.Addr) != orig.src || fromBE16(iv.Port) != orig.sport || iv.Kind != kindMasq || iv.Ifindex != testIfindex {
+		t.Errorf("ingress half %+v, want %s port %d kind masq ifindex %d", iv, orig.src, orig.sport, testIfindex)
+	}
+	for name, v := range map[string]nat6Entry{"egress": ov, "ingress": iv} {
+		if c := time.Duration(v.CreatedNs); c < since || c > until {
+			t.Errorf("%s half created at %v, want within [%v, %v] of CLOCK_MONOTONIC", name, c, since, until)
+		}
+	}
+	if n := len(e.natEntries(t)); n != 0 {
+		t.Errorf("the IPv4 NAT table has %d entries after IPv6 traffic", n)
+	}
+
+	snap, err := maps.NewNAT6Table(e.dp).Read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snap.Flows) != 1 || snap.Orphans != 0 {
+		t.Fatalf("NAT6Table.Read: %d flows, %d orphans; want 1 flow, no orphan", len(snap.Flows), snap.Orphans)
+	}
+	f := snap.Flows[0]
+	wantPod := netip.AddrPortFrom(orig.src, orig.sport)
+	wantRemote := netip.AddrPortFrom(orig.dst, orig.dport)
+	wantNode := netip.AddrPortFrom(node6, nodePort)
+	if f.Proto != orig.proto || f.Pod != wantPod || f.Remote != wantRemote || f.Node != wantNode || !f.HasIn {
+		t.Errorf("NAT6Table.Read flow %v (has reply half %v), want %s -> %s via %s", f, f.HasIn, wantPod, wantRemote, wantNode)
+	}
+}
+
+// ipv6State are the IPv6 maps that packets write (the NAT table, host
+// reservations, fragments, inbound flows), by generated field name.
+var ipv6State = map[string]bool{"IpmNat6": true, "IpmHostres6": true, "IpmFrag6": true, "IpmInbound6": true}
+
+// reset6 empties the IPv6 maps that packets write so that one loaded
+// datapath serves many subtests. The maps are found by name, so that
+// whether the datapath keeps host reservations in a map of their own needs
+// no change here.
+func (e *env) reset6(t testing.TB) {
+	t.Helper()
+	v := reflect.Indirect(reflect.ValueOf(e.dp.Maps))
+	for i := range v.NumField() {
+		if m, ok := v.Field(i).Interface().(*ebpf.Map); ok && m != nil && ipv6State[v.Type().Field(i).Name] {
+			clearMap(t, m)
+		}
+	}
+}
+
+// envCache shares one loaded datapath per configuration among the subtests
+// of a test: loading and verifying the programs is most of a test's time.
+// Each get resets the IPv6 state.
+type envCache struct {
+	t    *testing.T // the parent test, which owns every env's cleanup
+	envs map[string]*env
+}
+
+func newEnvCache(t *testing.T) *envCache { return &envCache{t: t, envs: map[string]*env{}} }
+
+func (c *envCache) get(t testing.TB, c6 config6) *env {
+	t.Helper()
+	// %v prints a nil and an empty list alike; they differ here.
+	key := fmt.Sprintf("%+v %v %v", c6, c6.nonMasq == nil, c6.nonMasq6 == nil)
+	e, ok := c.envs[key]
+	if !ok {
+		e = newEnv6(c.t, c6)
+		c.envs[key] = e
+	}
+	e.reset6(t)
+	return e
+}
