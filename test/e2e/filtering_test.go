@@ -131,9 +131,9 @@ func TestExactMatchFiltering(t *testing.T) {
 			if n := counter(t, tp.Node, "Tcp.InSegs") - inSegs; n != int64(2*len(senders)) {
 				t.Errorf("node: Tcp.InSegs grew by %d, want %d (two per sender)", n, 2*len(senders))
 			}
-			// The node answers each SYN with a RST, which reserves that
-			// tuple for the host: the data segment after it then counts
-			// as ingress_host.
+			// The node answers each probe with a RST; where the datapath
+			// reserves the tuple of a host RST, the data segment after
+			// the SYN counts as ingress_host instead of ingress_miss.
 			if d := readStats(t, a).delta(before); d["ingress_miss"]+d["ingress_host"] < uint64(2*len(senders)) || d["ingress_translated"] != 0 {
 				t.Errorf("datapath: want %d ingress_miss or ingress_host and no ingress_translated: %v", 2*len(senders), d)
 			}
