@@ -29,6 +29,12 @@ import (
 // are brought back to the baseline mappings. Without -fuzz, `go test` runs
 // the seed corpus.
 
+// parsedTruncExt: an extension header reaches past the payload length. The
+// packet passes unchanged; counted as malformed, or as other by a datapath
+// that bounds extension headers by the frame only and reads on (a transport
+// header past the payload length is malformed either way).
+const parsedTruncExt = "truncext"
+
 // maxExtHeaders is how many extension headers the datapath walks
 // (IPM_MAX_EXT_HEADERS in bpf/packet6.h); a longer chain is "other".
 const maxExtHeaders = 6
@@ -80,7 +86,7 @@ func parse6Frame(f []byte) (parsed6, string) {
 		n++
 		if next == extFragment {
 			if off+8 > p.end {
-				return p, parsedMalformed
+				return p, parsedTruncExt
 			}
 			fo := binary.BigEndian.Uint16(f[off+2:])
 			next, off = f[off], off+8
@@ -92,7 +98,7 @@ func parse6Frame(f []byte) (parsed6, string) {
 			continue
 		}
 		if off+2 > p.end {
-			return p, parsedMalformed
+			return p, parsedTruncExt
 		}
 		next, off = f[off], off+(int(f[off+1])+1)*8
 	}
@@ -260,6 +266,8 @@ func egressOracle6(f []byte, s nat6State) (parsed6, quote6, expect6x) {
 	var q quote6
 	isLocal := slices.Contains(local6, p.src)
 	switch what {
+	case parsedTruncExt:
+		return p, q, expect6x{counters: one6("egress_malformed", "egress_other")}
 	case parsedMalformed:
 		if binary.BigEndian.Uint16(f[18:]) == 0 && f[14]>>4 == 6 {
 			// An empty packet: malformed or, by its next header, other.
@@ -315,6 +323,8 @@ func ingressOracle6(f []byte, s nat6State) (parsed6, quote6, expect6x) {
 	p, what := parse6Frame(f)
 	var q quote6
 	switch what {
+	case parsedTruncExt:
+		return p, q, expect6x{counters: one6("ingress_malformed", "ingress_other")}
 	case parsedMalformed:
 		if binary.BigEndian.Uint16(f[18:]) == 0 && f[14]>>4 == 6 {
 			return p, q, expect6x{counters: one6("ingress_malformed", "ingress_other")}
