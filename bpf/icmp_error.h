@@ -48,7 +48,10 @@ static __always_inline bool parse_quote(struct __sk_buff *skb, const struct flow
 	if (ip.version != 4 || ip.ihl < 5 || (bpf_ntohs(ip.frag_off) & IP_OFFSET))
 		return false;
 	q->l4_off = q->ip_off + ip.ihl * 4;
-	/* RFC 792 guarantees 8 bytes of the transport header, no more. */
+	/* RFC 792 guarantees 8 bytes of the transport header, no more; and
+	 * the quote ends with the error's own IP packet, not the frame. */
+	if (q->l4_off + sizeof(l4) > f->end)
+		return false;
 	if (bpf_skb_load_bytes(skb, q->l4_off, l4, sizeof(l4)))
 		return false;
 	q->saddr = ip.saddr;
@@ -63,7 +66,7 @@ static __always_inline bool parse_quote(struct __sk_buff *skb, const struct flow
 		q->sport = *(__be16 *)&l4[0];
 		q->dport = *(__be16 *)&l4[2];
 		/* The TCP checksum is at bytes 16-17: only in longer quotes. */
-		if (q->l4_off + 18 <= skb->len)
+		if (q->l4_off + 18 <= f->end)
 			q->csum_off = q->l4_off + 16;
 		return true;
 	case IPPROTO_UDP:

@@ -93,6 +93,19 @@ struct {
 	__uint(max_entries, 2);
 } ipm_stats SEC(".maps");
 
+/* Key: struct ipm_nat_key (ingress direction, as the reply arrives). Value:
+ * struct ipm_nat_entry of kind IPM_KIND_HOST. Node tuples in use by host
+ * sockets and by flows that netfilter NATed to the node address: no new pod
+ * mapping takes one. Apart from ipm_nat4 and LRU-bounded, because outside
+ * hosts decide how many connections the node answers; a flood evicts old
+ * reservations and never touches a pod mapping. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ipm_nat_key);
+	__type(value, struct ipm_nat_entry);
+	__uint(max_entries, 65536);
+} ipm_hostres4 SEC(".maps");
+
 /* Key: 0. Value: struct ipm_scratch, per CPU. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -138,6 +151,15 @@ struct {
 	__type(value, struct ipm_frag6_entry);
 	__uint(max_entries, 16384);
 } ipm_frag6 SEC(".maps");
+
+/* Key: struct ipm_nat6_key (ingress direction). Value: struct ipm_nat6_entry
+ * of kind IPM_KIND_HOST. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ipm_nat6_key);
+	__type(value, struct ipm_nat6_entry);
+	__uint(max_entries, 65536);
+} ipm_hostres6 SEC(".maps");
 
 /* Key: struct ipm_nat6_key (egress direction). Value: struct ipm_inbound. */
 struct {

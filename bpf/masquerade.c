@@ -117,29 +117,28 @@ static __always_inline int host_egress(struct __sk_buff *skb, struct ipm_counter
 
 	reply_key(f, &rk);
 	e = bpf_map_lookup_elem(&ipm_nat4, &rk);
-	if (!e) {
+	if (e && e->kind == IPM_KIND_MASQ) {
+		if (opens(f))
+			return VERDICT_MOVE;
+		/* A running connection we cannot move: leave both alone. */
+		COUNT(c, egress_host);
+		return TC_ACT_UNSPEC;
+	}
+	e = bpf_map_lookup_elem(&ipm_hostres4, &rk);
+	if (e) {
+		touch_entry(e, now, f, 0);
+	} else {
 		hv.created_ns = now;
 		hv.last_seen_ns = now;
 		hv.addr = f->saddr;
 		hv.port = f->sport;
 		hv.kind = IPM_KIND_HOST;
 		hv.ifindex = skb->ifindex;
-		/* Losing a race to another CPU is fine: the tuple is
-		 * reserved either way. A full table leaves it unreserved,
-		 * which must not stop the host's own traffic. */
-		bpf_map_update_elem(&ipm_nat4, &rk, &hv, BPF_NOEXIST);
-		COUNT(c, egress_host);
-		return TC_ACT_UNSPEC;
+		/* A race with another CPU reserves it all the same. */
+		bpf_map_update_elem(&ipm_hostres4, &rk, &hv, BPF_NOEXIST);
 	}
-	if (e->kind != IPM_KIND_MASQ || !opens(f)) {
-		/* Our reservation, or a running connection we cannot move. */
-		touch_entry(e, now, f, 0);
-		COUNT(c, egress_host);
-		return TC_ACT_UNSPEC;
-	}
-
-	/* A pod mapping holds this tuple and this is a new host flow. */
-	return VERDICT_MOVE;
+	COUNT(c, egress_host);
+	return TC_ACT_UNSPEC;
 }
 
 /*
@@ -305,11 +304,15 @@ int ipm_egress(struct __sk_buff *skb)
 
 	switch (parse_ipv4(skb, &f)) {
 	case PARSE_OK:
+		now = bpf_ktime_get_ns();
+		verdict = egress_flow(skb, c, &f, now, &left_as);
 		break;
 	case PARSE_FRAGMENT:
 		return egress_later_fragment(skb, c, &f);
 	case PARSE_ICMP_ERROR:
-		return egress_icmp_error(skb, c, &f);
+		verdict = egress_icmp_error(skb, c, &f);
+		left_as = 0;
+		break;
 	case PARSE_MALFORMED:
 		/* Not ours to judge: the next hop drops what is broken. */
 		COUNT(c, egress_malformed);
@@ -319,27 +322,34 @@ int ipm_egress(struct __sk_buff *skb)
 		 * rewritten"): address-only NAT would allow one flow per
 		 * remote and protocol for the whole node. */
 		COUNT(c, egress_other);
-		return TC_ACT_UNSPEC;
+		verdict = TC_ACT_UNSPEC;
+		left_as = f.saddr;
+		break;
 	}
 
-	now = bpf_ktime_get_ns();
-	verdict = egress_flow(skb, c, &f, now, &left_as);
-	if (verdict == TC_ACT_UNSPEC && f.frag == FRAG_FIRST)
-		remember_first_fragment(&f, IPM_DIR_EGRESS, left_as, now);
+	/* The later fragments of this datagram follow whatever happened to
+	 * its first, whatever the protocol. */
+	if (verdict == TC_ACT_UNSPEC && f.frag == FRAG_FIRST) {
+		if (!left_as && bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, saddr),
+						   &left_as, sizeof(left_as)))
+			return verdict;
+		remember_first_fragment(&f, IPM_DIR_EGRESS, left_as, bpf_ktime_get_ns());
+	}
 	return verdict;
 }
 
 /* A UDP datagram from outside to a pod address without a mapping: a flow
  * opened from outside (VPC-native pod IPs). Its replies must keep the pod
- * address even when the remote is outside the non-masquerade set. */
-static __always_inline void note_inbound(struct ipm_counters *c, const struct flow4 *f, __u64 now)
+ * address even when the remote is outside the non-masquerade set. Returns
+ * whether the datagram was for a pod (and so recorded). */
+static __always_inline bool note_inbound(const struct flow4 *f, __u64 now)
 {
 	struct ipm_nat_key rk = {};
 	struct ipm_inbound v = { .created_ns = now, .last_seen_ns = now };
 	struct ipm_inbound *e;
 
 	if (bpf_map_lookup_elem(&ipm_local4, &f->daddr))
-		return; /* for the host itself */
+		return false; /* for the host itself */
 	rk.saddr = f->daddr;
 	rk.daddr = f->saddr;
 	rk.sport = f->dport;
@@ -350,10 +360,10 @@ static __always_inline void note_inbound(struct ipm_counters *c, const struct fl
 	if (e) {
 		if (now - e->last_seen_ns > IPM_TOUCH_NS)
 			e->last_seen_ns = now;
-		return;
+		return true;
 	}
 	bpf_map_update_elem(&ipm_inbound4, &rk, &v, BPF_NOEXIST);
-	COUNT(c, ingress_inbound);
+	return true;
 }
 
 /* A non-first fragment arriving: translated when its first fragment was. */
@@ -447,18 +457,19 @@ int ipm_ingress(struct __sk_buff *skb)
 	k.dir = IPM_DIR_INGRESS;
 	now = bpf_ktime_get_ns();
 	e = bpf_map_lookup_elem(&ipm_nat4, &k);
-	if (e && e->kind == IPM_KIND_HOST) {
-		/* A reply to the host: refresh its reservation. */
-		touch_entry(e, now, &f, IPM_F_REPLIED);
-		COUNT(c, ingress_host);
-		return TC_ACT_UNSPEC;
-	}
 	if (!e || e->kind != IPM_KIND_MASQ) {
 		/* Only an exact match is translated: nothing else may reach
 		 * a pod through a mapping made for another remote. */
-		if (f.proto == IPPROTO_UDP)
-			note_inbound(c, &f, now);
-		COUNT(c, ingress_miss);
+		e = bpf_map_lookup_elem(&ipm_hostres4, &k);
+		if (e) {
+			/* A reply to the host: refresh its reservation. */
+			touch_entry(e, now, &f, IPM_F_REPLIED);
+			COUNT(c, ingress_host);
+		} else if (f.proto == IPPROTO_UDP && note_inbound(&f, now)) {
+			COUNT(c, ingress_inbound);
+		} else {
+			COUNT(c, ingress_miss);
+		}
 		return TC_ACT_UNSPEC;
 	}
 	touch_entry(e, now, &f, 0);

@@ -157,24 +157,26 @@ static __always_inline int host_egress6(struct __sk_buff *skb, struct ipm_counte
 
 	reply_key6(f, &rk);
 	e = bpf_map_lookup_elem(&ipm_nat6, &rk);
-	if (!e) {
+	if (e && e->kind == IPM_KIND_MASQ) {
+		if (opens(f))
+			return VERDICT_MOVE;
+		COUNT(c, egress_host);
+		return TC_ACT_UNSPEC;
+	}
+	e = bpf_map_lookup_elem(&ipm_hostres6, &rk);
+	if (e) {
+		touch_entry(e, now, f, 0);
+	} else {
 		hv.created_ns = now;
 		hv.last_seen_ns = now;
 		addr6_copy(hv.addr, f->saddr);
 		hv.port = f->sport;
 		hv.kind = IPM_KIND_HOST;
 		hv.ifindex = skb->ifindex;
-		bpf_map_update_elem(&ipm_nat6, &rk, &hv, BPF_NOEXIST);
-		COUNT(c, egress_host);
-		return TC_ACT_UNSPEC;
+		bpf_map_update_elem(&ipm_hostres6, &rk, &hv, BPF_NOEXIST);
 	}
-	if (e->kind != IPM_KIND_MASQ || !opens(f)) {
-		touch_entry(e, now, f, 0);
-		COUNT(c, egress_host);
-		return TC_ACT_UNSPEC;
-	}
-	/* A pod mapping holds this tuple and this is a new host flow. */
-	return VERDICT_MOVE;
+	COUNT(c, egress_host);
+	return TC_ACT_UNSPEC;
 }
 
 static __always_inline int egress_flow6(struct __sk_buff *skb, struct ipm_counters *c,
@@ -243,7 +245,9 @@ static __always_inline void frag6_key(const struct flow6 *f, enum ipm_dir dir,
 	addr6_copy(fk->saddr, f->saddr);
 	addr6_copy(fk->daddr, f->daddr);
 	fk->id = f->fragid;
-	fk->proto = f->proto;
+	/* The identification alone ties IPv6 fragments together; the header
+	 * after the fragment header differs between first and later ones. */
+	fk->proto = 0;
 	fk->dir = dir;
 	fk->pad = 0;
 }
@@ -308,12 +312,16 @@ static __always_inline bool parse_quote6(struct __sk_buff *skb, const struct flo
 	__u16 csum = 0;
 
 	q->ip_off = f->l4_off + ICMP_ERROR_HLEN;
-	if (parse_ipv6_at(skb, q->ip_off, &q->f) != PARSE_OK)
+	if (parse_ipv6_at(skb, q->ip_off, &q->f, true) != PARSE_OK)
+		return false;
+	/* At least 8 bytes of the transport header, inside the error's own
+	 * IPv6 packet (not the frame's padding). */
+	if (q->f.l4_off + 8 > f->end)
 		return false;
 	q->csum_off = 0;
 	switch (q->f.proto) {
 	case IPPROTO_TCP:
-		if (q->f.l4_off + 18 <= skb->len)
+		if (q->f.l4_off + 18 <= f->end)
 			q->csum_off = q->f.l4_off + 16;
 		break;
 	case IPPROTO_UDP:
@@ -431,35 +439,41 @@ static __always_inline int egress6(struct __sk_buff *skb)
 		COUNT(c, egress_other);
 		return TC_ACT_UNSPEC;
 	}
-	switch (parse_ipv6_at(skb, ETH_HLEN, &f)) {
+	switch (parse_ipv6_at(skb, ETH_HLEN, &f, false)) {
 	case PARSE_OK:
+		now = bpf_ktime_get_ns();
+		verdict = egress_flow6(skb, c, s, &f, now, left_as);
 		break;
 	case PARSE_FRAGMENT:
 		return egress_later_fragment6(skb, c, s, &f);
 	case PARSE_ICMP_ERROR:
-		return egress_icmp_error6(skb, c, &f);
+		verdict = egress_icmp_error6(skb, c, &f);
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + IPV6_SADDR_OFF, left_as, sizeof(left_as)))
+			return verdict;
+		break;
 	case PARSE_MALFORMED:
 		COUNT(c, egress_malformed);
 		return TC_ACT_UNSPEC;
 	default:
 		COUNT(c, egress_other);
-		return TC_ACT_UNSPEC;
+		verdict = TC_ACT_UNSPEC;
+		addr6_copy(left_as, f.saddr);
+		break;
 	}
-	now = bpf_ktime_get_ns();
-	verdict = egress_flow6(skb, c, s, &f, now, left_as);
+	/* Later fragments follow their first, whatever the protocol. */
 	if (verdict == TC_ACT_UNSPEC && f.frag == FRAG_FIRST)
-		remember_first_fragment6(&f, IPM_DIR_EGRESS, left_as, now);
+		remember_first_fragment6(&f, IPM_DIR_EGRESS, left_as, bpf_ktime_get_ns());
 	return verdict;
 }
 
-static __always_inline void note_inbound6(struct ipm_counters *c, const struct flow6 *f, __u64 now)
+static __always_inline bool note_inbound6(const struct flow6 *f, __u64 now)
 {
 	struct ipm_nat6_key rk = {};
 	struct ipm_inbound v = { .created_ns = now, .last_seen_ns = now };
 	struct ipm_inbound *e;
 
 	if (is_local6(f->daddr))
-		return;
+		return false;
 	addr6_copy(rk.saddr, f->daddr);
 	addr6_copy(rk.daddr, f->saddr);
 	rk.sport = f->dport;
@@ -470,10 +484,10 @@ static __always_inline void note_inbound6(struct ipm_counters *c, const struct f
 	if (e) {
 		if (now - e->last_seen_ns > IPM_TOUCH_NS)
 			e->last_seen_ns = now;
-		return;
+		return true;
 	}
 	bpf_map_update_elem(&ipm_inbound6, &rk, &v, BPF_NOEXIST);
-	COUNT(c, ingress_inbound);
+	return true;
 }
 
 static __always_inline int ingress_later_fragment6(struct __sk_buff *skb, struct ipm_counters *c,
@@ -538,7 +552,7 @@ static __always_inline int ingress6(struct __sk_buff *skb)
 		COUNT(c, ingress_other);
 		return TC_ACT_UNSPEC;
 	}
-	switch (parse_ipv6_at(skb, ETH_HLEN, &f)) {
+	switch (parse_ipv6_at(skb, ETH_HLEN, &f, false)) {
 	case PARSE_OK:
 		break;
 	case PARSE_FRAGMENT:
@@ -555,15 +569,16 @@ static __always_inline int ingress6(struct __sk_buff *skb)
 	nat6_key(&f, IPM_DIR_INGRESS, &k);
 	now = bpf_ktime_get_ns();
 	e = bpf_map_lookup_elem(&ipm_nat6, &k);
-	if (e && e->kind == IPM_KIND_HOST) {
-		touch_entry(e, now, &f, IPM_F_REPLIED);
-		COUNT(c, ingress_host);
-		return TC_ACT_UNSPEC;
-	}
 	if (!e || e->kind != IPM_KIND_MASQ) {
-		if (f.proto == IPPROTO_UDP)
-			note_inbound6(c, &f, now);
-		COUNT(c, ingress_miss);
+		e = bpf_map_lookup_elem(&ipm_hostres6, &k);
+		if (e) {
+			touch_entry(e, now, &f, IPM_F_REPLIED);
+			COUNT(c, ingress_host);
+		} else if (f.proto == IPPROTO_UDP && note_inbound6(&f, now)) {
+			COUNT(c, ingress_inbound);
+		} else {
+			COUNT(c, ingress_miss);
+		}
 		return TC_ACT_UNSPEC;
 	}
 	touch_entry(e, now, &f, 0);

@@ -99,8 +99,9 @@ static __always_inline bool port_in_ranges(const struct ipm_settings *s, __u16 p
  * is unique. pod_port is what --random-fully=false tries first.
  */
 static __always_inline enum alloc_result claim_node_port(const struct ipm_settings *s, void *map,
-							 void *key, __be16 *port, const void *value,
-							 bool icmp, __be16 pod_port)
+							 void *reserved, void *key, __be16 *port,
+							 const void *value, bool icmp,
+							 __be16 pod_port)
 {
 	__u32 ri = 0, p = 0, count = icmp ? IPM_ICMP_IDS : s->port_count;
 
@@ -111,7 +112,8 @@ static __always_inline enum alloc_result claim_node_port(const struct ipm_settin
 		/* MASQUERADE without --random-fully keeps the pod's own port
 		 * (identifier) when that tuple is free. */
 		*port = pod_port;
-		if (!bpf_map_update_elem(map, key, value, BPF_NOEXIST))
+		if (!bpf_map_lookup_elem(reserved, key) &&
+		    !bpf_map_update_elem(map, key, value, BPF_NOEXIST))
 			return ALLOC_OK;
 	}
 
@@ -129,11 +131,15 @@ static __always_inline enum alloc_result claim_node_port(const struct ipm_settin
 		long err;
 
 		*port = bpf_htons(p);
-		err = bpf_map_update_elem(map, key, value, BPF_NOEXIST);
-		if (!err)
-			return ALLOC_OK;
-		if (err != -EEXIST)
-			return ALLOC_TABLE_FULL;
+		/* A host reservation is checked first; one made between the
+		 * check and the insert (microseconds) is not seen. */
+		if (!bpf_map_lookup_elem(reserved, key)) {
+			err = bpf_map_update_elem(map, key, value, BPF_NOEXIST);
+			if (!err)
+				return ALLOC_OK;
+			if (err != -EEXIST)
+				return ALLOC_TABLE_FULL;
+		}
 		/* Next port, wrapping into the next range. */
 		if (icmp) {
 			p = (p + 1) & 0xffff;
@@ -166,10 +172,10 @@ __attribute__((noinline)) int ipm_claim_port(__u32 family, __u32 icmp, __u32 pod
 	if (!sc || !s)
 		return ALLOC_NO_PORT;
 	if (family)
-		return claim_node_port(s, &ipm_nat6, &sc->key6, &sc->key6.dport, &sc->value6, icmp,
-				       pod_port);
-	return claim_node_port(s, &ipm_nat4, &sc->key4, &sc->key4.dport, &sc->value4, icmp,
-			       pod_port);
+		return claim_node_port(s, &ipm_nat6, &ipm_hostres6, &sc->key6, &sc->key6.dport,
+				       &sc->value6, icmp, pod_port);
+	return claim_node_port(s, &ipm_nat4, &ipm_hostres4, &sc->key4, &sc->key4.dport, &sc->value4,
+			       icmp, pod_port);
 }
 
 /* This CPU's scratch space for ipm_claim_port. */

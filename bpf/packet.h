@@ -51,6 +51,7 @@ struct flow4 {
 	__be16 ipid; /* IPv4 identification, which ties fragments together */
 	__u16 pad;
 	__u32 l4_off; /* from the start of the Ethernet header */
+	__u32 end;    /* end of the IP packet: bytes after it (padding) are not ours */
 };
 
 enum frag_kind {
@@ -109,15 +110,18 @@ static __always_inline enum parse_result parse_ipv4(struct __sk_buff *skb, struc
 		return PARSE_MALFORMED;
 	ihl = ip->ihl * 4;
 	tot = bpf_ntohs(ip->tot_len);
-	/* tot_len 0 is legal for BIG TCP super-packets; anything else shorter
-	 * than the header is garbage. */
-	if (tot && tot < ihl)
+	/* tot_len 0 is legal only for a BIG TCP super-packet (GSO); anything
+	 * else shorter than the header is garbage. */
+	if (tot ? tot < ihl : !skb->gso_size)
 		return PARSE_MALFORMED;
 
 	f->saddr = ip->saddr;
 	f->daddr = ip->daddr;
 	f->proto = ip->protocol;
 	f->ipid = ip->id;
+	f->end = tot ? ETH_HLEN + tot : skb->len;
+	if (f->end > skb->len)
+		f->end = skb->len;
 	if (bpf_ntohs(ip->frag_off) & IP_OFFSET) {
 		f->frag = FRAG_LATER;
 		return PARSE_FRAGMENT;

@@ -46,6 +46,7 @@ struct flow6 {
 	__u8 frag;     /* enum frag_kind */
 	__be32 fragid; /* identification of the fragment header */
 	__u32 l4_off;
+	__u32 end; /* end of the IP packet: bytes after it (padding) are not ours */
 };
 
 static __always_inline bool is_icmp6_error(__u8 type)
@@ -71,10 +72,11 @@ static __always_inline void addr6_copy(__be32 *dst, const __be32 *src)
  * packet, further in for the quote of an ICMPv6 error): addresses, then the
  * extension headers up to the transport header, then ports or the echo
  * identifier. A header is read with bpf_skb_load_bytes, which also works on
- * non-linear packets.
+ * non-linear packets. A quote (quote = true) needs only 8 transport bytes,
+ * and its length fields describe the original packet, not the quote.
  */
 static __always_inline enum parse_result parse_ipv6_at(struct __sk_buff *skb, __u32 off,
-						       struct flow6 *f)
+						       struct flow6 *f, bool quote)
 {
 	struct ipv6hdr ip6;
 	__u8 nexthdr;
@@ -85,10 +87,25 @@ static __always_inline enum parse_result parse_ipv6_at(struct __sk_buff *skb, __
 		return PARSE_MALFORMED;
 	__builtin_memcpy(f->saddr, &ip6.saddr, 16);
 	__builtin_memcpy(f->daddr, &ip6.daddr, 16);
+	/* A quote's payload length is the original packet's: the caller
+	 * bounds the quote. Length 0 is legal only for a BIG TCP super-packet
+	 * (GSO). */
+	if (quote) {
+		f->end = skb->len;
+	} else if (ip6.payload_len) {
+		f->end = off + sizeof(ip6) + bpf_ntohs(ip6.payload_len);
+		if (f->end > skb->len)
+			f->end = skb->len;
+	} else if (skb->gso_size) {
+		f->end = skb->len;
+	} else {
+		return PARSE_MALFORMED;
+	}
 	nexthdr = ip6.nexthdr;
 	off += sizeof(ip6);
 
-	for (int i = 0; i < IPM_MAX_EXT_HEADERS; i++) {
+	/* One more round than headers: the last one reaches the transport. */
+	for (int i = 0; i <= IPM_MAX_EXT_HEADERS; i++) {
 		__u8 ext[8];
 
 		switch (nexthdr) {
@@ -130,9 +147,12 @@ transport:
 	f->l4_off = off;
 	switch (nexthdr) {
 	case IPPROTO_TCP: {
-		__u8 th[14];
+		__u8 th[20] = {};
+		/* The whole fixed header (the checksum sits at bytes 16-17),
+		 * or the 8 bytes a quote is sure to have. */
+		__u32 need = quote ? 8 : sizeof(th);
 
-		if (bpf_skb_load_bytes(skb, off, th, sizeof(th)))
+		if (off + need > f->end || bpf_skb_load_bytes(skb, off, th, need))
 			return PARSE_MALFORMED;
 		f->sport = *(__be16 *)&th[0];
 		f->dport = *(__be16 *)&th[2];
@@ -140,9 +160,10 @@ transport:
 		return PARSE_OK;
 	}
 	case IPPROTO_UDP: {
-		__be16 ports[2];
+		__be16 ports[4];
 
-		if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)))
+		if (off + sizeof(ports) > f->end ||
+		    bpf_skb_load_bytes(skb, off, ports, sizeof(ports)))
 			return PARSE_MALFORMED;
 		f->sport = ports[0];
 		f->dport = ports[1];
@@ -151,7 +172,7 @@ transport:
 	case IPPROTO_ICMPV6: {
 		struct icmp_echo_hdr ih;
 
-		if (bpf_skb_load_bytes(skb, off, &ih, sizeof(ih)))
+		if (off + sizeof(ih) > f->end || bpf_skb_load_bytes(skb, off, &ih, sizeof(ih)))
 			return PARSE_MALFORMED;
 		f->icmp_type = ih.type;
 		if (is_icmp6_error(ih.type))

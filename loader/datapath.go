@@ -108,6 +108,8 @@ func mapsByName(m *BPFMaps) map[string]*ebpf.Map {
 		"ipm_frag6":    m.IpmFrag6,
 		"ipm_inbound4": m.IpmInbound4,
 		"ipm_inbound6": m.IpmInbound6,
+		"ipm_hostres4": m.IpmHostres4,
+		"ipm_hostres6": m.IpmHostres6,
 		"ipm_settings": m.IpmSettings,
 		"ipm_ifaces":   m.IpmIfaces,
 		"ipm_local4":   m.IpmLocal4,

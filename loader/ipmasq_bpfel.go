@@ -220,6 +220,8 @@ const (
 	BPFMapIpmCidr61   = "ipm_cidr6_1"
 	BPFMapIpmFrag4    = "ipm_frag4"
 	BPFMapIpmFrag6    = "ipm_frag6"
+	BPFMapIpmHostres4 = "ipm_hostres4"
+	BPFMapIpmHostres6 = "ipm_hostres6"
 	BPFMapIpmIfaces   = "ipm_ifaces"
 	BPFMapIpmInbound4 = "ipm_inbound4"
 	BPFMapIpmInbound6 = "ipm_inbound6"
@@ -290,6 +292,8 @@ type BPFMapSpecs struct {
 	IpmCidr61   *ebpf.MapSpec `ebpf:"ipm_cidr6_1"`
 	IpmFrag4    *ebpf.MapSpec `ebpf:"ipm_frag4"`
 	IpmFrag6    *ebpf.MapSpec `ebpf:"ipm_frag6"`
+	IpmHostres4 *ebpf.MapSpec `ebpf:"ipm_hostres4"`
+	IpmHostres6 *ebpf.MapSpec `ebpf:"ipm_hostres6"`
 	IpmIfaces   *ebpf.MapSpec `ebpf:"ipm_ifaces"`
 	IpmInbound4 *ebpf.MapSpec `ebpf:"ipm_inbound4"`
 	IpmInbound6 *ebpf.MapSpec `ebpf:"ipm_inbound6"`
@@ -334,6 +338,8 @@ type BPFMaps struct {
 	IpmCidr61   *ebpf.Map `ebpf:"ipm_cidr6_1"`
 	IpmFrag4    *ebpf.Map `ebpf:"ipm_frag4"`
 	IpmFrag6    *ebpf.Map `ebpf:"ipm_frag6"`
+	IpmHostres4 *ebpf.Map `ebpf:"ipm_hostres4"`
+	IpmHostres6 *ebpf.Map `ebpf:"ipm_hostres6"`
 	IpmIfaces   *ebpf.Map `ebpf:"ipm_ifaces"`
 	IpmInbound4 *ebpf.Map `ebpf:"ipm_inbound4"`
 	IpmInbound6 *ebpf.Map `ebpf:"ipm_inbound6"`
@@ -354,6 +360,8 @@ func (m *BPFMaps) Close() error {
 		m.IpmCidr61,
 		m.IpmFrag4,
 		m.IpmFrag6,
+		m.IpmHostres4,
+		m.IpmHostres6,
 		m.IpmIfaces,
 		m.IpmInbound4,
 		m.IpmInbound6,

@@ -17,7 +17,8 @@ const Layout = 1
 // stateMaps hold what a restart must not lose; a pinned one that no longer
 // fits the spec (a new size from a flag) is replaced, which resets the flows
 // in it, so that case is logged as a warning.
-var stateMaps = map[string]bool{"ipm_nat4": true, "ipm_nat6": true, "ipm_inbound4": true, "ipm_inbound6": true}
+var stateMaps = map[string]bool{"ipm_nat4": true, "ipm_nat6": true, "ipm_inbound4": true, "ipm_inbound6": true,
+	"ipm_hostres4": true, "ipm_hostres6": true}
 
 // reusePinnedMaps opens the maps pinned in dir that this spec can use as they
 // are. A map pinned by a build with another layout version is not used: all

@@ -8,6 +8,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 )
 
@@ -71,7 +72,9 @@ func linkID(l link.Link) link.ID {
 // except the one with ID keep.
 func detachOurTCX(ifindex int, dir direction, keep link.ID) error {
 	res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: dir.tcxAttach()})
-	if errors.Is(err, link.ErrNotSupported) {
+	if errors.Is(err, link.ErrNotSupported) || errors.Is(err, unix.EINVAL) {
+		// Before 6.6 the kernel has no tcx, and answers a query for a
+		// tcx attach type with EINVAL: nothing of ours can be there.
 		return nil
 	}
 	if err != nil {

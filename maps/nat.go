@@ -22,7 +22,6 @@ const (
 	dirEgress   = loader.BPFIpmDirIPM_DIR_EGRESS
 	dirIngress  = loader.BPFIpmDirIPM_DIR_INGRESS
 	kindMasq    = loader.BPFIpmKindIPM_KIND_MASQ
-	kindHost    = loader.BPFIpmKindIPM_KIND_HOST
 	flagFin     = loader.BPFIpmEntryFlagsIPM_F_FIN
 	flagRst     = loader.BPFIpmEntryFlagsIPM_F_RST
 	flagReplied = loader.BPFIpmEntryFlagsIPM_F_REPLIED
@@ -69,17 +68,23 @@ type codec interface {
 	remove(m *ebpf.Map, t tuple) error
 }
 
-// NATTable is ipm_nat4 or ipm_nat6.
+// NATTable is ipm_nat4 with ipm_hostres4, or ipm_nat6 with ipm_hostres6:
+// the mappings and the host reservations of one family.
 type NATTable struct {
-	m *ebpf.Map
-	c codec
+	m       *ebpf.Map
+	hostres *ebpf.Map
+	c       codec
 }
 
 // NewNATTable is the IPv4 NAT table.
-func NewNATTable(d *loader.Datapath) *NATTable { return &NATTable{m: d.Maps.IpmNat4, c: codec4{}} }
+func NewNATTable(d *loader.Datapath) *NATTable {
+	return &NATTable{m: d.Maps.IpmNat4, hostres: d.Maps.IpmHostres4, c: codec4{}}
+}
 
 // NewNAT6Table is the IPv6 NAT table.
-func NewNAT6Table(d *loader.Datapath) *NATTable { return &NATTable{m: d.Maps.IpmNat6, c: codec6{}} }
+func NewNAT6Table(d *loader.Datapath) *NATTable {
+	return &NATTable{m: d.Maps.IpmNat6, hostres: d.Maps.IpmHostres6, c: codec6{}}
+}
 
 // Capacity is the table's bound in entries (two per flow).
 func (t *NATTable) Capacity() int { return int(t.m.MaxEntries()) }
@@ -108,7 +113,8 @@ func (f Flow) String() string {
 }
 
 // Reservation is a tuple held for a host socket or a flow netfilter NATed to
-// the node address (SPEC 3.6), keyed as the reply would arrive.
+// the node address (SPEC 3.6), keyed as the reply would arrive; they live in
+// ipm_hostres4/6, LRU maps apart from the mappings.
 type Reservation struct {
 	Proto    uint8
 	Node     netip.AddrPort // the host's side
@@ -250,12 +256,13 @@ func (t *NATTable) read() (pass, error) {
 		p.flows[k] = makeFlow(k, e, in, ok)
 	}
 	for k, e := range all {
-		switch {
-		case k.Dir == dirIngress && e.Kind == kindMasq && !paired[k]:
+		if k.Dir == dirIngress && e.Kind == kindMasq && !paired[k] {
 			p.orphans[k] = e
-		case e.Kind == kindHost:
-			p.reserved[k] = makeReservation(k, e)
 		}
+	}
+	err := t.c.iterate(t.hostres, func(k tuple, e half) { p.reserved[k] = makeReservation(k, e) })
+	if err != nil {
+		return pass{}, fmt.Errorf("read host reservations: %w", err)
 	}
 	return p, nil
 }
@@ -348,13 +355,13 @@ func (t *NATTable) removeFlowIfExpired(k tuple, to Timeouts) (bool, error) {
 // removeReservationIfExpired re-reads a host reservation and deletes it if
 // its flow has been idle for longer than its state allows.
 func (t *NATTable) removeReservationIfExpired(k tuple, to Timeouts) bool {
-	e, ok := t.c.lookup(t.m, k)
-	if !ok || e.Kind != kindHost {
+	e, ok := t.c.lookup(t.hostres, k)
+	if !ok {
 		return false
 	}
 	r := makeReservation(k, e)
 	if Now()-r.LastSeen <= r.timeout(to) {
 		return false
 	}
-	return t.c.remove(t.m, k) == nil
+	return t.c.remove(t.hostres, k) == nil
 }

@@ -318,27 +318,35 @@ const (
 	kindHost   = loader.BPFIpmKindIPM_KIND_HOST
 )
 
-// putEntry writes one NAT table half directly, as a synthetic state.
+// putEntry writes one NAT table half directly, as a synthetic state. Host
+// reservations (kind host) go where the datapath keeps them, ipm_hostres4.
 func (e *env) putEntry(t testing.TB, k maps.NATKey, kind loader.BPFIpmKind, addr netip.Addr, port uint16) {
 	t.Helper()
 	v := maps.NATEntry{CreatedNs: uint64(maps.Now()), Addr: be32(addr), Port: be16(port), Kind: kind, Ifindex: testIfindex}
-	if err := e.dp.Maps.IpmNat4.Put(&k, &v); err != nil {
+	m := e.dp.Maps.IpmNat4
+	if kind == kindHost {
+		m = e.dp.Maps.IpmHostres4
+	}
+	if err := m.Put(&k, &v); err != nil {
 		t.Fatalf("write NAT entry: %v", err)
 	}
 }
 
-// natEntries returns every raw entry of the NAT table.
+// natEntries returns every raw entry of the NAT state: the NAT table and
+// the host reservations beside it.
 func (e *env) natEntries(t testing.TB) map[maps.NATKey]maps.NATEntry {
 	t.Helper()
 	all := map[maps.NATKey]maps.NATEntry{}
 	var k maps.NATKey
 	var v maps.NATEntry
-	it := e.dp.Maps.IpmNat4.Iterate()
-	for it.Next(&k, &v) {
-		all[k] = v
-	}
-	if err := it.Err(); err != nil {
-		t.Fatal(err)
+	for _, m := range []*ebpf.Map{e.dp.Maps.IpmNat4, e.dp.Maps.IpmHostres4} {
+		it := m.Iterate()
+		for it.Next(&k, &v) {
+			all[k] = v
+		}
+		if err := it.Err(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return all
 }
@@ -386,8 +394,10 @@ func (e *env) deleteEntries(t testing.TB, keep map[maps.NATKey]maps.NATEntry) {
 		if _, ok := keep[k]; ok {
 			continue
 		}
-		if err := e.dp.Maps.IpmNat4.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			t.Fatal(err)
+		for _, m := range []*ebpf.Map{e.dp.Maps.IpmNat4, e.dp.Maps.IpmHostres4} {
+			if err := m.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				t.Fatal(err)
+			}
 		}
 	}
 }
