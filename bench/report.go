@@ -314,6 +314,15 @@ func (r *Results) Chart(file string) error {
 	pl.X.Tick.Marker = ticks
 	pl.X.Min, pl.X.Max = float64(counts[0])*0.7, float64(counts[len(counts)-1])*1.4
 	pl.Y.Min = 0
+	pl.Y.Tick.Marker = plot.TickerFunc(func(min, max float64) []plot.Tick {
+		ts := plot.DefaultTicks{}.Ticks(min, max)
+		for i := range ts {
+			if ts[i].Label != "" {
+				ts[i].Label = fmt.Sprintf("%.0f", ts[i].Value)
+			}
+		}
+		return ts
+	})
 	pl.Legend.Top = false
 	pl.Legend.Left = true
 	pl.Legend.YOffs = vg.Points(4)
