@@ -174,10 +174,10 @@ func (b *bench) setup(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if r.Conns == 0 || r.Errors > 0 {
-			return fmt.Errorf("%s: sanity run: %d connections, %d failed (%s)", m, r.Conns, r.Errors, r.FirstErr)
+		if r.Conns == 0 {
+			return fmt.Errorf("%s: sanity run: no connection succeeded, %d failed (%s)", m, r.Errors, r.FirstErr)
 		}
-		b.o.Log("%s: ready (%d connections in the sanity run)", m, r.Conns)
+		b.o.Log("%s: ready (%d connections in the sanity run, %d failed)", m, r.Conns, r.Errors)
 	}
 	if t := b.topos[Agent]; t != nil {
 		time.Sleep(2 * time.Second)
