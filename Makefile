@@ -63,6 +63,8 @@ test: ## All test tiers (root): unit, BPF program runs, netns end to end in both
 	cd bench && $(GO) test -count=1 ./...   # the bench harness's smoke pass (its own module)
 	$(GO) test -count=1 -run '^$$' -fuzz '^FuzzEgress$$' -fuzztime $(FUZZTIME) ./test/prog/
 	$(GO) test -count=1 -run '^$$' -fuzz '^FuzzIngress$$' -fuzztime $(FUZZTIME) ./test/prog/
+	$(GO) test -count=1 -run '^$$' -fuzz '^FuzzEgress6$$' -fuzztime $(FUZZTIME) ./test/prog/
+	$(GO) test -count=1 -run '^$$' -fuzz '^FuzzIngress6$$' -fuzztime $(FUZZTIME) ./test/prog/
 
 .PHONY: test-unit
 test-unit: ## Only the tests that need no privileges.
