@@ -45,7 +45,7 @@ func listenBigUDP(t testing.TB, n *Netns, addr netip.AddrPort) *bigUDPServer {
 	t.Helper()
 	s := &bigUDPServer{done: make(chan struct{})}
 	if err := n.Do(func() (err error) {
-		s.conn, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(addr))
+		s.conn, err = net.ListenUDP(network("udp", addr.Addr()), net.UDPAddrFromAddrPort(addr))
 		return err
 	}); err != nil {
 		t.Fatalf("netns %s: listen udp %s: %v", n.Name, addr, err)
@@ -90,7 +90,7 @@ func (s *bigUDPServer) serve() {
 func bigUDPExchange(n *Netns, dst netip.AddrPort, localPort uint16, reqSize, respSize int, timeout time.Duration) (netip.AddrPort, error) {
 	var pc net.PacketConn
 	if err := n.Do(func() (err error) {
-		pc, err = (&net.ListenConfig{Control: reuseAddr}).ListenPacket(context.Background(), "udp4", fmt.Sprintf(":%d", localPort))
+		pc, err = (&net.ListenConfig{Control: reuseAddr}).ListenPacket(context.Background(), network("udp", dst.Addr()), fmt.Sprintf(":%d", localPort))
 		return err
 	}); err != nil {
 		return netip.AddrPort{}, fmt.Errorf("%s: udp bind port %d: %w", n, localPort, err)

@@ -81,6 +81,9 @@ type Topology struct {
 	// Only with the WithLowMTUHop option (topology_mtu.go); nil otherwise.
 	Hop *Netns // router behind the router, MTU 1280 towards it
 	Far *Host  // server with MTU 1500 behind the hop
+
+	// Only with the WithDualStack option (ipv6_topology.go); nil otherwise.
+	V6 *DualStack
 }
 
 // Namespaces lists every namespace of the topology.

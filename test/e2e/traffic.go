@@ -35,6 +35,15 @@ func reuseAddr(_, _ string, c syscall.RawConn) error {
 	return serr
 }
 
+// network names the Go network of proto ("tcp", "udp") for the family of a:
+// "tcp4" for IPv4, "tcp6" for IPv6.
+func network(proto string, a netip.Addr) string {
+	if a.Is6() && !a.Is4In6() {
+		return proto + "6"
+	}
+	return proto + "4"
+}
+
 func addrPortOf(a net.Addr) netip.AddrPort {
 	switch a := a.(type) {
 	case *net.TCPAddr:
@@ -64,7 +73,7 @@ func (n *Netns) ListenTCP(t testing.TB, addr netip.AddrPort) *TCPServer {
 	s := &TCPServer{conns: map[net.Conn]struct{}{}}
 	err := n.Do(func() (err error) {
 		lc := net.ListenConfig{Control: reuseAddr}
-		s.ln, err = lc.Listen(context.Background(), "tcp4", addr.String())
+		s.ln, err = lc.Listen(context.Background(), network("tcp", addr.Addr()), addr.String())
 		return err
 	})
 	if err != nil {
@@ -140,7 +149,7 @@ func (n *Netns) DialTCP(dst netip.AddrPort, localPort uint16, timeout time.Durat
 		if localPort != 0 {
 			d.LocalAddr = &net.TCPAddr{Port: int(localPort)}
 		}
-		conn, err = d.Dial("tcp4", dst.String())
+		conn, err = d.Dial(network("tcp", dst.Addr()), dst.String())
 		return err
 	})
 	if err != nil {
@@ -212,7 +221,7 @@ func (n *Netns) ListenUDP(t testing.TB, addr netip.AddrPort) *UDPServer {
 	t.Helper()
 	s := &UDPServer{done: make(chan struct{}), seen: map[string]netip.AddrPort{}}
 	err := n.Do(func() (err error) {
-		s.conn, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(addr))
+		s.conn, err = net.ListenUDP(network("udp", addr.Addr()), net.UDPAddrFromAddrPort(addr))
 		return err
 	})
 	if err != nil {
@@ -265,7 +274,7 @@ func (n *Netns) UDPPeer(dst netip.AddrPort, localPort uint16, timeout time.Durat
 	var pc net.PacketConn
 	err := n.Do(func() (err error) {
 		lc := net.ListenConfig{Control: reuseAddr}
-		pc, err = lc.ListenPacket(context.Background(), "udp4", fmt.Sprintf(":%d", localPort))
+		pc, err = lc.ListenPacket(context.Background(), network("udp", dst.Addr()), fmt.Sprintf(":%d", localPort))
 		return err
 	})
 	if err != nil {
@@ -300,11 +309,23 @@ func (n *Netns) UDPPeer(dst netip.AddrPort, localPort uint16, timeout time.Durat
 
 // --- ICMP ------------------------------------------------------------------
 
-// Echo request and reply types.
+// Echo request and reply types, ICMP and ICMPv6.
 const (
-	icmpEchoReply   = 0
-	icmpEchoRequest = 8
+	icmpEchoReply    = 0
+	icmpEchoRequest  = 8
+	icmp6EchoRequest = 128
+	icmp6EchoReply   = 129
 )
+
+// icmpSocket is the raw socket network, local address and echo types of
+// a's family. An ICMPv6 raw socket has the kernel compute the checksum of
+// what it sends (over the IPv6 pseudo-header) and verify what it delivers.
+func icmpSocket(a netip.Addr) (netw, laddr string, request, reply byte) {
+	if a.Is6() && !a.Is4In6() {
+		return "ip6:ipv6-icmp", "::", icmp6EchoRequest, icmp6EchoReply
+	}
+	return "ip4:icmp", "0.0.0.0", icmpEchoRequest, icmpEchoReply
+}
 
 // icmpChecksum is the Internet checksum of b.
 func icmpChecksum(b []byte) uint16 {
@@ -334,9 +355,13 @@ func icmpEcho(typ uint8, id, seq uint16, payload []byte) []byte {
 // ICMPListener is a raw ICMP socket on a host that records the source address
 // of every echo request by its payload. The kernel still answers the request
 // itself; the listener also recomputes the ICMP checksum of what it receives
-// (raw sockets get packets before the ICMP layer verifies them).
+// (raw sockets get packets before the ICMP layer verifies them). On an IPv6
+// host (the namespace's Addr) it listens for ICMPv6, whose raw sockets get
+// only packets with a right checksum (the kernel drops the others).
 type ICMPListener struct {
 	conn    net.PacketConn
+	request byte
+	v6      bool
 	done    chan struct{}
 	mu      sync.Mutex
 	seen    map[string]netip.Addr
@@ -347,8 +372,10 @@ type ICMPListener struct {
 func (n *Netns) ListenICMP(t testing.TB) *ICMPListener {
 	t.Helper()
 	l := &ICMPListener{done: make(chan struct{}), seen: map[string]netip.Addr{}}
+	netw, laddr, req, _ := icmpSocket(n.Addr)
+	l.request, l.v6 = req, netw != "ip4:icmp"
 	err := n.Do(func() (err error) {
-		l.conn, err = net.ListenPacket("ip4:icmp", "0.0.0.0")
+		l.conn, err = net.ListenPacket(netw, laddr)
 		return err
 	})
 	if err != nil {
@@ -370,12 +397,12 @@ func (l *ICMPListener) serve() {
 			}
 			continue
 		}
-		if m < 8 || buf[0] != icmpEchoRequest {
+		if m < 8 || buf[0] != l.request {
 			continue
 		}
 		src, _ := netip.AddrFromSlice(from.(*net.IPAddr).IP)
 		l.mu.Lock()
-		if icmpChecksum(buf[:m]) != 0 {
+		if !l.v6 && icmpChecksum(buf[:m]) != 0 {
 			l.badSums++
 		} else {
 			l.seen[string(buf[8:m])] = src.Unmap()
@@ -412,8 +439,9 @@ func (l *ICMPListener) BadChecksums() int {
 func (n *Netns) Ping(dst netip.Addr, id uint16, timeout time.Duration) (string, error) {
 	payload := "ping-" + randomSuffix(16)
 	var pc net.PacketConn
+	netw, laddr, request, reply := icmpSocket(dst)
 	err := n.Do(func() (err error) {
-		pc, err = net.ListenPacket("ip4:icmp", "0.0.0.0")
+		pc, err = net.ListenPacket(netw, laddr)
 		return err
 	})
 	if err != nil {
@@ -421,7 +449,7 @@ func (n *Netns) Ping(dst netip.Addr, id uint16, timeout time.Duration) (string, 
 	}
 	defer pc.Close()
 	const seq = 1
-	if _, err := pc.WriteTo(icmpEcho(icmpEchoRequest, id, seq, []byte(payload)), &net.IPAddr{IP: dst.AsSlice()}); err != nil {
+	if _, err := pc.WriteTo(icmpEcho(request, id, seq, []byte(payload)), &net.IPAddr{IP: dst.AsSlice()}); err != nil {
 		return payload, fmt.Errorf("netns %s: send echo request to %s: %w", n.Name, dst, err)
 	}
 	pc.SetReadDeadline(time.Now().Add(timeout))
@@ -432,7 +460,7 @@ func (n *Netns) Ping(dst netip.Addr, id uint16, timeout time.Duration) (string, 
 			return payload, fmt.Errorf("netns %s: ping %s id %d: no reply: %w", n.Name, dst, id, err)
 		}
 		b := buf[:m]
-		if m < 8 || b[0] != icmpEchoReply || string(b[8:]) != payload {
+		if m < 8 || b[0] != reply || string(b[8:]) != payload {
 			continue
 		}
 		src, _ := netip.AddrFromSlice(from.(*net.IPAddr).IP)
@@ -442,7 +470,7 @@ func (n *Netns) Ping(dst netip.Addr, id uint16, timeout time.Duration) (string, 
 		case binary.BigEndian.Uint16(b[4:]) != id || binary.BigEndian.Uint16(b[6:]) != seq:
 			return payload, fmt.Errorf("netns %s: echo reply id %d seq %d, want id %d seq %d",
 				n.Name, binary.BigEndian.Uint16(b[4:]), binary.BigEndian.Uint16(b[6:]), id, seq)
-		case icmpChecksum(b) != 0:
+		case reply == icmpEchoReply && icmpChecksum(b) != 0: // ICMPv6: verified by the kernel
 			return payload, fmt.Errorf("netns %s: echo reply from %s with a wrong ICMP checksum", n.Name, src)
 		}
 		return payload, nil
