@@ -144,18 +144,21 @@ func (r *Results) Markdown(w io.Writer) {
 		for _, n := range counts {
 			p(" %s |", ratio(med(r.ConnRate[n], IPTables), med(r.ConnRate[counts[0]], IPTables)))
 		}
-		p("\n\nCells: median (min-max, interquartile range, number of runs). Failed connections over all runs:")
+		var failed []string
 		for _, n := range counts {
 			for _, mo := range modeOrder {
 				if f := r.ConnFailed[n][mo]; f > 0 {
-					p(" %s at %d CIDRs: %d;", mo, n, f)
+					failed = append(failed, fmt.Sprintf("%s at %d CIDRs: %d", mo, n, f))
 				}
 				if d := r.AgentDrops[n][mo]; d > 0 {
-					p(" %s at %d CIDRs: %d new flows dropped by the datapath (table full, no port, race);", mo, n, d)
+					failed = append(failed, fmt.Sprintf("%s at %d CIDRs: %d new flows dropped by the datapath (table full, no port, race)", mo, n, d))
 				}
 			}
 		}
-		p(" (none listed: none).\n\n")
+		if len(failed) == 0 {
+			failed = []string{"none"}
+		}
+		p("\n\nCells: median (min-max, interquartile range, number of runs). Failed connections over all runs: %s.\n\n", strings.Join(failed, "; "))
 	}
 
 	if len(r.Apply.Agent) > 0 || len(r.Apply.IPTables) > 0 {
