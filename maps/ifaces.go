@@ -32,6 +32,18 @@ func (i *Interfaces) Set(ifindex int, addr4, addr6 netip.Addr) error {
 	return nil
 }
 
+// IfaceAddrs reads the masquerade addresses of an ipm_ifaces value; an
+// address the interface does not have is the zero netip.Addr.
+func IfaceAddrs(v loader.BPFIpmIface) (v4, v6 netip.Addr) {
+	if v.Addr4 != 0 {
+		v4 = addrFromBE(v.Addr4)
+	}
+	if v.Addr6 != [4]uint32{} {
+		v6 = addr6FromBE(v.Addr6)
+	}
+	return v4, v6
+}
+
 // Retain removes every interface not in keep.
 func (i *Interfaces) Retain(keep map[int]bool) error {
 	var k uint32

@@ -2,7 +2,6 @@ package main
 
 import (
 	"cmp"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"net/netip"
@@ -72,9 +71,12 @@ func printDebug(out io.Writer, dp *loader.Datapath) error {
 		}
 		fmt.Fprintf(w, "\nInterfaces (%d):\n", len(ifaces))
 		for _, i := range ifaces {
-			addr := "no IPv4 address (new flows are dropped)"
+			addr := "no IPv4 address (new IPv4 flows are dropped)"
 			if i.addr.IsValid() {
 				addr = "masquerade as " + i.addr.String()
+			}
+			if i.addr6.IsValid() {
+				addr += " and " + i.addr6.String()
 			}
 			attach := fmt.Sprintf("ingress %s, egress %s", orNone(i.ingress), orNone(i.egress))
 			if i.err != nil {
@@ -85,7 +87,7 @@ func printDebug(out io.Writer, dp *loader.Datapath) error {
 		return nil
 	})
 
-	section("Non-masquerade CIDRs", pinned(dp.Maps.IpmCidr40, dp.Maps.IpmCidr41, dp.Maps.IpmSettings), func() error {
+	section("Non-masquerade CIDRs", pinned(dp.Maps.IpmCidr40, dp.Maps.IpmCidr41, dp.Maps.IpmCidr60, dp.Maps.IpmCidr61, dp.Maps.IpmSettings), func() error {
 		s, err := maps.OpenSettings(dp)
 		if err != nil {
 			return err
@@ -104,8 +106,10 @@ func printDebug(out io.Writer, dp *loader.Datapath) error {
 		fmt.Fprintf(w, "\nNon-masquerade CIDRs (trie %d active, %d prefixes):\n", s.ActiveCIDRs(), len(prefixes))
 		for _, p := range prefixes {
 			origin := "configured"
-			if set[p] == maps.LinkLocal {
+			if set[p] == maps.LinkLocal && p.Addr().Is4() {
 				origin = "link-local (masqLinkLocal: false)"
+			} else if set[p] == maps.LinkLocal {
+				origin = "link-local (masqLinkLocalIPv6: false)"
 			}
 			fmt.Fprintf(w, "  %s\t%s\n", p, origin)
 		}
@@ -195,23 +199,4 @@ func config2Range(first, last uint16) string {
 		return fmt.Sprint(first)
 	}
 	return fmt.Sprintf("%d-%d", first, last)
-}
-
-// addrFromMap converts an IPv4 address as the maps hold it (network order
-// in memory) to netip.Addr.
-func addrFromMap(v uint32) netip.Addr {
-	var b [4]byte
-	binary.NativeEndian.PutUint32(b[:], v)
-	addr := netip.AddrFrom4(b)
-	if v == 0 {
-		return netip.Addr{}
-	}
-	return addr
-}
-
-// portFromMap converts a port as the maps hold it (network order in memory).
-func portFromMap(v uint16) uint16 {
-	var b [2]byte
-	binary.NativeEndian.PutUint16(b[:], v)
-	return binary.BigEndian.Uint16(b[:])
 }

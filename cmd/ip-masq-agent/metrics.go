@@ -202,7 +202,8 @@ func protoName(p uint8) string {
 type managedInterface struct {
 	ifindex         int
 	name            string
-	addr            netip.Addr // masquerade address; invalid when none yet
+	addr            netip.Addr // IPv4 masquerade address; invalid when none yet
+	addr6           netip.Addr // IPv6 masquerade address; invalid when none yet
 	ingress, egress loader.Mode
 	err             error // of the attachment query
 }
@@ -216,7 +217,8 @@ func managedInterfaces(dp *loader.Datapath) ([]managedInterface, error) {
 	var v loader.BPFIpmIface
 	it := dp.Maps.IpmIfaces.Iterate()
 	for it.Next(&k, &v) {
-		out = append(out, managedInterface{ifindex: int(k), addr: addrFromMap(v.Addr4)})
+		v4, v6 := maps.IfaceAddrs(v)
+		out = append(out, managedInterface{ifindex: int(k), addr: v4, addr6: v6})
 	}
 	if err := it.Err(); err != nil {
 		return nil, err
