@@ -116,11 +116,14 @@ static __always_inline enum parse_result parse_ipv6_at(struct __sk_buff *skb, __
 				return PARSE_MALFORMED;
 			nexthdr = ext[0];
 			off += (ext[1] + 1) * 8;
+			/* A header cut by the payload length is garbage. */
+			if (off > f->end)
+				return PARSE_MALFORMED;
 			continue;
 		case IPPROTO_FRAGMENT: {
 			__u16 frag_off;
 
-			if (bpf_skb_load_bytes(skb, off, ext, 8))
+			if (off + 8 > f->end || bpf_skb_load_bytes(skb, off, ext, 8))
 				return PARSE_MALFORMED;
 			nexthdr = ext[0];
 			frag_off = bpf_ntohs(*(__be16 *)&ext[2]);
