@@ -30,9 +30,8 @@ import (
 // the seed corpus.
 
 // parsedTruncExt: an extension header reaches past the payload length. The
-// packet passes unchanged; counted as malformed, or as other by a datapath
-// that bounds extension headers by the frame only and reads on (a transport
-// header past the payload length is malformed either way).
+// packet passes unchanged, counted as malformed (or as other when the cut
+// header is one more than the datapath walks).
 const parsedTruncExt = "truncext"
 
 // parsedTooMany: more extension headers than the datapath walks.
@@ -106,6 +105,9 @@ func parse6Frame(f []byte) (parsed6, string) {
 			return p, parsedTruncExt
 		}
 		next, off = f[off], off+(int(f[off+1])+1)*8
+		if off > p.end {
+			return p, parsedTruncExt
+		}
 	}
 transport:
 	p.proto, p.l4 = next, off
