@@ -78,6 +78,7 @@ func main() {
 	samples := flag.Int("samples", o.Prog.Samples, "samples per datapath path")
 	phases := flag.String("phases", "", "comma-separated subset of phases (throughput,conn,apply,prog,stats); default all")
 	flag.StringVar(&o.Prog.Object, "object", "", "measure this datapath ELF in the prog phase instead of the embedded one (a bpf/ change before `make generate`)")
+	replot := flag.String("replot", "", "measure nothing: write results.md and the chart into -out again from this results.json")
 	only := flag.String("modes", "", "comma-separated subset of modes (nonat,nonatct,ipt,ebpf,ebpfct)")
 	flag.Parse()
 	if *smoke {
@@ -115,6 +116,21 @@ func main() {
 	}
 	o.Log = func(format string, a ...any) {
 		fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, a...)...)
+	}
+	if *replot != "" {
+		var res Results
+		data, err := os.ReadFile(*replot)
+		if err == nil {
+			err = json.Unmarshal(data, &res)
+		}
+		if err == nil {
+			err = writeOutputs(&res, o.Out)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

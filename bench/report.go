@@ -299,7 +299,8 @@ type errPoints struct {
 }
 
 // Chart draws connections per second against the CIDR count (log scale),
-// median of the runs with min-max bars, for each mode.
+// median of the runs with interquartile bars (min-max is in the table; on a
+// shared machine single outliers would hide everything else), for each mode.
 func (r *Results) Chart(file string) error {
 	counts := sortedKeys(r.ConnRate)
 	if len(counts) == 0 {
@@ -308,7 +309,7 @@ func (r *Results) Chart(file string) error {
 	pl := plot.New()
 	pl.Title.Text = "New connections per second vs non-masquerade CIDRs"
 	pl.X.Label.Text = "non-masquerade CIDRs (log scale); destination not in the list"
-	pl.Y.Label.Text = "connections per second (median, min-max)"
+	pl.Y.Label.Text = "connections per second (median, interquartile range)"
 	pl.X.Scale = plot.LogScale{}
 	var ticks plot.ConstantTicks
 	for _, n := range counts {
@@ -352,8 +353,9 @@ func (r *Results) Chart(file string) error {
 			}
 			m := s.median()
 			pts.XYs = append(pts.XYs, plotter.XY{X: float64(n), Y: m})
-			pts.YErrors = append(pts.YErrors, struct{ Low, High float64 }{m - s.min(), s.max() - m})
-			maxY = math.Max(maxY, s.max())
+			q1, q3 := s.quantile(0.25), s.quantile(0.75)
+			pts.YErrors = append(pts.YErrors, struct{ Low, High float64 }{m - q1, q3 - m})
+			maxY = math.Max(maxY, q3)
 		}
 		if len(pts.XYs) == 0 {
 			continue
