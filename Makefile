@@ -60,7 +60,7 @@ lint: ## gofmt, go vet and clang-format checks.
 .PHONY: test
 test: ## All test tiers (root): unit, BPF program runs, netns end to end in both attach modes, short fuzz pass.
 	$(GO) test -count=1 -p 1 -timeout 40m ./...
-	cd bench && $(GO) test -count=1 ./...   # the bench harness's smoke pass (its own module)
+	cd bench && $(GO) test -mod=mod -count=1 ./...   # the bench harness's smoke pass (its own module)
 	$(GO) test -count=1 -run '^$$' -fuzz '^FuzzEgress$$' -fuzztime $(FUZZTIME) ./test/prog/
 	$(GO) test -count=1 -run '^$$' -fuzz '^FuzzIngress$$' -fuzztime $(FUZZTIME) ./test/prog/
 	$(GO) test -count=1 -run '^$$' -fuzz '^FuzzEgress6$$' -fuzztime $(FUZZTIME) ./test/prog/
@@ -78,14 +78,15 @@ test-kernels: ## Program and end-to-end tests inside qemu VMs on Debian's 5.10, 
 demo: build ## Build namespaces, run the agent, show pod traffic leaving with the node IP, clean up (root).
 	./demo/demo.sh $(BIN)
 
-# Extra flags for bin/ipm-bench, e.g. BENCHFLAGS='-rounds 9 -phases conn'.
+# Extra flags for bin/ipm-bench, e.g. BENCHFLAGS='-rounds 9 -phases conn'. The bench is its own
+# module that uses this one through a replace; -mod=mod lets it pick up a dependency added here.
 BENCHFLAGS ?=
 
 .PHONY: bench
 bench: build ## Benchmarks side by side: no NAT, upstream's iptables rules, this agent (root, ~10 min); bench/out/.
-	cd bench && $(GO) build -o ../bin/ipm-bench .
+	cd bench && $(GO) build -mod=mod -o ../bin/ipm-bench .
 	bin/ipm-bench -agent $(BIN) -out bench/out $(BENCHFLAGS)
 
 .PHONY: bench-smoke
 bench-smoke: ## Smoke pass of the bench harness: every phase at tiny sizes, no timing checked (root, ~1 min).
-	cd bench && $(GO) test -count=1 ./...
+	cd bench && $(GO) test -mod=mod -count=1 ./...
