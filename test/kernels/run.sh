@@ -9,6 +9,7 @@
 #
 # Environment:
 #   KERNELS_RUN=stats,prog,e2e   what runs inside each VM
+#   KERNELS_PROG_RUN=REGEX KERNELS_E2E_RUN=REGEX  -test.run of each suite
 #   KERNELS_TIMEOUT=3600         seconds before a VM is killed
 #   KERNELS_SMP=2 KERNELS_MEM=2048
 #   KERNELS_REFRESH=1            re-read the Debian package lists now
@@ -30,6 +31,8 @@ cd "$ROOT"
 HERE=test/kernels
 CACHE=${KERNELS_CACHE:-$ROOT/$HERE/.cache}
 RUN=${KERNELS_RUN:-stats,prog,e2e}
+PROG_RUN=${KERNELS_PROG_RUN:-.}
+E2E_RUN=${KERNELS_E2E_RUN:-.}
 TIMEOUT=${KERNELS_TIMEOUT:-3600}
 SMP=${KERNELS_SMP:-2}
 MEM=${KERNELS_MEM:-2048}
@@ -174,6 +177,9 @@ export CGO_ENABLED=0
 		mkdir -p "$R/src/$pkg"
 		[ ! -d "$pkg/testdata" ] || cp -r "$pkg/testdata" "$R/src/$pkg/"
 	done
+	# Files of the repository that tests read (TestLeastPrivilege reads
+	# the least-privilege DaemonSet).
+	[ ! -d deploy ] || cp -r deploy "$R/src/"
 ) || die "build failed"
 
 # Merged /usr like Debian: /lib and /lib64 point into /usr.
@@ -248,7 +254,7 @@ for series in "${SERIES[@]}"; do
 		-accel tcg,thread=multi -cpu max -smp "$SMP" -m "$MEM" \
 		-nodefaults -display none -no-reboot \
 		-kernel "$KDIR/vmlinuz" -initrd "$out/initrd.cpio" \
-		-append "console=ttyS0 panic=-1 loglevel=4 ipmk.modes=$modes ipmk.run=$RUN" \
+		-append "console=ttyS0 panic=-1 loglevel=4 ipmk.modes=$modes ipmk.run=$RUN ipmk.prog=$PROG_RUN ipmk.e2e=$E2E_RUN" \
 		-serial "file:$out/console.log" -serial "file:$out/results.jsonl" \
 		-serial "file:$out/prog.out" -serial "file:$out/e2e.out" \
 		-device isa-debug-exit,iobase=0xf4,iosize=0x04
