@@ -57,16 +57,33 @@ static __always_inline bool is_nomasq_dest(const struct ipm_settings *s, __be32 
 	return bpf_map_lookup_elem(&ipm_cidr4_0, &key) != NULL;
 }
 
+/* How many ranges to walk, never more than the array holds. The empty asm
+ * hides the clamp's origin from clang, which otherwise folds the loop's two
+ * exits into one compare against the map value it re-reads: older
+ * verifiers (5.10 to 6.12) then see an unbounded index and reject the
+ * program. */
+static __always_inline __u32 range_count(const struct ipm_settings *s)
+{
+	__u32 count = s->range_count;
+
+	if (count > IPM_MAX_PORT_RANGES)
+		count = IPM_MAX_PORT_RANGES;
+	asm volatile("" : "+r"(count));
+	return count;
+}
+
 /* Finds the idx-th port of the configured ranges: its range in *ri and the
  * port (host order) in *port. idx must be below s->port_count. */
 static __always_inline void port_at(const struct ipm_settings *s, __u32 idx, __u32 *ri, __u32 *port)
 {
+	__u32 count = range_count(s);
+
 	*ri = 0;
 	*port = s->ranges[0].first;
 	for (int i = 0; i < IPM_MAX_PORT_RANGES; i++) {
 		__u32 n;
 
-		if (i >= s->range_count)
+		if (i >= count)
 			break;
 		n = (__u32)s->ranges[i].last - s->ranges[i].first + 1;
 		if (idx < n) {
@@ -81,8 +98,10 @@ static __always_inline void port_at(const struct ipm_settings *s, __u32 idx, __u
 /* True when port (host order) is in one of the configured ranges. */
 static __always_inline bool port_in_ranges(const struct ipm_settings *s, __u16 port)
 {
+	__u32 count = range_count(s);
+
 	for (int i = 0; i < IPM_MAX_PORT_RANGES; i++) {
-		if (i >= s->range_count)
+		if (i >= count)
 			break;
 		if (port >= s->ranges[i].first && port <= s->ranges[i].last)
 			return true;
