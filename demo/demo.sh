@@ -80,7 +80,8 @@ nonMasqueradeCIDRs:
 resyncInterval: 60s
 CONF
 cat "$work/ip-masq-agent"
-ns node "$agent" --config="$work/ip-masq-agent" --interfaces=eth0 --pin-path="$work/bpf/ip-masq-agent" \
+# Not through the ns function: $! must be the agent itself (ip netns exec execs it).
+ip netns exec "$p-node" "$agent" --config="$work/ip-masq-agent" --interfaces=eth0 --pin-path="$work/bpf/ip-masq-agent" \
 	--logtostderr >"$work/agent.log" 2>&1 &
 agent_pid=$!
 for _ in $(seq 50); do grep -q "Datapath ready" "$work/agent.log" && break; sleep 0.2; done
