@@ -169,4 +169,17 @@ struct {
 	__uint(max_entries, 65536);
 } ipm_inbound6 SEC(".maps");
 
+/*
+ * Inserts key/value into map only when key is absent: 0, -EEXIST or another
+ * negative error. Only the low 32 bits of the helper's result mean anything:
+ * before 6.4 the map functions returned int, and the verifier calls them
+ * directly, so on 5.10 and 6.1 an error arrives without sign extension
+ * (-EEXIST as 0x00000000ffffffef) and a 64-bit compare against -EEXIST
+ * never matches.
+ */
+static __always_inline int insert_new(void *map, const void *key, const void *value)
+{
+	return (int)bpf_map_update_elem(map, key, value, BPF_NOEXIST);
+}
+
 #endif /* IPMASQ_MAPS_H */

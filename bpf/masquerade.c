@@ -43,7 +43,7 @@ static __always_inline int new_mapping(struct __sk_buff *skb, struct ipm_counter
 	struct ipm_nat_entry *e;
 	struct ipm_iface *iface;
 	__u32 ifindex = skb->ifindex;
-	long err;
+	int err;
 
 	iface = bpf_map_lookup_elem(&ipm_ifaces, &ifindex);
 	if (!iface || !iface->addr4) {
@@ -73,7 +73,7 @@ static __always_inline int new_mapping(struct __sk_buff *skb, struct ipm_counter
 	ev.port = rk.dport;
 	ev.kind = IPM_KIND_MASQ;
 	ev.ifindex = ifindex;
-	err = bpf_map_update_elem(&ipm_nat4, k, &ev, BPF_NOEXIST);
+	err = insert_new(&ipm_nat4, k, &ev);
 	if (!err) {
 		*to_addr = ev.addr;
 		*to_port = ev.port;

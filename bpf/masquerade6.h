@@ -83,7 +83,7 @@ static __always_inline int new_mapping6(struct __sk_buff *skb, struct ipm_counte
 	struct ipm_scratch *sc;
 	__u32 ifindex = skb->ifindex;
 	bool icmp = f->proto == IPPROTO_ICMPV6;
-	long err;
+	int err;
 	int alloc;
 
 	iface = bpf_map_lookup_elem(&ipm_ifaces, &ifindex);
@@ -127,7 +127,7 @@ static __always_inline int new_mapping6(struct __sk_buff *skb, struct ipm_counte
 	ev.port = rk.dport;
 	ev.kind = IPM_KIND_MASQ;
 	ev.ifindex = ifindex;
-	err = bpf_map_update_elem(&ipm_nat6, k, &ev, BPF_NOEXIST);
+	err = insert_new(&ipm_nat6, k, &ev);
 	if (!err) {
 		addr6_copy(to_addr, ev.addr);
 		*to_port = ev.port;

@@ -132,7 +132,7 @@ static __always_inline enum alloc_result claim_node_port(const struct ipm_settin
 		 * (identifier) when that tuple is free. */
 		*port = pod_port;
 		if (!bpf_map_lookup_elem(reserved, key) &&
-		    !bpf_map_update_elem(map, key, value, BPF_NOEXIST))
+		    !insert_new(map, key, value))
 			return ALLOC_OK;
 	}
 
@@ -147,13 +147,13 @@ static __always_inline enum alloc_result claim_node_port(const struct ipm_settin
 
 #pragma clang loop unroll(disable)
 	for (int i = 0; i < IPM_PORT_PROBES; i++) {
-		long err;
+		int err;
 
 		*port = bpf_htons(p);
 		/* A host reservation is checked first; one made between the
 		 * check and the insert (microseconds) is not seen. */
 		if (!bpf_map_lookup_elem(reserved, key)) {
-			err = bpf_map_update_elem(map, key, value, BPF_NOEXIST);
+			err = insert_new(map, key, value);
 			if (!err)
 				return ALLOC_OK;
 			if (err != -EEXIST)
