@@ -195,18 +195,70 @@ static __always_inline enum parse_result parse_ipv4(struct __sk_buff *skb, struc
 	}
 }
 
-/* Rewrites the source or destination address of the IPv4 header alone, as
- * for a non-first fragment, whose transport checksum sits in the first. */
+/* Folds a 32-bit one's complement sum into 16 bits. */
+static __always_inline __u16 csum_fold32(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return sum;
+}
+
+/* Updates a checksum field that covers a 32-bit word changing from `from` to
+ * `to` (RFC 1624: HC' = ~(~HC + ~m + m')). Right for the IPv4 header
+ * checksum, which is never offloaded; not for transport checksums, whose
+ * field means something else when the skb is CHECKSUM_PARTIAL. */
+static __always_inline void csum_replace4(__sum16 *check, __be32 from, __be32 to)
+{
+	__u32 sum = (__u16)~*check;
+
+	sum += (__u16)~(from & 0xffff) + (__u16)~(from >> 16);
+	sum += (to & 0xffff) + (to >> 16);
+	*check = (__sum16)~csum_fold32(sum);
+}
+
+/*
+ * Rewrites the source or destination address of the IPv4 header alone (and
+ * its header checksum), as for a non-first fragment, whose transport checksum
+ * sits in the first. Plain stores, no helper: the header is in the linear
+ * area (the parser pulled it there), and a tc program that writes packet data
+ * directly runs behind the verifier's prologue that unclones the skb first,
+ * so it is ours to write. The sum over the header does not change, so a
+ * CHECKSUM_COMPLETE skb->csum stays right. Re-derives the packet pointers,
+ * so it may follow helpers that invalidated them.
+ */
 static __always_inline int rewrite_addr(struct __sk_buff *skb, bool source, __be32 from_addr,
 					__be32 to_addr)
 {
-	__u32 addr_off =
-		ETH_HLEN + (source ? offsetof(struct iphdr, saddr) : offsetof(struct iphdr, daddr));
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + ETH_HLEN;
 
-	if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), from_addr, to_addr,
-				sizeof(to_addr)))
+	if ((void *)(ip + 1) > data_end)
 		return -1;
-	return bpf_skb_store_bytes(skb, addr_off, &to_addr, sizeof(to_addr), 0);
+	csum_replace4(&ip->check, from_addr, to_addr);
+	if (source)
+		ip->saddr = to_addr;
+	else
+		ip->daddr = to_addr;
+	return 0;
+}
+
+/* Stores a port (or ICMP identifier) at off with a direct write. */
+static __always_inline int store_port(struct __sk_buff *skb, __u32 off, __be16 port)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	__be16 *p;
+
+	/* The parser's bound (Ethernet + 60-byte IP header + 2), spelled out
+	 * for the verifier. */
+	if (off > ETH_HLEN + 60 + 2)
+		return -1;
+	p = data + off;
+	if ((void *)(p + 1) > data_end)
+		return -1;
+	*p = port;
+	return 0;
 }
 
 /*
@@ -215,8 +267,12 @@ static __always_inline int rewrite_addr(struct __sk_buff *skb, bool source, __be
  * for complete and for offloaded (CHECKSUM_PARTIAL) packets alike: the
  * address is part of the pseudo-header that a partial checksum is seeded
  * with, the port is not. A UDP checksum of 0 (none) stays 0. ICMP has no
- * pseudo-header; only its identifier changes. Returns non-zero when a helper
- * failed, leaving the packet half-written.
+ * pseudo-header; only its identifier changes. The transport checksum goes
+ * through the helpers because only they know the skb's checksum state
+ * (ip_summed is not readable from a tc program on our kernel floor); the
+ * stores and the IPv4 header checksum are plain writes, which cost a
+ * fraction of a helper call. Returns non-zero when a helper failed, leaving
+ * the packet half-written.
  */
 static __always_inline int rewrite_endpoint(struct __sk_buff *skb, const struct flow4 *f,
 					    bool source, __be32 to_addr, __be16 to_port)
@@ -252,7 +308,7 @@ static __always_inline int rewrite_endpoint(struct __sk_buff *skb, const struct 
 		if (bpf_l4_csum_replace(skb, csum_off, from_port, to_port,
 					zero_flag | sizeof(to_port)))
 			return -1;
-		if (bpf_skb_store_bytes(skb, port_off, &to_port, sizeof(to_port), 0))
+		if (store_port(skb, port_off, to_port))
 			return -1;
 	}
 	return rewrite_addr(skb, source, from_addr, to_addr);
