@@ -147,7 +147,7 @@ static __always_inline int host_egress(struct __sk_buff *skb, struct ipm_counter
  * fragments of the same datagram must get too.
  */
 static __always_inline int egress_flow(struct __sk_buff *skb, struct ipm_counters *c,
-				       const struct flow4 *f, __u64 now, __be32 *left_as)
+				       const struct flow4 *f, __be32 *left_as)
 {
 	struct ipm_settings *s;
 	struct ipm_nat_entry *e;
@@ -156,6 +156,7 @@ static __always_inline int egress_flow(struct __sk_buff *skb, struct ipm_counter
 	__be16 to_port;
 	bool is_local;
 	int verdict;
+	__u64 now;
 
 	*left_as = f->saddr;
 	k.saddr = f->saddr;
@@ -168,7 +169,7 @@ static __always_inline int egress_flow(struct __sk_buff *skb, struct ipm_counter
 	/* A known flow keeps the decision made on its first packet. */
 	e = bpf_map_lookup_elem(&ipm_nat4, &k);
 	if (e && e->kind == IPM_KIND_MASQ) {
-		touch_entry(e, now, f, 0);
+		touch_entry(e, ipm_now(), f, 0);
 		if (rewrite_endpoint(skb, f, true, e->addr, e->port)) {
 			/* Half-rewritten: sending it would be worse. */
 			COUNT(c, egress_malformed);
@@ -184,6 +185,7 @@ static __always_inline int egress_flow(struct __sk_buff *skb, struct ipm_counter
 		return TC_ACT_UNSPEC;
 	is_local = bpf_map_lookup_elem(&ipm_local4, &f->saddr) != NULL;
 	if (is_local) {
+		now = ipm_now();
 		verdict = host_egress(skb, c, f, now);
 		if (verdict != VERDICT_MOVE)
 			return verdict;
@@ -210,6 +212,7 @@ static __always_inline int egress_flow(struct __sk_buff *skb, struct ipm_counter
 		COUNT(c, egress_inbound);
 		return TC_ACT_UNSPEC;
 	}
+	now = ipm_now();
 
 map:
 	verdict = new_mapping(skb, c, s, f, &k, now, &to_addr, &to_port);
@@ -299,13 +302,11 @@ int ipm_egress(struct __sk_buff *skb)
 	struct ipm_counters *c = get_counters(FAMILY_IPV4);
 	struct flow4 f = {};
 	__be32 left_as;
-	__u64 now;
 	int verdict;
 
 	switch (parse_ipv4(skb, &f)) {
 	case PARSE_OK:
-		now = bpf_ktime_get_ns();
-		verdict = egress_flow(skb, c, &f, now, &left_as);
+		verdict = egress_flow(skb, c, &f, &left_as);
 		break;
 	case PARSE_FRAGMENT:
 		return egress_later_fragment(skb, c, &f);
@@ -455,8 +456,9 @@ int ipm_ingress(struct __sk_buff *skb)
 	k.dport = f.dport;
 	k.proto = f.proto;
 	k.dir = IPM_DIR_INGRESS;
-	now = bpf_ktime_get_ns();
 	e = bpf_map_lookup_elem(&ipm_nat4, &k);
+	/* Read after the lookup: a miss that nobody records needs no time. */
+	now = ipm_now();
 	if (!e || e->kind != IPM_KIND_MASQ) {
 		/* Only an exact match is translated: nothing else may reach
 		 * a pod through a mapping made for another remote. */

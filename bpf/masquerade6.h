@@ -181,19 +181,20 @@ static __always_inline int host_egress6(struct __sk_buff *skb, struct ipm_counte
 
 static __always_inline int egress_flow6(struct __sk_buff *skb, struct ipm_counters *c,
 					const struct ipm_settings *s, const struct flow6 *f,
-					__u64 now, __be32 *left_as)
+					__be32 *left_as)
 {
 	struct ipm_nat6_entry *e;
 	struct ipm_nat6_key k = {};
 	__be16 to_port;
 	bool is_local;
+	__u64 now;
 	int verdict;
 
 	addr6_copy(left_as, f->saddr);
 	nat6_key(f, IPM_DIR_EGRESS, &k);
 	e = bpf_map_lookup_elem(&ipm_nat6, &k);
 	if (e && e->kind == IPM_KIND_MASQ) {
-		touch_entry(e, now, f, 0);
+		touch_entry(e, ipm_now(), f, 0);
 		if (rewrite_endpoint6(skb, f, true, e->addr, e->port)) {
 			COUNT(c, egress_malformed);
 			return TC_ACT_SHOT;
@@ -204,6 +205,7 @@ static __always_inline int egress_flow6(struct __sk_buff *skb, struct ipm_counte
 	}
 	is_local = is_local6(f->saddr);
 	if (is_local) {
+		now = ipm_now();
 		verdict = host_egress6(skb, c, f, now);
 		if (verdict != VERDICT_MOVE)
 			return verdict;
@@ -224,6 +226,8 @@ static __always_inline int egress_flow6(struct __sk_buff *skb, struct ipm_counte
 		COUNT(c, egress_inbound);
 		return TC_ACT_UNSPEC;
 	}
+	now = ipm_now();
+
 map:
 	verdict = new_mapping6(skb, c, s, f, &k, now, left_as, &to_port);
 	if (verdict != TC_ACT_UNSPEC)
@@ -431,7 +435,6 @@ static __always_inline int egress6(struct __sk_buff *skb)
 	struct ipm_settings *s = get_settings();
 	struct flow6 f = {};
 	__be32 left_as[4];
-	__u64 now;
 	int verdict;
 
 	if (!s || !s->enable_ipv6) {
@@ -441,8 +444,7 @@ static __always_inline int egress6(struct __sk_buff *skb)
 	}
 	switch (parse_ipv6_at(skb, ETH_HLEN, &f, false)) {
 	case PARSE_OK:
-		now = bpf_ktime_get_ns();
-		verdict = egress_flow6(skb, c, s, &f, now, left_as);
+		verdict = egress_flow6(skb, c, s, &f, left_as);
 		break;
 	case PARSE_FRAGMENT:
 		return egress_later_fragment6(skb, c, s, &f);
@@ -567,8 +569,8 @@ static __always_inline int ingress6(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC;
 	}
 	nat6_key(&f, IPM_DIR_INGRESS, &k);
-	now = bpf_ktime_get_ns();
 	e = bpf_map_lookup_elem(&ipm_nat6, &k);
+	now = ipm_now();
 	if (!e || e->kind != IPM_KIND_MASQ) {
 		e = bpf_map_lookup_elem(&ipm_hostres6, &k);
 		if (e) {

@@ -209,9 +209,9 @@ static __always_inline __u16 csum_fold32(__u32 sum)
  * field means something else when the skb is CHECKSUM_PARTIAL. */
 static __always_inline void csum_replace4(__sum16 *check, __be32 from, __be32 to)
 {
-	__u32 sum = (__u16)~*check;
+	__u32 sum = (__u16) ~*check;
 
-	sum += (__u16)~(from & 0xffff) + (__u16)~(from >> 16);
+	sum += (__u16) ~(from & 0xffff) + (__u16) ~(from >> 16);
 	sum += (to & 0xffff) + (to >> 16);
 	*check = (__sum16)~csum_fold32(sum);
 }
