@@ -113,24 +113,36 @@ func Default(o Options) Config {
 // symlink to nothing) is not an error: it means the defaults, so that deleting
 // the ConfigMap reverts to them.
 func Load(path string, o Options) (Config, error) {
+	c, _, err := LoadData(path, o)
+	return c, err
+}
+
+// LoadData is Load, and also returns the content it read: nil when the file
+// is missing, so a caller can tell later whether the file changed.
+func LoadData(path string, o Options) (Config, []byte, error) {
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return Default(o), nil
+		return Default(o), nil, nil
 	}
 	if err != nil {
-		return Config{}, fmt.Errorf("read config %s: %w", path, err)
+		return Config{}, nil, fmt.Errorf("read config %s: %w", path, err)
 	}
 	c, err := Parse(data, o)
 	if err != nil {
-		return Config{}, fmt.Errorf("config %s: %w", path, err)
+		return Config{}, data, fmt.Errorf("config %s: %w", path, err)
 	}
-	return c, nil
+	return c, data, nil
 }
 
 // Parse parses and validates a YAML or JSON document. Any problem rejects the
 // whole document; the error lists every problem found.
 func Parse(data []byte, o Options) (Config, error) {
-	fields, err := topLevelFields(data)
+	return parse(data, o, true)
+}
+
+// parse is Parse; simple false leaves readSimple out, so a test can compare.
+func parse(data []byte, o Options, simple bool) (Config, error) {
+	fields, err := topLevelFieldsOf(data, simple)
 	if err != nil {
 		return Config{}, err
 	}
@@ -145,6 +157,10 @@ func Parse(data []byte, o Options) (Config, error) {
 		var err error
 		switch {
 		case strings.EqualFold(f.key, keyNonMasqueradeCIDRs):
+			if f.isList {
+				cidrs, cidrsSet = f.list, true
+				break
+			}
 			var list []string // null leaves it nil: an empty list
 			if err = decodeField(f.value, &list, "a list of CIDR strings"); err == nil {
 				cidrs, cidrsSet = list, true
@@ -238,14 +254,24 @@ func (c Config) Effective(enableIPv6 bool) (v4, v6 []netip.Prefix) {
 type field struct {
 	key   string
 	value json.RawMessage
+	// isList says that readSimple has decoded the value already: a list of
+	// strings in list (nil for null), and value is not set.
+	isList bool
+	list   []string
 }
 
-// topLevelFields turns the document into its top-level fields in order. An
-// empty, comment-only or null document has none.
-func topLevelFields(data []byte) ([]field, error) {
+// topLevelFieldsOf turns the document into its top-level fields in order,
+// with readSimple if simple and it can, else as YAML or JSON. An empty,
+// comment-only or null document has none.
+func topLevelFieldsOf(data []byte, simple bool) ([]field, error) {
 	if len(bytes.TrimSpace(data)) == 0 {
 		// Also when the blank lines hold tabs, which YAML would reject.
 		return nil, nil
+	}
+	if simple {
+		if fields, ok := readSimple(data); ok {
+			return fields, nil
+		}
 	}
 	js, err := toJSON(data)
 	if err != nil {
@@ -358,6 +384,19 @@ func describeJSON(raw []byte) string {
 // parseCIDR parses one entry of nonMasqueradeCIDRs with the grammar of
 // net.ParseCIDR, which upstream uses, and checks that it is aligned.
 func parseCIDR(s string, enableIPv6 bool) (netip.Prefix, error) {
+	// netip.ParsePrefix allocates nothing and, for what it accepts, agrees
+	// with net.ParseCIDR, except that it keeps an IPv4-mapped address
+	// IPv6. Everything else (errors, "/08", mapped addresses) takes the
+	// long way, which words the errors.
+	if p, err := netip.ParsePrefix(s); err == nil && !p.Addr().Is4In6() && p.Masked() == p &&
+		(p.Addr().Is4() || enableIPv6) {
+		return p, nil
+	}
+	return parseCIDRSlow(s, enableIPv6)
+}
+
+// parseCIDRSlow is parseCIDR with net.ParseCIDR.
+func parseCIDRSlow(s string, enableIPv6 bool) (netip.Prefix, error) {
 	ip, ipnet, err := net.ParseCIDR(s)
 	if err != nil {
 		return netip.Prefix{}, fmt.Errorf("CIDR %q could not be parsed", s)
