@@ -32,12 +32,6 @@ func TestNewCIDRSet(t *testing.T) {
 			t.Errorf("%s: origin %d, want %d", p, set[p], o)
 		}
 	}
-	if v4 := set.family(true); len(v4) != 2 {
-		t.Errorf("IPv4 part %v, want 2 prefixes", v4)
-	}
-	if v6 := set.family(false); len(v6) != 2 {
-		t.Errorf("IPv6 part %v, want 2 prefixes", v6)
-	}
 }
 
 func TestDiff(t *testing.T) {
