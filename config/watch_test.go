@@ -14,7 +14,7 @@ import (
 const (
 	seenWithin = 5 * time.Second
 	quietFor   = 1200 * time.Millisecond // longer than maxDelay plus a poll
-	debounceMs = 50 * time.Millisecond   // what the agent uses
+	debounceMs = 10 * time.Millisecond   // what the agent uses
 )
 
 // defaultSeconds is the default resyncInterval, which the tests use to mark

@@ -12,8 +12,12 @@ import (
 	"github.com/ipmasq-ebpf/ip-masq-agent/maps"
 )
 
-// configDebounce lets a writer finish a file before it is read (SPEC 3.9).
-const configDebounce = 50 * time.Millisecond
+// configDebounce lets a writer finish a file before it is read (SPEC 3.9):
+// the directory must have been quiet this long. A writer that truncates and
+// rewrites in place sends an event per write, and a file found empty is read
+// again after emptyRecheck (configsync.go), so this can stay short: it is
+// part of every change's time to take effect.
+const configDebounce = 10 * time.Millisecond
 
 // runAgent loads the datapath, fills its maps, attaches it and then keeps
 // it in sync with the config file, the interfaces and the clock until ctx

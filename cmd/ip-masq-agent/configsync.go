@@ -19,7 +19,7 @@ import (
 type configSync struct {
 	path    string
 	opts    config.Options
-	nonMasq *maps.NonMasq
+	nonMasq nonMasqApplier
 	current config.Config
 	applied bool
 	// lastRead is the file's content when it was last applied (nil: the
@@ -33,7 +33,22 @@ type configSync struct {
 	report func(syncResult)
 }
 
-func newConfigSync(path string, opts config.Options, nm *maps.NonMasq) *configSync {
+// nonMasqApplier is what configSync needs of *maps.NonMasq.
+type nonMasqApplier interface {
+	// Apply makes a set the active one, atomically.
+	Apply(maps.CIDRSet) error
+	// Forget makes the next Apply read the tries back instead of trusting
+	// what it wrote.
+	Forget()
+}
+
+// emptyRecheck is how long a file found empty right after an event is given
+// to fill up again before it counts as empty (all defaults). Editors and
+// tools that rewrite a file in place truncate it first, and the watch's
+// debounce is short.
+const emptyRecheck = 100 * time.Millisecond
+
+func newConfigSync(path string, opts config.Options, nm nonMasqApplier) *configSync {
 	return &configSync{path: path, opts: opts, nonMasq: nm, current: config.Default(opts)}
 }
 
@@ -44,6 +59,12 @@ func (s *configSync) interval() time.Duration { return s.current.ResyncInterval 
 // if its content differs from what was applied last.
 func (s *configSync) changed() {
 	data, err := os.ReadFile(s.path)
+	if err == nil && len(data) == 0 && len(s.lastRead) > 0 && s.applied {
+		// Most likely truncated to be rewritten in place: an empty file
+		// would mean all defaults, so give the writer time.
+		time.Sleep(emptyRecheck)
+		data, err = os.ReadFile(s.path)
+	}
 	if err == nil && s.applied && !s.rejected && s.lastRead != nil && bytes.Equal(data, s.lastRead) {
 		klog.V(4).InfoS("Config directory changed, file did not", "path", s.path)
 		return
@@ -51,20 +72,21 @@ func (s *configSync) changed() {
 	if errors.Is(err, fs.ErrNotExist) && s.applied && !s.rejected && s.lastRead == nil {
 		return
 	}
-	s.sync()
+	s.apply()
 }
 
-// sync reads, validates and applies the file, whatever was applied before.
+// sync reads, validates and applies the file, whatever was applied before,
+// and checks the datapath's tries rather than trusting what was written: the
+// full re-sync at start and every resyncInterval.
 func (s *configSync) sync() {
+	s.nonMasq.Forget()
+	s.apply()
+}
+
+// apply reads, validates and applies the file.
+func (s *configSync) apply() {
 	start := time.Now()
-	data, readErr := os.ReadFile(s.path)
-	if errors.Is(readErr, fs.ErrNotExist) {
-		data, readErr = nil, nil
-	}
-	next, err := config.Load(s.path, s.opts)
-	if readErr != nil {
-		err = readErr
-	}
+	next, data, err := config.LoadData(s.path, s.opts)
 	rejected := err
 	s.rejected = rejected != nil
 	if err != nil {
