@@ -178,6 +178,22 @@ struct ipm_cidr_value {
 	enum ipm_cidr_origin origin;
 };
 
+/* What ipm_cidr4_dir says about the destinations of one /24. */
+enum ipm_block_verdict {
+	IPM_BLOCK_MASQ = 0,   /* no non-masquerade CIDR reaches into it */
+	IPM_BLOCK_NOMASQ = 1, /* a CIDR of /24 or shorter covers all of it */
+	IPM_BLOCK_TRIE = 2,   /* only longer CIDRs reach into it: ask the trie */
+};
+
+/* /24s per value of ipm_cidr4_dir: one /16, two bits each. */
+#define IPM_BLOCKS_PER_16 256
+
+/* Value of ipm_cidr4_dir: the enum ipm_block_verdict of /24 number n of a
+ * /16 (its third octet) sits in bits 2*(n%4) and 2*(n%4)+1 of verdicts[n/4]. */
+struct ipm_cidr4_block {
+	__u8 verdicts[IPM_BLOCKS_PER_16 / 4];
+};
+
 struct ipm_port_range {
 	__u16 first;
 	__u16 last;

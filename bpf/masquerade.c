@@ -234,7 +234,7 @@ map:
 static __always_inline int egress_later_fragment(struct __sk_buff *skb, struct ipm_counters *c,
 						 const struct flow4 *f)
 {
-	struct ipm_frag_entry *fe = first_fragment(f, IPM_DIR_EGRESS, bpf_ktime_get_ns());
+	struct ipm_frag_entry *fe = first_fragment(f, IPM_DIR_EGRESS, ipm_now());
 	struct ipm_settings *s;
 
 	if (fe) {
@@ -334,7 +334,7 @@ int ipm_egress(struct __sk_buff *skb)
 		if (!left_as && bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, saddr),
 						   &left_as, sizeof(left_as)))
 			return verdict;
-		remember_first_fragment(&f, IPM_DIR_EGRESS, left_as, bpf_ktime_get_ns());
+		remember_first_fragment(&f, IPM_DIR_EGRESS, left_as, ipm_now());
 	}
 	return verdict;
 }
@@ -371,7 +371,7 @@ static __always_inline bool note_inbound(const struct flow4 *f, __u64 now)
 static __always_inline int ingress_later_fragment(struct __sk_buff *skb, struct ipm_counters *c,
 						  const struct flow4 *f)
 {
-	struct ipm_frag_entry *fe = first_fragment(f, IPM_DIR_INGRESS, bpf_ktime_get_ns());
+	struct ipm_frag_entry *fe = first_fragment(f, IPM_DIR_INGRESS, ipm_now());
 
 	if (!fe) {
 		/* Not a translated reply, or ahead of its first fragment:
@@ -457,23 +457,23 @@ int ipm_ingress(struct __sk_buff *skb)
 	k.proto = f.proto;
 	k.dir = IPM_DIR_INGRESS;
 	e = bpf_map_lookup_elem(&ipm_nat4, &k);
-	/* Read after the lookup: a miss that nobody records needs no time. */
-	now = ipm_now();
 	if (!e || e->kind != IPM_KIND_MASQ) {
 		/* Only an exact match is translated: nothing else may reach
-		 * a pod through a mapping made for another remote. */
+		 * a pod through a mapping made for another remote. The
+		 * clock is read only where a time is stored. */
 		e = bpf_map_lookup_elem(&ipm_hostres4, &k);
 		if (e) {
 			/* A reply to the host: refresh its reservation. */
-			touch_entry(e, now, &f, IPM_F_REPLIED);
+			touch_entry(e, ipm_now(), &f, IPM_F_REPLIED);
 			COUNT(c, ingress_host);
-		} else if (f.proto == IPPROTO_UDP && note_inbound(&f, now)) {
+		} else if (f.proto == IPPROTO_UDP && note_inbound(&f, ipm_now())) {
 			COUNT(c, ingress_inbound);
 		} else {
 			COUNT(c, ingress_miss);
 		}
 		return TC_ACT_UNSPEC;
 	}
+	now = ipm_now();
 	touch_entry(e, now, &f, 0);
 	if (rewrite_endpoint(skb, &f, false, e->addr, e->port)) {
 		COUNT(c, ingress_malformed);

@@ -284,7 +284,7 @@ static __always_inline int egress_later_fragment6(struct __sk_buff *skb, struct 
 						  const struct ipm_settings *s,
 						  const struct flow6 *f)
 {
-	struct ipm_frag6_entry *fe = first_fragment6(f, IPM_DIR_EGRESS, bpf_ktime_get_ns());
+	struct ipm_frag6_entry *fe = first_fragment6(f, IPM_DIR_EGRESS, ipm_now());
 
 	if (fe) {
 		if (!addr6_eq(fe->addr, f->saddr) && rewrite_addr6(skb, true, fe->addr)) {
@@ -464,7 +464,7 @@ static __always_inline int egress6(struct __sk_buff *skb)
 	}
 	/* Later fragments follow their first, whatever the protocol. */
 	if (verdict == TC_ACT_UNSPEC && f.frag == FRAG_FIRST)
-		remember_first_fragment6(&f, IPM_DIR_EGRESS, left_as, bpf_ktime_get_ns());
+		remember_first_fragment6(&f, IPM_DIR_EGRESS, left_as, ipm_now());
 	return verdict;
 }
 
@@ -495,7 +495,7 @@ static __always_inline bool note_inbound6(const struct flow6 *f, __u64 now)
 static __always_inline int ingress_later_fragment6(struct __sk_buff *skb, struct ipm_counters *c,
 						   const struct flow6 *f)
 {
-	struct ipm_frag6_entry *fe = first_fragment6(f, IPM_DIR_INGRESS, bpf_ktime_get_ns());
+	struct ipm_frag6_entry *fe = first_fragment6(f, IPM_DIR_INGRESS, ipm_now());
 
 	if (!fe) {
 		COUNT(c, ingress_frag_orphan);
@@ -570,19 +570,19 @@ static __always_inline int ingress6(struct __sk_buff *skb)
 	}
 	nat6_key(&f, IPM_DIR_INGRESS, &k);
 	e = bpf_map_lookup_elem(&ipm_nat6, &k);
-	now = ipm_now();
 	if (!e || e->kind != IPM_KIND_MASQ) {
 		e = bpf_map_lookup_elem(&ipm_hostres6, &k);
 		if (e) {
-			touch_entry(e, now, &f, IPM_F_REPLIED);
+			touch_entry(e, ipm_now(), &f, IPM_F_REPLIED);
 			COUNT(c, ingress_host);
-		} else if (f.proto == IPPROTO_UDP && note_inbound6(&f, now)) {
+		} else if (f.proto == IPPROTO_UDP && note_inbound6(&f, ipm_now())) {
 			COUNT(c, ingress_inbound);
 		} else {
 			COUNT(c, ingress_miss);
 		}
 		return TC_ACT_UNSPEC;
 	}
+	now = ipm_now();
 	touch_entry(e, now, &f, 0);
 	if (rewrite_endpoint6(skb, &f, false, e->addr, e->port)) {
 		COUNT(c, ingress_malformed);

@@ -34,12 +34,19 @@
 /* Not a tc verdict: "create a mapping for this host flow" (host_egress). */
 #define VERDICT_MOVE 1000
 
-/* The clock of every timestamp the agent reads (CLOCK_MONOTONIC). Called
- * only on paths that store a time: on a VM each read is a paravirtual clock
- * read of 30-60 ns, a large part of a packet's cost. */
+/* The clock of every timestamp (CLOCK_MONOTONIC, which the agent compares
+ * with its own). Called only on paths that store a time: on a VM a full read
+ * is a paravirtual clock read of 30-60 ns, a large part of a packet's cost.
+ * The kern-ctx build (6.2+) takes the coarse clock (5.11+), the time of the
+ * last tick: a few loads, and at most one tick (1-10 ms) behind, which no
+ * timeout notices. */
 static __always_inline __u64 ipm_now(void)
 {
+#ifdef IPM_KERN_CTX
+	return bpf_ktime_get_coarse_ns();
+#else
 	return bpf_ktime_get_ns();
+#endif
 }
 
 enum alloc_result {
@@ -55,11 +62,22 @@ static __always_inline struct ipm_settings *get_settings(void)
 	return bpf_map_lookup_elem(&ipm_settings, &zero);
 }
 
-/* True when daddr is in the active non-masquerade set. */
+/* True when daddr is in the active non-masquerade set: ipm_cidr4_dir
+ * decides, or sends the question on to the trie of the same index. */
 static __always_inline bool is_nomasq_dest(const struct ipm_settings *s, __be32 daddr)
 {
 	struct ipm_cidr4_key key = { .prefixlen = 32, .addr = daddr };
+	__u32 a = bpf_ntohl(daddr), block = (a >> 8) & 0xff;
+	__u32 idx = (s->active_cidrs ? 1 << 16 : 0) | (a >> 16);
+	struct ipm_cidr4_block *b;
 
+	b = bpf_map_lookup_elem(&ipm_cidr4_dir, &idx);
+	if (b) {
+		__u8 v = (b->verdicts[block / 4] >> ((block % 4) * 2)) & 3;
+
+		if (v != IPM_BLOCK_TRIE)
+			return v == IPM_BLOCK_NOMASQ;
+	}
 	if (s->active_cidrs)
 		return bpf_map_lookup_elem(&ipm_cidr4_1, &key) != NULL;
 	return bpf_map_lookup_elem(&ipm_cidr4_0, &key) != NULL;

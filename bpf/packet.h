@@ -15,6 +15,7 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
+#include "csum_state.h"
 #include "ipmasq.h"
 
 /* Not in the vendored UAPI headers (linux/icmp.h drags in libc). */
@@ -262,23 +263,69 @@ static __always_inline int store_port(struct __sk_buff *skb, __u32 off, __be16 p
 }
 
 /*
+ * The transport part of rewrite_endpoint when the skb's checksum state is
+ * known and not CHECKSUM_COMPLETE: the checksum field is updated with plain
+ * arithmetic, as the helpers would. A full checksum (partial false) takes
+ * the address and port changes (RFC 1624); a CHECKSUM_PARTIAL seed is the
+ * uncomplemented pseudo-header sum, so it takes the address change with the
+ * opposite sign and never the port, which the final checksum covers anyway.
+ * A UDP checksum of 0 (none) stays 0 and a computed 0 is sent as 0xffff.
+ */
+static __always_inline int rewrite_l4_inline(struct __sk_buff *skb, const struct flow4 *f,
+					     __u32 csum_off, __u32 port_off, __be32 from_addr,
+					     __be32 to_addr, __be16 from_port, __be16 to_port,
+					     bool partial)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	__sum16 *check;
+	__u32 sum;
+
+	/* The parser's bound (Ethernet + 60-byte IP header + the TCP
+	 * checksum's offset), spelled out for the verifier. */
+	if (csum_off > ETH_HLEN + 60 + 16)
+		return -1;
+	check = data + csum_off;
+	if ((void *)(check + 1) > data_end)
+		return -1;
+	if (f->proto == IPPROTO_UDP && !*check)
+		return from_port == to_port ? 0 : store_port(skb, port_off, to_port);
+
+	sum = partial ? (__u16)*check : (__u16) ~*check;
+	if (f->proto != IPPROTO_ICMP) {
+		sum += (__u16) ~(from_addr & 0xffff) + (__u16) ~(from_addr >> 16);
+		sum += (to_addr & 0xffff) + (to_addr >> 16);
+	}
+	if (!partial && from_port != to_port)
+		sum += (__u16)~from_port + to_port;
+	sum = csum_fold32(sum);
+	if (!partial)
+		sum = (__u16)~sum;
+	if (f->proto == IPPROTO_UDP && !sum)
+		sum = 0xffff;
+	*check = sum;
+	return from_port == to_port ? 0 : store_port(skb, port_off, to_port);
+}
+
+/*
  * Rewrites the source (egress) or destination (ingress) address and port of a
  * parsed packet. Checksums are updated incrementally so that they are right
  * for complete and for offloaded (CHECKSUM_PARTIAL) packets alike: the
  * address is part of the pseudo-header that a partial checksum is seeded
  * with, the port is not. A UDP checksum of 0 (none) stays 0. ICMP has no
- * pseudo-header; only its identifier changes. The transport checksum goes
- * through the helpers because only they know the skb's checksum state
- * (ip_summed is not readable from a tc program on our kernel floor); the
- * stores and the IPv4 header checksum are plain writes, which cost a
- * fraction of a helper call. Returns non-zero when a helper failed, leaving
- * the packet half-written.
+ * pseudo-header; only its identifier changes. Where the build can read the
+ * skb's checksum state (csum_state.h), the transport checksum is plain
+ * arithmetic; otherwise, and for CHECKSUM_COMPLETE (whose skb->csum must
+ * follow), it goes through the helpers, which know the state. The stores and
+ * the IPv4 header checksum are plain writes. Returns non-zero when a write
+ * failed, leaving the packet half-written.
  */
 static __always_inline int rewrite_endpoint(struct __sk_buff *skb, const struct flow4 *f,
 					    bool source, __be32 to_addr, __be16 to_port)
 {
 	__be32 from_addr = source ? f->saddr : f->daddr;
 	__be16 from_port = source ? f->sport : f->dport;
+	enum csum_state state = skb_csum_state(skb);
 	__u32 csum_off, port_off;
 	__u64 zero_flag = 0;
 
@@ -298,6 +345,16 @@ static __always_inline int rewrite_endpoint(struct __sk_buff *skb, const struct 
 		csum_off = f->l4_off + offsetof(struct icmp_echo_hdr, checksum);
 		port_off = f->l4_off + offsetof(struct icmp_echo_hdr, id);
 		break;
+	}
+
+	if (state == CSUM_NONE || state == CSUM_UNNECESSARY ||
+	    (state == CSUM_PARTIAL && f->proto != IPPROTO_ICMP)) {
+		/* ICMP is never offloaded; a partial one would be odd enough
+		 * to leave to the helpers. */
+		if (rewrite_l4_inline(skb, f, csum_off, port_off, from_addr, to_addr, from_port,
+				      to_port, state == CSUM_PARTIAL))
+			return -1;
+		return rewrite_addr(skb, source, from_addr, to_addr);
 	}
 
 	if (f->proto != IPPROTO_ICMP &&

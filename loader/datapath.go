@@ -17,13 +17,18 @@ type Options struct {
 	PinPath string
 	// NATMaxEntries bounds the NAT table (two entries per flow).
 	NATMaxEntries uint32
+	// Variant picks a build of the object; the default tries the fastest
+	// the kernel accepts (variant.go).
+	Variant Variant
 }
 
 // Datapath owns the loaded programs and maps. Maps are pinned under PinPath
 // and shared with every earlier and later agent; programs are new on every
 // load and take over from the old ones only when attached.
 type Datapath struct {
-	PinPath  string
+	PinPath string
+	// Variant is the build of the object that the kernel accepted.
+	Variant  Variant
 	Maps     BPFMaps
 	Programs BPFPrograms
 	lock     *os.File
@@ -56,10 +61,36 @@ func Open(o Options) (*Datapath, error) {
 	return d, nil
 }
 
+// load loads the first variant of the object the kernel accepts. A variant
+// that needs what the kernel lacks (a kfunc, BTF) fails at load, before any
+// pinned map or attachment is touched, so falling back costs nothing.
 func (d *Datapath) load(o Options) error {
-	spec, err := LoadBPF()
+	variants, err := candidates(o.Variant)
 	if err != nil {
-		return fmt.Errorf("read datapath object: %w", err)
+		return err
+	}
+	for i, v := range variants {
+		err = d.loadVariant(o, v)
+		if err == nil {
+			d.Variant = v
+			return nil
+		}
+		if i < len(variants)-1 {
+			// The short form: the last verifier line, not the log.
+			klog.InfoS("Datapath build not accepted by this kernel, trying the next", "variant", v, "next", variants[i+1], "reason", err.Error())
+		}
+	}
+	var verr *ebpf.VerifierError
+	if errors.As(err, &verr) {
+		return fmt.Errorf("verifier rejected the datapath: %+v", verr)
+	}
+	return err
+}
+
+func (d *Datapath) loadVariant(o Options, v Variant) error {
+	spec, err := specOf(v)
+	if err != nil {
+		return fmt.Errorf("read datapath object %s: %w", v, err)
 	}
 	if o.NATMaxEntries != 0 {
 		spec.Maps["ipm_nat4"].MaxEntries = o.NATMaxEntries
@@ -73,12 +104,8 @@ func (d *Datapath) load(o Options) error {
 
 	var objs BPFObjects
 	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: reuse})
-	var verr *ebpf.VerifierError
-	if errors.As(err, &verr) {
-		return fmt.Errorf("load datapath: verifier rejected it: %+v", verr)
-	}
 	if err != nil {
-		return fmt.Errorf("load datapath: %w", err)
+		return fmt.Errorf("load datapath (%s build): %w", v, err)
 	}
 	for name, m := range mapsByName(&objs.BPFMaps) {
 		if _, reused := reuse[name]; reused {
@@ -98,23 +125,24 @@ func (d *Datapath) load(o Options) error {
 // their BPF name. ipm_scratch is per-packet scratch space and not pinned.
 func mapsByName(m *BPFMaps) map[string]*ebpf.Map {
 	return map[string]*ebpf.Map{
-		"ipm_nat4":     m.IpmNat4,
-		"ipm_nat6":     m.IpmNat6,
-		"ipm_cidr4_0":  m.IpmCidr40,
-		"ipm_cidr4_1":  m.IpmCidr41,
-		"ipm_cidr6_0":  m.IpmCidr60,
-		"ipm_cidr6_1":  m.IpmCidr61,
-		"ipm_frag4":    m.IpmFrag4,
-		"ipm_frag6":    m.IpmFrag6,
-		"ipm_inbound4": m.IpmInbound4,
-		"ipm_inbound6": m.IpmInbound6,
-		"ipm_hostres4": m.IpmHostres4,
-		"ipm_hostres6": m.IpmHostres6,
-		"ipm_settings": m.IpmSettings,
-		"ipm_ifaces":   m.IpmIfaces,
-		"ipm_local4":   m.IpmLocal4,
-		"ipm_local6":   m.IpmLocal6,
-		"ipm_stats":    m.IpmStats,
+		"ipm_nat4":      m.IpmNat4,
+		"ipm_nat6":      m.IpmNat6,
+		"ipm_cidr4_0":   m.IpmCidr40,
+		"ipm_cidr4_1":   m.IpmCidr41,
+		"ipm_cidr4_dir": m.IpmCidr4Dir,
+		"ipm_cidr6_0":   m.IpmCidr60,
+		"ipm_cidr6_1":   m.IpmCidr61,
+		"ipm_frag4":     m.IpmFrag4,
+		"ipm_frag6":     m.IpmFrag6,
+		"ipm_inbound4":  m.IpmInbound4,
+		"ipm_inbound6":  m.IpmInbound6,
+		"ipm_hostres4":  m.IpmHostres4,
+		"ipm_hostres6":  m.IpmHostres6,
+		"ipm_settings":  m.IpmSettings,
+		"ipm_ifaces":    m.IpmIfaces,
+		"ipm_local4":    m.IpmLocal4,
+		"ipm_local6":    m.IpmLocal6,
+		"ipm_stats":     m.IpmStats,
 	}
 }
 

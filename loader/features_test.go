@@ -2,6 +2,7 @@ package loader
 
 import (
 	"fmt"
+	"reflect"
 	"sort"
 	"strings"
 	"testing"
@@ -161,5 +162,35 @@ func TestKernelFloorCatchesNewer(t *testing.T) {
 	}
 	if got := mapTypeViolations(&ebpf.MapSpec{Name: "m", Type: ebpf.ArrayOfMaps, InnerMap: &ebpf.MapSpec{Name: "in", Type: ebpf.LPMTrie}}); len(got) != 0 {
 		t.Errorf("array of LPM tries: %v, want none", got)
+	}
+}
+
+// TestKernCtxBuild: the kern-ctx build may go beyond 5.10 only by what it is
+// for (the kfunc bpf_cast_to_kern_ctx, 6.2, and bpf_ktime_get_coarse_ns,
+// 5.11); kernels without them load the helpers build instead (variant.go).
+func TestKernCtxBuild(t *testing.T) {
+	spec, err := LoadBPFKern()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kfuncs := 0
+	for _, p := range spec.Programs {
+		for _, b := range kernelFloorViolations(p, map[asm.BuiltinFunc]bool{}) {
+			switch {
+			case strings.Contains(b, "kfunc call"):
+				kfuncs++
+			case strings.Contains(b, asm.FnKtimeGetCoarseNs.String()):
+			default:
+				t.Error(b)
+			}
+		}
+	}
+	if kfuncs == 0 {
+		t.Error("the kern-ctx build calls no kfunc: it was built without IPM_KERN_CTX")
+	}
+	for name, m := range spec.Maps {
+		if base, err := LoadBPF(); err != nil || !reflect.DeepEqual(base.Maps[name], m) {
+			t.Errorf("map %s differs between the builds (%v): they share pinned maps", name, err)
+		}
 	}
 }

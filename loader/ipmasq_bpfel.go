@@ -18,6 +18,11 @@ type BPFIpmAddr6 struct {
 	Addr [4]uint32
 }
 
+type BPFIpmCidr4Block struct {
+	_        structs.HostLayout
+	Verdicts [64]uint8
+}
+
 type BPFIpmCidr4Key struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -216,6 +221,7 @@ type BPFIpmSettings struct {
 const (
 	BPFMapIpmCidr40   = "ipm_cidr4_0"
 	BPFMapIpmCidr41   = "ipm_cidr4_1"
+	BPFMapIpmCidr4Dir = "ipm_cidr4_dir"
 	BPFMapIpmCidr60   = "ipm_cidr6_0"
 	BPFMapIpmCidr61   = "ipm_cidr6_1"
 	BPFMapIpmFrag4    = "ipm_frag4"
@@ -288,6 +294,7 @@ type BPFProgramSpecs struct {
 type BPFMapSpecs struct {
 	IpmCidr40   *ebpf.MapSpec `ebpf:"ipm_cidr4_0"`
 	IpmCidr41   *ebpf.MapSpec `ebpf:"ipm_cidr4_1"`
+	IpmCidr4Dir *ebpf.MapSpec `ebpf:"ipm_cidr4_dir"`
 	IpmCidr60   *ebpf.MapSpec `ebpf:"ipm_cidr6_0"`
 	IpmCidr61   *ebpf.MapSpec `ebpf:"ipm_cidr6_1"`
 	IpmFrag4    *ebpf.MapSpec `ebpf:"ipm_frag4"`
@@ -334,6 +341,7 @@ func (o *BPFObjects) Close() error {
 type BPFMaps struct {
 	IpmCidr40   *ebpf.Map `ebpf:"ipm_cidr4_0"`
 	IpmCidr41   *ebpf.Map `ebpf:"ipm_cidr4_1"`
+	IpmCidr4Dir *ebpf.Map `ebpf:"ipm_cidr4_dir"`
 	IpmCidr60   *ebpf.Map `ebpf:"ipm_cidr6_0"`
 	IpmCidr61   *ebpf.Map `ebpf:"ipm_cidr6_1"`
 	IpmFrag4    *ebpf.Map `ebpf:"ipm_frag4"`
@@ -356,6 +364,7 @@ func (m *BPFMaps) Close() error {
 	return _BPFClose(
 		m.IpmCidr40,
 		m.IpmCidr41,
+		m.IpmCidr4Dir,
 		m.IpmCidr60,
 		m.IpmCidr61,
 		m.IpmFrag4,

@@ -91,10 +91,17 @@ type NonMasq struct {
 	// that a test can play a kernel that refuses them.
 	batchUpdate func(m *ebpf.Map, keys, values any) (int, error)
 	batchDelete func(m *ebpf.Map, keys any) (int, error)
+	// dir is the IPv4 /24 table in front of the tries (cidrdir.go),
+	// written with each pair; dirSynced is false until this process has
+	// written the active half too (cidrdir.go: syncDir).
+	dir       cidrDir
+	dirSynced bool
 }
 
 func NewNonMasq(d *loader.Datapath, s *Settings) *NonMasq {
-	return newNonMasq([2]*ebpf.Map{d.Maps.IpmCidr40, d.Maps.IpmCidr41}, [2]*ebpf.Map{d.Maps.IpmCidr60, d.Maps.IpmCidr61}, s)
+	n := newNonMasq([2]*ebpf.Map{d.Maps.IpmCidr40, d.Maps.IpmCidr41}, [2]*ebpf.Map{d.Maps.IpmCidr60, d.Maps.IpmCidr61}, s)
+	n.dir.m = d.Maps.IpmCidr4Dir
+	return n
 }
 
 func newNonMasq(tries4, tries6 [2]*ebpf.Map, s *Settings) *NonMasq {
@@ -134,6 +141,9 @@ func (n *NonMasq) Apply(set CIDRSet) error {
 	if err := n.write(idle, current, set); err != nil {
 		return err
 	}
+	if err := n.syncDir(idle, set); err != nil {
+		return err
+	}
 	if err := n.settings.SetActiveCIDRs(idle); err != nil {
 		return err
 	}
@@ -150,6 +160,7 @@ func (n *NonMasq) Forget() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.held = [2]CIDRSet{}
+	n.dir.forget()
 }
 
 // Active returns the set that decides now, read from the tries.

@@ -1,0 +1,200 @@
+package maps
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/ipmasq-ebpf/ip-masq-agent/loader"
+)
+
+// Block verdicts of ipm_cidr4_dir, as enum ipm_block_verdict in
+// bpf/ipmasq.h: two bits per /24.
+const (
+	blockMasq   = 0 // no non-masquerade prefix reaches into the /24
+	blockNoMasq = 1 // a prefix of /24 or shorter covers all of it
+	blockTrie   = 2 // only longer prefixes reach into it: the trie decides
+)
+
+// dirHalf is the number of entries of one half of ipm_cidr4_dir: one per /16.
+const dirHalf = 1 << 16
+
+// dirChunk bounds one batch write, and so the memory a full write needs.
+const dirChunk = 4096
+
+type dirBlock = loader.BPFIpmCidr4Block
+
+// dirBlocks computes the entries of one half of ipm_cidr4_dir for the IPv4
+// prefixes of set; entries that stay blockMasq throughout are left out.
+func dirBlocks(set CIDRSet) map[uint16]dirBlock {
+	out := map[uint16]dirBlock{}
+	mark := func(n16 uint32, n24 uint32, v uint8) {
+		b := out[uint16(n16)]
+		byteIdx, shift := n24/4, (n24%4)*2
+		cur := (b.Verdicts[byteIdx] >> shift) & 3
+		if v == blockTrie && cur != blockMasq {
+			return // covered already, or already sent to the trie
+		}
+		b.Verdicts[byteIdx] = b.Verdicts[byteIdx]&^(3<<shift) | v<<shift
+		out[uint16(n16)] = b
+	}
+	for p := range set {
+		if !p.Addr().Is4() {
+			continue
+		}
+		a4 := p.Addr().As4()
+		addr := uint32(a4[0])<<24 | uint32(a4[1])<<16 | uint32(a4[2])<<8 | uint32(a4[3])
+		switch bits := p.Bits(); {
+		case bits <= 16:
+			var full dirBlock
+			for i := range full.Verdicts {
+				full.Verdicts[i] = 0x55 // blockNoMasq in all four slots
+			}
+			first := addr >> 16
+			for n := uint32(0); n < 1<<(16-bits); n++ {
+				out[uint16(first+n)] = full
+			}
+		case bits <= 24:
+			first := (addr >> 8) & 0xff
+			for n := uint32(0); n < 1<<(24-bits); n++ {
+				mark(addr>>16, first+n, blockNoMasq)
+			}
+		default:
+			mark(addr>>16, (addr>>8)&0xff, blockTrie)
+		}
+	}
+	return out
+}
+
+// dirVerdict reads the verdict of the /24 holding a from entries made by
+// dirBlocks (for tests and the debug command).
+func dirVerdict(blocks map[uint16]dirBlock, a netip.Addr) uint8 {
+	a4 := a.As4()
+	b := blocks[uint16(a4[0])<<8|uint16(a4[1])]
+	return (b.Verdicts[a4[2]/4] >> ((a4[2] % 4) * 2)) & 3
+}
+
+// cidrDir writes the halves of ipm_cidr4_dir, each together with the trie of
+// the same index. It remembers what it wrote into each half so that a new set
+// costs only the entries that change; a half it has not written since it
+// started (nil) is written whole.
+type cidrDir struct {
+	m    *ebpf.Map
+	held [2]map[uint16]dirBlock
+	// oneByOne is set once the kernel refused a batch write.
+	oneByOne bool
+}
+
+// write makes half hold the decisions for the IPv4 prefixes of set. The half
+// must be idle: entries are rewritten one by one.
+func (d *cidrDir) write(half uint32, set CIDRSet) error {
+	want := dirBlocks(set)
+	old := d.held[half]
+	d.held[half] = nil // unknown until the write completes
+	var keys []uint32
+	var vals []dirBlock
+	flush := func() error {
+		err := d.put(keys, vals)
+		keys, vals = keys[:0], vals[:0]
+		return err
+	}
+	add := func(n16 uint16, v dirBlock) error {
+		keys = append(keys, half<<16|uint32(n16))
+		vals = append(vals, v)
+		if len(keys) == dirChunk {
+			return flush()
+		}
+		return nil
+	}
+	if old == nil {
+		for n := 0; n < dirHalf; n++ {
+			if err := add(uint16(n), want[uint16(n)]); err != nil {
+				return err
+			}
+		}
+	} else {
+		for n, v := range want {
+			if old[n] != v {
+				if err := add(n, v); err != nil {
+					return err
+				}
+			}
+		}
+		for n := range old {
+			if _, ok := want[n]; !ok {
+				if err := add(n, dirBlock{}); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	d.held[half] = want
+	return nil
+}
+
+// put writes entries, in one batch where the kernel takes batches (arrays
+// do from 5.6 on).
+func (d *cidrDir) put(keys []uint32, vals []dirBlock) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	if !d.oneByOne {
+		_, err := d.m.BatchUpdate(keys, vals, nil)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, ebpf.ErrNotSupported) {
+			return fmt.Errorf("write ipm_cidr4_dir: %w", err)
+		}
+		d.oneByOne = true
+	}
+	for i := range keys {
+		if err := d.m.Put(keys[i], vals[i]); err != nil {
+			return fmt.Errorf("write ipm_cidr4_dir: %w", err)
+		}
+	}
+	return nil
+}
+
+// forget marks both halves unknown, so the next write of each is whole.
+func (d *cidrDir) forget() { d.held = [2]map[uint16]dirBlock{} }
+
+// WriteCIDR4Dir writes half of ipm_cidr4_dir whole for the IPv4 prefixes of
+// set, for callers that write the tries themselves (the bench) rather than
+// through NonMasq.
+func WriteCIDR4Dir(m *ebpf.Map, half uint32, set CIDRSet) error {
+	d := cidrDir{m: m}
+	return d.write(half, set)
+}
+
+// syncDir writes the idle half of the /24 table for set, the new contents of
+// the idle tries. The first time in a process it also rewrites the active
+// half from the active tries: the table may be new (an upgrade from a
+// datapath without it, whose programs never read it) or half-written by an
+// agent that died; when it was right already, the same bytes are written
+// again, which no reader can notice.
+func (n *NonMasq) syncDir(idle int, set CIDRSet) error {
+	if n.dir.m == nil {
+		return nil
+	}
+	if !n.dirSynced {
+		active := 1 - idle
+		held := n.held[active]
+		if held == nil {
+			var err error
+			if held, err = n.read(active); err != nil {
+				return err
+			}
+		}
+		if err := n.dir.write(uint32(active), held); err != nil {
+			return err
+		}
+		n.dirSynced = true
+	}
+	return n.dir.write(uint32(idle), set)
+}
