@@ -60,11 +60,15 @@ lint: ## gofmt, go vet and clang-format checks.
 .PHONY: test
 test: ## All test tiers (root): unit, BPF program runs, netns end to end in both attach modes, short fuzz pass.
 	$(GO) test -count=1 -p 1 -timeout 40m ./...
+	# The helpers build, which kernels before 6.2 load: program tests, end to end of the rewrite paths.
+	IPM_DATAPATH_VARIANT=helpers $(GO) test -count=1 -timeout 20m ./test/prog/
+	IPM_DATAPATH_VARIANT=helpers $(GO) test -count=1 -timeout 20m -run '^(TestMasquerade|TestPMTUDiscovery|TestFragments|TestExactMatchFiltering|TestRestartUnderTraffic|TestIPv6Masquerade)$$' ./test/e2e/
 	cd bench && $(GO) test -mod=mod -count=1 ./...   # the bench harness's smoke pass (its own module)
 	$(GO) test -count=1 -run '^$$' -fuzz '^FuzzEgress$$' -fuzztime $(FUZZTIME) ./test/prog/
 	$(GO) test -count=1 -run '^$$' -fuzz '^FuzzIngress$$' -fuzztime $(FUZZTIME) ./test/prog/
 	$(GO) test -count=1 -run '^$$' -fuzz '^FuzzEgress6$$' -fuzztime $(FUZZTIME) ./test/prog/
 	$(GO) test -count=1 -run '^$$' -fuzz '^FuzzIngress6$$' -fuzztime $(FUZZTIME) ./test/prog/
+	IPM_DATAPATH_VARIANT=helpers $(GO) test -count=1 -run '^$$' -fuzz '^FuzzEgress$$' -fuzztime $(FUZZTIME) ./test/prog/
 
 .PHONY: test-unit
 test-unit: ## Only the tests that need no privileges.

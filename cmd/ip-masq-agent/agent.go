@@ -61,7 +61,7 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 		return err
 	}
 	removeIPTablesChain(f) // after the attach: see there
-	klog.InfoS("Datapath ready", "pinPath", f.PinPath, "interfaces", ifaces.attachedNames())
+	klog.InfoS("Datapath ready", "pinPath", f.PinPath, "interfaces", ifaces.attachedNames(), "build", dp.Variant)
 	obs.setStarted()
 
 	changes, err := config.Watch(ctx, f.ConfigPath, configDebounce)

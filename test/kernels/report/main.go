@@ -223,7 +223,7 @@ func write(w *os.File, ks []*kernel) {
 	}
 	sort.Strings(progs)
 
-	hdr := []string{"kernel", "Debian package", "attach modes", "loads"}
+	hdr := []string{"kernel", "Debian package", "attach modes", "builds that load"}
 	for _, p := range progs {
 		hdr = append(hdr, p+" insns processed")
 	}
@@ -235,13 +235,25 @@ func write(w *os.File, ks []*kernel) {
 		if kern == "" {
 			kern = k.meta.Series
 		}
+		// Which builds of the object (loader/variant.go) loaded whole.
 		loads := "not run"
 		if len(k.progs) > 0 {
-			loads = "yes"
-			for _, p := range k.progs {
-				if !p.Loaded {
-					loads = "**no**"
+			var builds []string
+			for _, b := range []string{"helpers", "kern-ctx"} {
+				ok, seen := true, false
+				for _, p := range k.progs {
+					if strings.HasSuffix(p.Program, "("+b+")") {
+						seen = true
+						ok = ok && p.Loaded
+					}
 				}
+				if seen && ok {
+					builds = append(builds, b)
+				}
+			}
+			loads = strings.Join(builds, ", ")
+			if len(builds) == 0 {
+				loads = "**no**"
 			}
 		}
 		row := []string{kern, k.meta.Package + " " + k.meta.Version, strings.ReplaceAll(k.meta.Modes, ",", ", "), loads}
@@ -250,6 +262,10 @@ func write(w *os.File, ks []*kernel) {
 			for _, p := range k.progs {
 				if p.Program != name {
 					continue
+				}
+				if !p.Loaded && p.Processed == 0 {
+					cell = "not loaded"
+					break
 				}
 				if !p.Loaded {
 					cell = fmt.Sprintf("rejected after %d", p.Processed)

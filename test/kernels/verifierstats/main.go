@@ -66,31 +66,58 @@ func run() error {
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		kernel = strings.TrimSpace(string(b))
 	}
-	spec, err := loader.LoadBPF()
-	if err != nil {
-		return err
-	}
-	var names []string
-	for name := range spec.Programs {
-		names = append(names, name)
-	}
-	sort.Strings(names)
+	// Both builds of the object (loader/variant.go): the helpers build
+	// must load everywhere; the kern-ctx build needs 6.2 and kernel BTF, and
+	// where it does not load the agent falls back, so its rejection is
+	// reported but fails the run only on a kernel that should take it.
 	enc := json.NewEncoder(os.Stdout)
 	failed := false
-	for _, name := range names {
-		r := load(spec, name)
-		r.Kernel = kernel
-		if !r.Loaded {
-			failed = true
-		}
-		if err := enc.Encode(r); err != nil {
+	for _, b := range []struct {
+		variant  loader.Variant
+		spec     func() (*ebpf.CollectionSpec, error)
+		required bool
+	}{
+		{loader.VariantHelpers, loader.LoadBPF, true},
+		{loader.VariantKernCtx, loader.LoadBPFKern, kernCtxExpected(kernel)},
+	} {
+		spec, err := b.spec()
+		if err != nil {
 			return err
+		}
+		var names []string
+		for name := range spec.Programs {
+			names = append(names, name)
+		}
+		sort.Strings(names)
+		for _, name := range names {
+			r := load(spec, name)
+			r.Kernel = kernel
+			r.Program = fmt.Sprintf("%s (%s)", name, b.variant)
+			if !r.Loaded && b.required {
+				failed = true
+			}
+			if err := enc.Encode(r); err != nil {
+				return err
+			}
 		}
 	}
 	if failed {
 		return errors.New("the verifier rejected a program")
 	}
 	return nil
+}
+
+// kernCtxExpected reports whether a kernel should load the kern-ctx build:
+// 6.2 or newer (bpf_cast_to_kern_ctx) with BTF.
+func kernCtxExpected(release string) bool {
+	var major, minor int
+	if _, err := fmt.Sscanf(release, "%d.%d", &major, &minor); err != nil {
+		return false
+	}
+	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
+		return false
+	}
+	return major > 6 || major == 6 && minor >= 2
 }
 
 // load loads program name alone, with the maps it references.
