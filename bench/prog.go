@@ -95,10 +95,16 @@ func newProgEnv(natEntries uint32, object string) (*progEnv, error) {
 	if err == nil {
 		err = e.setIfaceAddr(nodeIP)
 	}
-	for _, a := range []netip.Addr{nodeIP, netip.MustParseAddr("127.0.0.1")} {
+	for i, a := range []netip.Addr{nodeIP, netip.MustParseAddr("127.0.0.1")} {
 		if err == nil {
 			err = e.dp.Maps.IpmLocal4.Put(be32(a), loader.BPFIpmLocal{Ifindex: testIfindex})
 		}
+		// And inline in the settings, as the agent does for a few.
+		e.settings.Local4[i] = be32(a)
+		e.settings.Local4Count++
+	}
+	if err == nil {
+		err = e.dp.Maps.IpmSettings.Put(uint32(0), &e.settings)
 	}
 	if err != nil {
 		e.close()

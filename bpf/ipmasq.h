@@ -23,6 +23,9 @@ typedef _Bool bool;
 /* Version of every pinned map's layout, stored in ipm_settings. */
 #define IPM_LAYOUT_VERSION 1
 
+/* How many node IPv4 addresses ipm_settings carries inline. */
+#define IPM_LOCAL4_INLINE 4
+
 /* How many --to-ports ranges the datapath can draw from. */
 #define IPM_MAX_PORT_RANGES 8
 
@@ -180,9 +183,16 @@ struct ipm_cidr_value {
 
 /* What ipm_cidr4_dir says about the destinations of one /24. */
 enum ipm_block_verdict {
-	IPM_BLOCK_MASQ = 0,   /* no non-masquerade CIDR reaches into it */
-	IPM_BLOCK_NOMASQ = 1, /* a CIDR of /24 or shorter covers all of it */
-	IPM_BLOCK_TRIE = 2,   /* only longer CIDRs reach into it: ask the trie */
+	IPM_BLOCK_MASQ = 0, /* no non-masquerade CIDR reaches into it */
+	/* A CIDR of /24 or shorter covers all of it, and no flow into it has a
+	 * mapping (the agent checked the NAT table): a packet from a pod passes
+	 * without looking its flow up. */
+	IPM_BLOCK_NOMASQ = 1,
+	IPM_BLOCK_TRIE = 2, /* only longer CIDRs reach into it: ask the trie */
+	/* Covered as NOMASQ, but flows masqueraded before a config change made
+	 * it so may still hold mappings, which they keep (SPEC 3.2): look the
+	 * flow up first. The agent settles it to NOMASQ once none is left. */
+	IPM_BLOCK_NOMASQ_MAPPED = 3,
 };
 
 /* /24s per value of ipm_cidr4_dir: one /16, two bits each. */
@@ -208,6 +218,12 @@ struct ipm_settings {
 	__u32 range_count;
 	struct ipm_port_range ranges[IPM_MAX_PORT_RANGES];
 	__u32 enable_ipv6; /* 1: masquerade IPv6 too (--enable-ipv6); 0: IPv6 passes */
+	/* The node's IPv4 addresses when there are at most IPM_LOCAL4_INLINE
+	 * (the usual node), so that telling host from pod traffic costs a few
+	 * compares instead of a hash lookup; local4_count above that: ask
+	 * ipm_local4, which always holds them all. */
+	__u32 local4_count;
+	__be32 local4[IPM_LOCAL4_INLINE];
 };
 
 /* Value of ipm_ifaces, keyed by ifindex: a managed interface. */

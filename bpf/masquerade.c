@@ -159,6 +159,17 @@ static __always_inline int egress_flow(struct __sk_buff *skb, struct ipm_counter
 	__u64 now;
 
 	*left_as = f->saddr;
+	s = get_settings();
+	if (!s)
+		return TC_ACT_UNSPEC;
+	/* The common case first: a pod's packet into a /24 that is not
+	 * masqueraded and holds no mapping needs neither its flow nor any
+	 * state (the host's packets go on: their tuples are reserved). */
+	if (block_verdict(s, f->daddr) == IPM_BLOCK_NOMASQ && !is_local4(s, f->saddr)) {
+		COUNT(c, egress_nomasq);
+		return TC_ACT_UNSPEC;
+	}
+
 	k.saddr = f->saddr;
 	k.daddr = f->daddr;
 	k.sport = f->sport;
@@ -180,10 +191,7 @@ static __always_inline int egress_flow(struct __sk_buff *skb, struct ipm_counter
 		return TC_ACT_UNSPEC;
 	}
 
-	s = get_settings();
-	if (!s)
-		return TC_ACT_UNSPEC;
-	is_local = bpf_map_lookup_elem(&ipm_local4, &f->saddr) != NULL;
+	is_local = is_local4(s, f->saddr);
 	if (is_local) {
 		now = ipm_now();
 		verdict = host_egress(skb, c, f, now);
@@ -246,7 +254,7 @@ static __always_inline int egress_later_fragment(struct __sk_buff *skb, struct i
 		return TC_ACT_UNSPEC;
 	}
 	s = get_settings();
-	if (!s || bpf_map_lookup_elem(&ipm_local4, &f->saddr) || is_nomasq_dest(s, f->daddr)) {
+	if (!s || is_local4(s, f->saddr) || is_nomasq_dest(s, f->daddr)) {
 		/* Whatever its first fragment does, this one keeps its
 		 * addresses. */
 		COUNT(c, egress_fragment);

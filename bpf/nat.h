@@ -62,25 +62,52 @@ static __always_inline struct ipm_settings *get_settings(void)
 	return bpf_map_lookup_elem(&ipm_settings, &zero);
 }
 
-/* True when daddr is in the active non-masquerade set: ipm_cidr4_dir
- * decides, or sends the question on to the trie of the same index. */
-static __always_inline bool is_nomasq_dest(const struct ipm_settings *s, __be32 daddr)
+/* What the active half of ipm_cidr4_dir says about daddr's /24. */
+static __always_inline enum ipm_block_verdict block_verdict(const struct ipm_settings *s,
+							    __be32 daddr)
 {
-	struct ipm_cidr4_key key = { .prefixlen = 32, .addr = daddr };
 	__u32 a = bpf_ntohl(daddr), block = (a >> 8) & 0xff;
 	__u32 idx = (s->active_cidrs ? 1 << 16 : 0) | (a >> 16);
 	struct ipm_cidr4_block *b;
 
 	b = bpf_map_lookup_elem(&ipm_cidr4_dir, &idx);
-	if (b) {
-		__u8 v = (b->verdicts[block / 4] >> ((block % 4) * 2)) & 3;
+	if (!b)
+		return IPM_BLOCK_TRIE;
+	return (b->verdicts[block / 4] >> ((block % 4) * 2)) & 3;
+}
 
-		if (v != IPM_BLOCK_TRIE)
-			return v == IPM_BLOCK_NOMASQ;
+/* True when daddr is in the active non-masquerade set: ipm_cidr4_dir
+ * decides, or sends the question on to the trie of the same index. */
+static __always_inline bool is_nomasq_dest(const struct ipm_settings *s, __be32 daddr)
+{
+	struct ipm_cidr4_key key = { .prefixlen = 32, .addr = daddr };
+
+	switch (block_verdict(s, daddr)) {
+	case IPM_BLOCK_MASQ:
+		return false;
+	case IPM_BLOCK_NOMASQ:
+	case IPM_BLOCK_NOMASQ_MAPPED:
+		return true;
+	default:
+		break;
 	}
 	if (s->active_cidrs)
 		return bpf_map_lookup_elem(&ipm_cidr4_1, &key) != NULL;
 	return bpf_map_lookup_elem(&ipm_cidr4_0, &key) != NULL;
+}
+
+/* True when addr is one of the node's IPv4 addresses. */
+static __always_inline bool is_local4(const struct ipm_settings *s, __be32 addr)
+{
+	__u32 n = s->local4_count;
+
+	if (n > IPM_LOCAL4_INLINE)
+		return bpf_map_lookup_elem(&ipm_local4, &addr) != NULL;
+	for (int i = 0; i < IPM_LOCAL4_INLINE; i++) {
+		if (i < n && s->local4[i] == addr)
+			return true;
+	}
+	return false;
 }
 
 /* How many ranges to walk, never more than the array holds. The empty asm

@@ -252,9 +252,11 @@ static __always_inline int store_port(struct __sk_buff *skb, __u32 off, __be16 p
 	__be16 *p;
 
 	/* The parser's bound (Ethernet + 60-byte IP header + 2), spelled out
-	 * for the verifier. */
+	 * for the verifier; the mask because verifiers before 6.x lose a
+	 * compare's bound when clang checks a copy of the register. */
 	if (off > ETH_HLEN + 60 + 2)
 		return -1;
+	off &= 0x7f;
 	p = data + off;
 	if ((void *)(p + 1) > data_end)
 		return -1;
@@ -285,6 +287,7 @@ static __always_inline int rewrite_l4_inline(struct __sk_buff *skb, const struct
 	 * checksum's offset), spelled out for the verifier. */
 	if (csum_off > ETH_HLEN + 60 + 16)
 		return -1;
+	csum_off &= 0x7f; /* as in store_port */
 	check = data + csum_off;
 	if ((void *)(check + 1) > data_end)
 		return -1;

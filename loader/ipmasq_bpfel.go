@@ -212,7 +212,9 @@ type BPFIpmSettings struct {
 		First uint16
 		Last  uint16
 	}
-	EnableIpv6 uint32
+	EnableIpv6  uint32
+	Local4Count uint32
+	Local4      [4]uint32
 }
 
 // Names of all BPF objects in the ELF.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -14,9 +15,18 @@ import (
 // bpf/ipmasq.h: two bits per /24.
 const (
 	blockMasq   = 0 // no non-masquerade prefix reaches into the /24
-	blockNoMasq = 1 // a prefix of /24 or shorter covers all of it
+	blockNoMasq = 1 // a prefix of /24 or shorter covers all of it, no mapping into it
 	blockTrie   = 2 // only longer prefixes reach into it: the trie decides
+	// blockNoMasqMapped is blockNoMasq where flows masqueraded before the
+	// config changed may still hold mappings: the datapath looks flows up
+	// first. SettleDir turns it into blockNoMasq once none is left.
+	blockNoMasqMapped = 3
 )
+
+// settleGrace is how long after a flip SettleDir waits before trusting a
+// NAT table read: a packet that saw the old index can still create a
+// mapping into a /24 the new set covers, within microseconds.
+const settleGrace = time.Second
 
 // dirHalf is the number of entries of one half of ipm_cidr4_dir: one per /16.
 const dirHalf = 1 << 16
@@ -76,6 +86,30 @@ func dirVerdict(blocks map[uint16]dirBlock, a netip.Addr) uint8 {
 	return (b.Verdicts[a4[2]/4] >> ((a4[2] % 4) * 2)) & 3
 }
 
+// markMapped turns blockNoMasq into blockNoMasqMapped in want wherever the
+// active half (nil: not known) did not say blockNoMasq: flows into such a
+// /24 may have been masqueraded and keep their mappings.
+func markMapped(want, active map[uint16]dirBlock) {
+	for n, b := range want {
+		a, known := active[n]
+		changed := false
+		for i, w := range b.Verdicts {
+			// Slots (two bits) that hold exactly blockNoMasq (01).
+			nm := w &^ (w >> 1) & 0x55
+			if known {
+				nm &^= a.Verdicts[i] &^ (a.Verdicts[i] >> 1) & 0x55
+			}
+			if nm != 0 {
+				b.Verdicts[i] = w | nm<<1 // 01 -> 11
+				changed = true
+			}
+		}
+		if changed {
+			want[n] = b
+		}
+	}
+}
+
 // cidrDir writes the halves of ipm_cidr4_dir, each together with the trie of
 // the same index. It remembers what it wrote into each half so that a new set
 // costs only the entries that change; a half it has not written since it
@@ -87,10 +121,9 @@ type cidrDir struct {
 	oneByOne bool
 }
 
-// write makes half hold the decisions for the IPv4 prefixes of set. The half
-// must be idle: entries are rewritten one by one.
-func (d *cidrDir) write(half uint32, set CIDRSet) error {
-	want := dirBlocks(set)
+// write makes half hold want. The half must be idle: entries are rewritten
+// one by one.
+func (d *cidrDir) write(half uint32, want map[uint16]dirBlock) error {
 	old := d.held[half]
 	d.held[half] = nil // unknown until the write completes
 	var keys []uint32
@@ -169,7 +202,7 @@ func (d *cidrDir) forget() { d.held = [2]map[uint16]dirBlock{} }
 // through NonMasq.
 func WriteCIDR4Dir(m *ebpf.Map, half uint32, set CIDRSet) error {
 	d := cidrDir{m: m}
-	return d.write(half, set)
+	return d.write(half, dirBlocks(set))
 }
 
 // syncDir writes the idle half of the /24 table for set, the new contents of
@@ -182,8 +215,8 @@ func (n *NonMasq) syncDir(idle int, set CIDRSet) error {
 	if n.dir.m == nil {
 		return nil
 	}
+	active := 1 - idle
 	if !n.dirSynced {
-		active := 1 - idle
 		held := n.held[active]
 		if held == nil {
 			var err error
@@ -191,10 +224,64 @@ func (n *NonMasq) syncDir(idle int, set CIDRSet) error {
 				return err
 			}
 		}
-		if err := n.dir.write(uint32(active), held); err != nil {
+		// Which /24s hold mappings is not known here: every covered
+		// one is marked until SettleDir has looked.
+		blocks := dirBlocks(held)
+		markMapped(blocks, nil)
+		if err := n.dir.write(uint32(active), blocks); err != nil {
 			return err
 		}
 		n.dirSynced = true
 	}
-	return n.dir.write(uint32(idle), set)
+	want := dirBlocks(set)
+	markMapped(want, n.dir.held[active])
+	return n.dir.write(uint32(idle), want)
+}
+
+// SettleDir turns blockNoMasqMapped into blockNoMasq in the active half for
+// every /24 that holds no mapping: mapped holds the /24s (address >> 8) of
+// the IPv4 destinations with a mapping, read from the NAT table starting at
+// readAt. It writes the active half in place, which is safe because each
+// change only spares a lookup that would find nothing. Returns how many /24s
+// it settled.
+func (n *NonMasq) SettleDir(mapped map[uint32]bool, readAt time.Time) (int, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	active := n.settings.ActiveCIDRs()
+	held := n.dir.held[active]
+	if n.dir.m == nil || held == nil || !n.retired.Before(readAt.Add(-settleGrace)) {
+		// Not known, or the read may have missed mappings made through
+		// the retired index.
+		return 0, nil
+	}
+	var keys []uint32
+	var vals []dirBlock
+	settled := 0
+	for n16, b := range held {
+		changed := false
+		for slot := uint32(0); slot < 256; slot++ {
+			i, shift := slot/4, (slot%4)*2
+			if (b.Verdicts[i]>>shift)&3 != blockNoMasqMapped || mapped[uint32(n16)<<8|slot] {
+				continue
+			}
+			b.Verdicts[i] = b.Verdicts[i]&^(3<<shift) | blockNoMasq<<shift
+			changed = true
+			settled++
+		}
+		if changed {
+			keys = append(keys, uint32(active)<<16|uint32(n16))
+			vals = append(vals, b)
+		}
+	}
+	for i := 0; i < len(keys); i += dirChunk {
+		end := min(i+dirChunk, len(keys))
+		if err := n.dir.put(keys[i:end], vals[i:end]); err != nil {
+			n.dir.held[active] = nil
+			return 0, err
+		}
+		for j := i; j < end; j++ {
+			held[uint16(keys[j])] = vals[j]
+		}
+	}
+	return settled, nil
 }

@@ -87,3 +87,25 @@ func be(a netip.Addr) uint32 {
 	b := a.As4()
 	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
 }
+
+// markMapped: only /24s the active half settled as non-masquerade stay so;
+// every other covered /24 may hold mappings, and with no active half known,
+// all of them may.
+func TestMarkMapped(t *testing.T) {
+	set := CIDRSet{netip.MustParsePrefix("10.1.0.0/23"): Configured, netip.MustParsePrefix("10.1.2.0/28"): Configured}
+	active := dirBlocks(CIDRSet{netip.MustParsePrefix("10.1.1.0/24"): Configured})
+	want := dirBlocks(set)
+	markMapped(want, active)
+	for a, v := range map[string]uint8{"10.1.0.1": blockNoMasqMapped, "10.1.1.1": blockNoMasq, "10.1.2.1": blockTrie, "10.1.3.1": blockMasq} {
+		if got := dirVerdict(want, netip.MustParseAddr(a)); got != v {
+			t.Errorf("%s: %d, want %d", a, got, v)
+		}
+	}
+	unknown := dirBlocks(set)
+	markMapped(unknown, nil)
+	for a, v := range map[string]uint8{"10.1.0.1": blockNoMasqMapped, "10.1.1.1": blockNoMasqMapped, "10.1.2.1": blockTrie} {
+		if got := dirVerdict(unknown, netip.MustParseAddr(a)); got != v {
+			t.Errorf("active unknown, %s: %d, want %d", a, got, v)
+		}
+	}
+}

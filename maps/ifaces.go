@@ -3,6 +3,7 @@ package maps
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/cilium/ebpf"
 
@@ -65,11 +66,15 @@ func (i *Interfaces) Retain(keep map[int]bool) error {
 }
 
 // LocalAddrs is ipm_local4 and ipm_local6: every address of the node, so the
-// datapath recognises the host's own traffic.
-type LocalAddrs struct{ m4, m6 *ebpf.Map }
+// datapath recognises the host's own traffic; a few IPv4 ones also inline in
+// the settings (Settings.SetLocal4).
+type LocalAddrs struct {
+	m4, m6   *ebpf.Map
+	settings *Settings
+}
 
-func NewLocalAddrs(d *loader.Datapath) *LocalAddrs {
-	return &LocalAddrs{m4: d.Maps.IpmLocal4, m6: d.Maps.IpmLocal6}
+func NewLocalAddrs(d *loader.Datapath, s *Settings) *LocalAddrs {
+	return &LocalAddrs{m4: d.Maps.IpmLocal4, m6: d.Maps.IpmLocal6, settings: s}
 }
 
 // Sync makes the maps hold exactly addrs (address -> interface index).
@@ -108,6 +113,17 @@ func (l *LocalAddrs) Sync(addrs map[netip.Addr]int) error {
 		if err != nil {
 			return fmt.Errorf("write local address %s: %w", a, err)
 		}
+	}
+	// New addresses are in the map already, stale ones still are.
+	var v4 []netip.Addr
+	for a := range addrs {
+		if a.Is4() {
+			v4 = append(v4, a)
+		}
+	}
+	slices.SortFunc(v4, netip.Addr.Compare)
+	if err := l.settings.SetLocal4(v4); err != nil {
+		return err
 	}
 	for _, k := range stale4 {
 		l.m4.Delete(k)

@@ -74,6 +74,24 @@ type NATTable struct {
 	m       *ebpf.Map
 	hostres *ebpf.Map
 	c       codec
+	// The destinations' /24s (IPv4 address >> 8) of the flows left after
+	// the last Collect, and when its read began (Mapped24).
+	mapped map[uint32]bool
+	readAt time.Time
+}
+
+// Mapped24 returns the /24s (IPv4 address >> 8) that destinations of
+// mappings fell into at the last Collect, and when its read began; nil
+// before the first. For NonMasq.SettleDir.
+func (t *NATTable) Mapped24() (map[uint32]bool, time.Time) { return t.mapped, t.readAt }
+
+// block24 is the /24 of an IPv4 address, as ipm_cidr4_dir indexes it.
+func block24(a netip.Addr) uint32 {
+	if !a.Is4() {
+		return 0
+	}
+	b := a.As4()
+	return uint32(b[0])<<16 | uint32(b[1])<<8 | uint32(b[2])
 }
 
 // NewNATTable is the IPv4 NAT table.
@@ -289,13 +307,16 @@ func (t *NATTable) Read() (Snapshot, error) {
 // egress half. Each candidate is read again just before deletion and kept if
 // a packet used it meanwhile.
 func (t *NATTable) Collect(to Timeouts) (removed int, err error) {
+	readAt := time.Now()
 	p, err := t.read()
 	if err != nil {
 		return 0, err
 	}
 	var errs []error
+	mapped := map[uint32]bool{}
 	for k, f := range p.flows {
 		if Now()-f.LastSeen <= f.Timeout(to) {
+			mapped[block24(f.Remote.Addr())] = true
 			continue
 		}
 		ok, err := t.removeFlowIfExpired(k, to)
@@ -304,8 +325,11 @@ func (t *NATTable) Collect(to Timeouts) (removed int, err error) {
 		}
 		if ok {
 			removed++
+		} else {
+			mapped[block24(f.Remote.Addr())] = true
 		}
 	}
+	t.mapped, t.readAt = mapped, readAt
 	for k, r := range p.reserved {
 		if Now()-r.LastSeen > r.timeout(to) && t.removeReservationIfExpired(k, to) {
 			removed++

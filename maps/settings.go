@@ -2,6 +2,7 @@ package maps
 
 import (
 	"fmt"
+	"net/netip"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -86,6 +87,27 @@ func (s *Settings) SetActiveCIDRs(i int) error {
 	defer s.mu.Unlock()
 	v := s.val
 	v.ActiveCidrs = uint32(i & 1)
+	return s.write(v)
+}
+
+// localInline is how many node IPv4 addresses ipm_settings carries.
+const localInline = len(loader.BPFIpmSettings{}.Local4)
+
+// SetLocal4 tells the datapath the node's IPv4 addresses inline when they
+// are few; with more, only their count, which sends it to ipm_local4. The
+// caller writes ipm_local4 first when addresses appear and after this when
+// they go, so the datapath never misses one it should know.
+func (s *Settings) SetLocal4(addrs []netip.Addr) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v := s.val
+	v.Local4Count = uint32(len(addrs))
+	v.Local4 = [localInline]uint32{}
+	if len(addrs) <= localInline {
+		for i, a := range addrs {
+			v.Local4[i] = addrToBE(a)
+		}
+	}
 	return s.write(v)
 }
 

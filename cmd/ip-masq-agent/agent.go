@@ -52,11 +52,12 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 	}
 
 	// The maps are filled before our programs take over (SPEC 3.8).
-	cfg := newConfigSync(f.ConfigPath, f.Options(), maps.NewNonMasq(dp, settings))
+	nonMasq := maps.NewNonMasq(dp, settings)
+	cfg := newConfigSync(f.ConfigPath, f.Options(), nonMasq)
 	cfg.report = obs.configSynced
 	cfg.sync()
 
-	ifaces := newInterfaceSet(dp, loader.Mode(f.AttachMode), f.InterfaceList())
+	ifaces := newInterfaceSet(dp, settings, loader.Mode(f.AttachMode), f.InterfaceList())
 	if err := ifaces.reconcile(); err != nil {
 		return err
 	}
@@ -108,6 +109,15 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 				}
 				obs.expired(removed)
 				klog.V(4).InfoS("Expired NAT entries", "table", i, "removed", removed, "inbound", inbounds[i].Collect(timeouts))
+			}
+			// Covered /24s that no mapping leads into any more stop
+			// sending their packets through the flow lookup.
+			if mapped, readAt := nats[0].Mapped24(); mapped != nil {
+				settled, err := nonMasq.SettleDir(mapped, readAt)
+				if err != nil {
+					klog.ErrorS(err, "Settling the /24 table failed")
+				}
+				klog.V(4).InfoS("Settled non-masquerade /24s", "count", settled)
 			}
 		}
 	}

@@ -28,11 +28,11 @@ type interfaceSet struct {
 	local    *maps.LocalAddrs
 }
 
-func newInterfaceSet(dp *loader.Datapath, mode loader.Mode, names []string) *interfaceSet {
+func newInterfaceSet(dp *loader.Datapath, settings *maps.Settings, mode loader.Mode, names []string) *interfaceSet {
 	return &interfaceSet{
 		dp: dp, mode: mode, names: names,
 		attached: map[string]int{}, waiting: map[string]bool{},
-		ifaces: maps.NewInterfaces(dp), local: maps.NewLocalAddrs(dp),
+		ifaces: maps.NewInterfaces(dp), local: maps.NewLocalAddrs(dp, settings),
 	}
 }
 

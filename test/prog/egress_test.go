@@ -77,7 +77,7 @@ func (e *env) requireMapping(t testing.TB, orig tuple, nodePort uint16, since ti
 		t.Errorf("ingress half %+v, want %s:%d kind masq ifindex %d", iv, orig.src, orig.sport, testIfindex)
 	}
 	for name, v := range map[string]maps.NATEntry{"egress": ov, "ingress": iv} {
-		if c := time.Duration(v.CreatedNs); c < since || c > until {
+		if c := time.Duration(v.CreatedNs); c < since-clockSlack || c > until {
 			t.Errorf("%s half created at %v, want within [%v, %v] of CLOCK_MONOTONIC", name, c, since, until)
 		}
 	}

@@ -54,7 +54,7 @@ func newEnv6(t testing.TB, c config6) *env {
 	for _, a := range append(append([]netip.Addr(nil), local...), local6...) {
 		la[a] = testIfindex
 	}
-	if err := maps.NewLocalAddrs(e.dp).Sync(la); err != nil {
+	if err := maps.NewLocalAddrs(e.dp, e.settings).Sync(la); err != nil {
 		t.Fatal(err)
 	}
 	e.applyNonMasqBoth(t, c)
@@ -326,7 +326,7 @@ func (e *env) requireMapping6(t testing.TB, orig tuple, nodePort uint16, since t
 		t.Errorf("ingress half %+v, want %s port %d kind masq ifindex %d", iv, orig.src, orig.sport, testIfindex)
 	}
 	for name, v := range map[string]nat6Entry{"egress": ov, "ingress": iv} {
-		if c := time.Duration(v.CreatedNs); c < since || c > until {
+		if c := time.Duration(v.CreatedNs); c < since-clockSlack || c > until {
 			t.Errorf("%s half created at %v, want within [%v, %v] of CLOCK_MONOTONIC", name, c, since, until)
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -95,6 +96,11 @@ func mountBPFFS(t testing.TB) string {
 	return dir
 }
 
+// clockSlack is how far behind CLOCK_MONOTONIC a datapath timestamp may be:
+// the kern-ctx build stamps with the coarse clock, the time of the last tick
+// (10 ms at HZ=100, the slowest tick).
+const clockSlack = 10 * time.Millisecond
+
 // newEnv loads the datapath on a fresh bpffs and configures it with c.
 func newEnv(t testing.TB, c config) *env {
 	t.Helper()
@@ -142,7 +148,7 @@ func newEnv(t testing.TB, c config) *env {
 	for _, a := range local {
 		la[a] = testIfindex
 	}
-	if err := maps.NewLocalAddrs(dp).Sync(la); err != nil {
+	if err := maps.NewLocalAddrs(dp, e.settings).Sync(la); err != nil {
 		t.Fatal(err)
 	}
 	return e
