@@ -110,6 +110,7 @@ type Agent struct {
 	PinPath    string   // --pin-path, inside BPFFS
 	Args       []string // every argument after the binary
 	Wrapper    []string // runs the binary (ip netns exec NODE WRAPPER... BINARY ARGS...)
+	Env        []string // added to the test's environment for the next Start
 
 	t    testing.TB
 	logs logBuffer
@@ -197,6 +198,9 @@ func (a *Agent) Start(t testing.TB) {
 	from := a.logs.Len()
 	argv := append(append([]string{"netns", "exec", a.Topo.Node.Name}, a.Wrapper...), agentBin)
 	cmd := exec.Command("ip", append(argv, a.Args...)...)
+	if a.Env != nil {
+		cmd.Env = append(os.Environ(), a.Env...)
+	}
 	cmd.Stdout = &a.logs
 	cmd.Stderr = &a.logs
 	if err := cmd.Start(); err != nil {

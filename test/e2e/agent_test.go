@@ -434,3 +434,49 @@ func TestRestartUnderTraffic(t *testing.T) {
 		})
 	}
 }
+
+// TestRestartAcrossBuilds: an agent restarted with the other build of the
+// datapath (an upgrade to a kernel-aware agent, or pinning the portable one)
+// takes over the same pinned state under traffic without a pause, both ways.
+func TestRestartAcrossBuilds(t *testing.T) {
+	forEachMode(t, func(t *testing.T, mode string) {
+		tp, a := startAgent(t, AgentOptions{Mode: mode, Config: cfgPrivate})
+		if !strings.Contains(a.Logs(), `build="kern-ctx"`) {
+			// Before 6.2 (or without BTF) there is only the helpers
+			// build: nothing to switch between.
+			t.Skipf("this kernel loads only the helpers build: %s", lastLine(a.Logs(), "Datapath ready"))
+		}
+		masq, err := tp.Pod1.StartStream(tp.Internet.TCPAddr(), 10*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer masq.Stop()
+		time.Sleep(500 * time.Millisecond)
+		for _, b := range []string{"helpers", "kern-ctx"} {
+			a.Stop(t, syscall.SIGTERM)
+			a.Env = []string{"IPM_DATAPATH_VARIANT=" + b}
+			from := len(a.Logs())
+			a.Start(t)
+			if err := a.WaitLog(`build="`+b+`"`, from, 5*time.Second); err != nil {
+				t.Fatalf("restart with the %s build: %v", b, err)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		res := masq.Stop()
+		t.Logf("stream: %v", res)
+		if res.Err != nil || res.MaxGap >= time.Second || res.Peer.Addr() != NodeIP {
+			t.Errorf("stream across two build switches: %v; want no error, max gap < 1s, peer %s", res, NodeIP)
+		}
+	})
+}
+
+// lastLine returns the last line of logs that contains substr.
+func lastLine(logs, substr string) string {
+	lines := strings.Split(logs, "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.Contains(lines[i], substr) {
+			return lines[i]
+		}
+	}
+	return ""
+}
