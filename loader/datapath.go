@@ -20,7 +20,20 @@ type Options struct {
 	// Variant picks a build of the object; the default tries the fastest
 	// the kernel accepts (variant.go).
 	Variant Variant
+	// SmallIPv6 shrinks the IPv6 state maps to a token size: without
+	// --enable-ipv6 the programs pass IPv6 before touching them, and at
+	// full size they hold 37 MiB of preallocated kernel memory. Turning
+	// IPv6 on later replaces them (there is no IPv6 state to lose).
+	SmallIPv6 bool
 }
+
+// ipv6StateMaps are the preallocated IPv6 maps SmallIPv6 shrinks; the IPv6
+// tries allocate per prefix and cost nothing empty.
+var ipv6StateMaps = []string{"ipm_nat6", "ipm_hostres6", "ipm_inbound6", "ipm_frag6"}
+
+// smallIPv6Entries is the token size: enough for an LRU map's per-CPU lists
+// on any machine this runs on.
+const smallIPv6Entries = 1024
 
 // Datapath owns the loaded programs and maps. Maps are pinned under PinPath
 // and shared with every earlier and later agent; programs are new on every
@@ -95,6 +108,11 @@ func (d *Datapath) loadVariant(o Options, v Variant) error {
 	if o.NATMaxEntries != 0 {
 		spec.Maps["ipm_nat4"].MaxEntries = o.NATMaxEntries
 		spec.Maps["ipm_nat6"].MaxEntries = o.NATMaxEntries
+	}
+	if o.SmallIPv6 {
+		for _, name := range ipv6StateMaps {
+			spec.Maps[name].MaxEntries = smallIPv6Entries
+		}
 	}
 	reuse, err := reusePinnedMaps(spec, d.PinPath)
 	if err != nil {

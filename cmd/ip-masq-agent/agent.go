@@ -29,7 +29,7 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 	if err != nil {
 		return err
 	}
-	dp, err := loader.Open(loader.Options{PinPath: f.PinPath, NATMaxEntries: uint32(f.NATMaxEntries)})
+	dp, err := loader.Open(loader.Options{PinPath: f.PinPath, NATMaxEntries: uint32(f.NATMaxEntries), SmallIPv6: !f.EnableIPv6})
 	if err != nil {
 		return err
 	}

@@ -3,10 +3,13 @@ package e2e
 import (
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
 )
 
 // TestIPv6TopologySelfCheck proves the dual-stack harness without any agent
@@ -277,4 +280,44 @@ func TestIPv6RestartUnderTraffic(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestIPv6TurnedOnLater: without --enable-ipv6 the agent creates its IPv6
+// state maps at a token size (loader.Options.SmallIPv6) and IPv6 passes
+// untouched; restarted with the flag on the same pins, it replaces them at
+// full size and masquerades IPv6, while IPv4 goes on.
+func TestIPv6TurnedOnLater(t *testing.T) {
+	forEachMode(t, func(t *testing.T, mode string) {
+		requireAgent(t)
+		tp := NewTopology(t, WithDualStack())
+		a := StartAgent(t, tp, AgentOptions{Mode: mode, Config: cfg6})
+		tp.FailOnChecksumErrors(t)
+		failOnChecksumErrors6(t, tp)
+		ds := tp.V6
+		nat6Size := func() uint32 {
+			t.Helper()
+			m, err := ebpf.LoadPinnedMap(filepath.Join(a.PinPath, "ipm_nat6"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			return m.MaxEntries()
+		}
+		// (The internet has no route back to pod addresses: IPv6 that
+		// passes untouched is seen at the VPC host.)
+		expectSource(t, ds.Pod1, ds.VPC, Pod1IP6)
+		expectSource(t, tp.Pod1, tp.Internet, NodeIP)
+		if n := nat6Size(); n > 1024 {
+			t.Errorf("ipm_nat6 holds %d entries with IPv6 off, want a token size", n)
+		}
+
+		a.Stop(t, syscall.SIGTERM)
+		a.Args = append(a.Args, "--enable-ipv6")
+		a.Start(t)
+		expectSource(t, ds.Pod1, ds.Internet, Node6)
+		expectSource(t, tp.Pod1, tp.Internet, NodeIP)
+		if n := nat6Size(); n <= 1024 {
+			t.Errorf("ipm_nat6 holds %d entries with IPv6 on, want the full size", n)
+		}
+	})
 }
