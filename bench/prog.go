@@ -103,6 +103,12 @@ func newProgEnv(natEntries uint32, object string) (*progEnv, error) {
 		e.settings.Local4[i] = be32(a)
 		e.settings.Local4Count++
 	}
+	// The jiffies clock, calibrated as the agent does at start.
+	if err == nil {
+		var cal maps.ClockCalibration
+		cal, err = maps.NewClock(e.dp).Calibrate(200 * time.Millisecond)
+		e.settings.ClockBaseNs, e.settings.ClockBaseJiffies, e.settings.NsPerJiffy = cal.BaseNs, cal.BaseJiffies, cal.NsPerJiffy
+	}
 	if err == nil {
 		err = e.dp.Maps.IpmSettings.Put(uint32(0), &e.settings)
 	}

@@ -224,6 +224,19 @@ struct ipm_settings {
 	 * ipm_local4, which always holds them all. */
 	__u32 local4_count;
 	__be32 local4[IPM_LOCAL4_INLINE];
+	/* CLOCK_MONOTONIC from jiffies (clock.h): the agent's calibration,
+	 * clock_base_ns at jiffy clock_base_jiffies, ns_per_jiffy per tick;
+	 * ns_per_jiffy 0: not calibrated, read the clock. */
+	__u64 clock_base_ns;
+	__u64 clock_base_jiffies;
+	__u64 ns_per_jiffy;
+};
+
+/* Value of ipm_clock_sample: one reading of both clocks by ipm_clock, for
+ * the agent's calibration. */
+struct ipm_clock_sample {
+	__u64 jiffies;
+	__u64 ns; /* bpf_ktime_get_ns, CLOCK_MONOTONIC */
 };
 
 /* Value of ipm_ifaces, keyed by ifindex: a managed interface. */

@@ -12,6 +12,15 @@
 
 #include "ipmasq.h"
 
+/* Key: 0. Value: struct ipm_clock_sample, written by ipm_clock when the agent
+ * runs it. Not pinned: each agent reads its own. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct ipm_clock_sample);
+	__uint(max_entries, 1);
+} ipm_clock_sample SEC(".maps");
+
 /* Key: struct ipm_nat_key. Value: struct ipm_nat_entry. Both halves of every
  * translated flow, plus reserved and inbound tuples. A plain preallocated
  * hash, never LRU: nothing is evicted behind the agent's back, and a full

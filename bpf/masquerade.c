@@ -180,7 +180,7 @@ static __always_inline int egress_flow(struct __sk_buff *skb, struct ipm_counter
 	/* A known flow keeps the decision made on its first packet. */
 	e = bpf_map_lookup_elem(&ipm_nat4, &k);
 	if (e && e->kind == IPM_KIND_MASQ) {
-		touch_entry(e, ipm_now(), f, 0);
+		touch_entry(e, ipm_clock(s), f, 0);
 		if (rewrite_endpoint(skb, f, true, e->addr, e->port)) {
 			/* Half-rewritten: sending it would be worse. */
 			COUNT(c, egress_malformed);
@@ -193,7 +193,7 @@ static __always_inline int egress_flow(struct __sk_buff *skb, struct ipm_counter
 
 	is_local = is_local4(s, f->saddr);
 	if (is_local) {
-		now = ipm_now();
+		now = ipm_clock(s);
 		verdict = host_egress(skb, c, f, now);
 		if (verdict != VERDICT_MOVE)
 			return verdict;
@@ -220,7 +220,7 @@ static __always_inline int egress_flow(struct __sk_buff *skb, struct ipm_counter
 		COUNT(c, egress_inbound);
 		return TC_ACT_UNSPEC;
 	}
-	now = ipm_now();
+	now = ipm_clock(s);
 
 map:
 	verdict = new_mapping(skb, c, s, f, &k, now, &to_addr, &to_port);
@@ -438,6 +438,7 @@ int ipm_ingress(struct __sk_buff *skb)
 		return ingress6(skb);
 
 	struct ipm_counters *c = get_counters(FAMILY_IPV4);
+	struct ipm_settings *s;
 	struct ipm_nat_entry *e;
 	struct ipm_nat_key k = {};
 	struct flow4 f = {};
@@ -465,6 +466,7 @@ int ipm_ingress(struct __sk_buff *skb)
 	k.proto = f.proto;
 	k.dir = IPM_DIR_INGRESS;
 	e = bpf_map_lookup_elem(&ipm_nat4, &k);
+	s = get_settings();
 	if (!e || e->kind != IPM_KIND_MASQ) {
 		/* Only an exact match is translated: nothing else may reach
 		 * a pod through a mapping made for another remote. The
@@ -472,16 +474,16 @@ int ipm_ingress(struct __sk_buff *skb)
 		e = bpf_map_lookup_elem(&ipm_hostres4, &k);
 		if (e) {
 			/* A reply to the host: refresh its reservation. */
-			touch_entry(e, ipm_now(), &f, IPM_F_REPLIED);
+			touch_entry(e, ipm_clock(s), &f, IPM_F_REPLIED);
 			COUNT(c, ingress_host);
-		} else if (f.proto == IPPROTO_UDP && note_inbound(&f, ipm_now())) {
+		} else if (f.proto == IPPROTO_UDP && note_inbound(&f, ipm_clock(s))) {
 			COUNT(c, ingress_inbound);
 		} else {
 			COUNT(c, ingress_miss);
 		}
 		return TC_ACT_UNSPEC;
 	}
-	now = ipm_now();
+	now = ipm_clock(s);
 	touch_entry(e, now, &f, 0);
 	if (rewrite_endpoint(skb, &f, false, e->addr, e->port)) {
 		COUNT(c, ingress_malformed);
@@ -490,6 +492,22 @@ int ipm_ingress(struct __sk_buff *skb)
 	if (f.frag == FRAG_FIRST)
 		remember_first_fragment(&f, IPM_DIR_INGRESS, e->addr, now);
 	COUNT(c, ingress_translated);
+	return TC_ACT_UNSPEC;
+}
+
+/* Not attached: the agent runs it (BPF_PROG_TEST_RUN) to read jiffies and
+ * CLOCK_MONOTONIC together, for the calibration in clock.h. */
+SEC("tc")
+int ipm_clock_read(struct __sk_buff *skb)
+{
+	struct ipm_clock_sample *v;
+	__u32 zero = 0;
+
+	v = bpf_map_lookup_elem(&ipm_clock_sample, &zero);
+	if (!v)
+		return TC_ACT_UNSPEC;
+	v->jiffies = bpf_jiffies64();
+	v->ns = bpf_ktime_get_ns();
 	return TC_ACT_UNSPEC;
 }
 

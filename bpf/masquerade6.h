@@ -194,7 +194,7 @@ static __always_inline int egress_flow6(struct __sk_buff *skb, struct ipm_counte
 	nat6_key(f, IPM_DIR_EGRESS, &k);
 	e = bpf_map_lookup_elem(&ipm_nat6, &k);
 	if (e && e->kind == IPM_KIND_MASQ) {
-		touch_entry(e, ipm_now(), f, 0);
+		touch_entry(e, ipm_clock(s), f, 0);
 		if (rewrite_endpoint6(skb, f, true, e->addr, e->port)) {
 			COUNT(c, egress_malformed);
 			return TC_ACT_SHOT;
@@ -205,7 +205,7 @@ static __always_inline int egress_flow6(struct __sk_buff *skb, struct ipm_counte
 	}
 	is_local = is_local6(f->saddr);
 	if (is_local) {
-		now = ipm_now();
+		now = ipm_clock(s);
 		verdict = host_egress6(skb, c, f, now);
 		if (verdict != VERDICT_MOVE)
 			return verdict;
@@ -226,7 +226,7 @@ static __always_inline int egress_flow6(struct __sk_buff *skb, struct ipm_counte
 		COUNT(c, egress_inbound);
 		return TC_ACT_UNSPEC;
 	}
-	now = ipm_now();
+	now = ipm_clock(s);
 
 map:
 	verdict = new_mapping6(skb, c, s, f, &k, now, left_as, &to_port);
@@ -573,16 +573,16 @@ static __always_inline int ingress6(struct __sk_buff *skb)
 	if (!e || e->kind != IPM_KIND_MASQ) {
 		e = bpf_map_lookup_elem(&ipm_hostres6, &k);
 		if (e) {
-			touch_entry(e, ipm_now(), &f, IPM_F_REPLIED);
+			touch_entry(e, ipm_clock(s), &f, IPM_F_REPLIED);
 			COUNT(c, ingress_host);
-		} else if (f.proto == IPPROTO_UDP && note_inbound6(&f, ipm_now())) {
+		} else if (f.proto == IPPROTO_UDP && note_inbound6(&f, ipm_clock(s))) {
 			COUNT(c, ingress_inbound);
 		} else {
 			COUNT(c, ingress_miss);
 		}
 		return TC_ACT_UNSPEC;
 	}
-	now = ipm_now();
+	now = ipm_clock(s);
 	touch_entry(e, now, &f, 0);
 	if (rewrite_endpoint6(skb, &f, false, e->addr, e->port)) {
 		COUNT(c, ingress_malformed);

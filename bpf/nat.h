@@ -13,6 +13,7 @@
 
 #include "ipmasq.h"
 #include "maps.h"
+#include "clock.h"
 #include "packet.h"
 
 #ifndef EEXIST
@@ -33,21 +34,6 @@
 
 /* Not a tc verdict: "create a mapping for this host flow" (host_egress). */
 #define VERDICT_MOVE 1000
-
-/* The clock of every timestamp (CLOCK_MONOTONIC, which the agent compares
- * with its own). Called only on paths that store a time: on a VM a full read
- * is a paravirtual clock read of 30-60 ns, a large part of a packet's cost.
- * The kern-ctx build (6.2+) takes the coarse clock (5.11+), the time of the
- * last tick: a few loads, and at most one tick (1-10 ms) behind, which no
- * timeout notices. */
-static __always_inline __u64 ipm_now(void)
-{
-#ifdef IPM_KERN_CTX
-	return bpf_ktime_get_coarse_ns();
-#else
-	return bpf_ktime_get_ns();
-#endif
-}
 
 enum alloc_result {
 	ALLOC_OK,

@@ -47,6 +47,12 @@ type BPFIpmCidrValue struct {
 	Origin BPFIpmCidrOrigin
 }
 
+type BPFIpmClockSample struct {
+	_       structs.HostLayout
+	Jiffies uint64
+	Ns      uint64
+}
+
 type BPFIpmCounters struct {
 	_                 structs.HostLayout
 	EgressTranslated  uint64
@@ -212,36 +218,42 @@ type BPFIpmSettings struct {
 		First uint16
 		Last  uint16
 	}
-	EnableIpv6  uint32
-	Local4Count uint32
-	Local4      [4]uint32
+	EnableIpv6       uint32
+	Local4Count      uint32
+	Local4           [4]uint32
+	_                [4]byte
+	ClockBaseNs      uint64
+	ClockBaseJiffies uint64
+	NsPerJiffy       uint64
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	BPFMapIpmCidr40   = "ipm_cidr4_0"
-	BPFMapIpmCidr41   = "ipm_cidr4_1"
-	BPFMapIpmCidr4Dir = "ipm_cidr4_dir"
-	BPFMapIpmCidr60   = "ipm_cidr6_0"
-	BPFMapIpmCidr61   = "ipm_cidr6_1"
-	BPFMapIpmFrag4    = "ipm_frag4"
-	BPFMapIpmFrag6    = "ipm_frag6"
-	BPFMapIpmHostres4 = "ipm_hostres4"
-	BPFMapIpmHostres6 = "ipm_hostres6"
-	BPFMapIpmIfaces   = "ipm_ifaces"
-	BPFMapIpmInbound4 = "ipm_inbound4"
-	BPFMapIpmInbound6 = "ipm_inbound6"
-	BPFMapIpmLocal4   = "ipm_local4"
-	BPFMapIpmLocal6   = "ipm_local6"
-	BPFMapIpmNat4     = "ipm_nat4"
-	BPFMapIpmNat6     = "ipm_nat6"
-	BPFMapIpmScratch  = "ipm_scratch"
-	BPFMapIpmSettings = "ipm_settings"
-	BPFMapIpmStats    = "ipm_stats"
-	BPFProgIpmEgress  = "ipm_egress"
-	BPFProgIpmIngress = "ipm_ingress"
+	BPFMapIpmCidr40      = "ipm_cidr4_0"
+	BPFMapIpmCidr41      = "ipm_cidr4_1"
+	BPFMapIpmCidr4Dir    = "ipm_cidr4_dir"
+	BPFMapIpmCidr60      = "ipm_cidr6_0"
+	BPFMapIpmCidr61      = "ipm_cidr6_1"
+	BPFMapIpmClockSample = "ipm_clock_sample"
+	BPFMapIpmFrag4       = "ipm_frag4"
+	BPFMapIpmFrag6       = "ipm_frag6"
+	BPFMapIpmHostres4    = "ipm_hostres4"
+	BPFMapIpmHostres6    = "ipm_hostres6"
+	BPFMapIpmIfaces      = "ipm_ifaces"
+	BPFMapIpmInbound4    = "ipm_inbound4"
+	BPFMapIpmInbound6    = "ipm_inbound6"
+	BPFMapIpmLocal4      = "ipm_local4"
+	BPFMapIpmLocal6      = "ipm_local6"
+	BPFMapIpmNat4        = "ipm_nat4"
+	BPFMapIpmNat6        = "ipm_nat6"
+	BPFMapIpmScratch     = "ipm_scratch"
+	BPFMapIpmSettings    = "ipm_settings"
+	BPFMapIpmStats       = "ipm_stats"
+	BPFProgIpmClockRead  = "ipm_clock_read"
+	BPFProgIpmEgress     = "ipm_egress"
+	BPFProgIpmIngress    = "ipm_ingress"
 )
 
 // LoadBPF returns the embedded CollectionSpec for BPF.
@@ -286,33 +298,35 @@ type BPFSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type BPFProgramSpecs struct {
-	IpmEgress  *ebpf.ProgramSpec `ebpf:"ipm_egress"`
-	IpmIngress *ebpf.ProgramSpec `ebpf:"ipm_ingress"`
+	IpmClockRead *ebpf.ProgramSpec `ebpf:"ipm_clock_read"`
+	IpmEgress    *ebpf.ProgramSpec `ebpf:"ipm_egress"`
+	IpmIngress   *ebpf.ProgramSpec `ebpf:"ipm_ingress"`
 }
 
 // BPFMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type BPFMapSpecs struct {
-	IpmCidr40   *ebpf.MapSpec `ebpf:"ipm_cidr4_0"`
-	IpmCidr41   *ebpf.MapSpec `ebpf:"ipm_cidr4_1"`
-	IpmCidr4Dir *ebpf.MapSpec `ebpf:"ipm_cidr4_dir"`
-	IpmCidr60   *ebpf.MapSpec `ebpf:"ipm_cidr6_0"`
-	IpmCidr61   *ebpf.MapSpec `ebpf:"ipm_cidr6_1"`
-	IpmFrag4    *ebpf.MapSpec `ebpf:"ipm_frag4"`
-	IpmFrag6    *ebpf.MapSpec `ebpf:"ipm_frag6"`
-	IpmHostres4 *ebpf.MapSpec `ebpf:"ipm_hostres4"`
-	IpmHostres6 *ebpf.MapSpec `ebpf:"ipm_hostres6"`
-	IpmIfaces   *ebpf.MapSpec `ebpf:"ipm_ifaces"`
-	IpmInbound4 *ebpf.MapSpec `ebpf:"ipm_inbound4"`
-	IpmInbound6 *ebpf.MapSpec `ebpf:"ipm_inbound6"`
-	IpmLocal4   *ebpf.MapSpec `ebpf:"ipm_local4"`
-	IpmLocal6   *ebpf.MapSpec `ebpf:"ipm_local6"`
-	IpmNat4     *ebpf.MapSpec `ebpf:"ipm_nat4"`
-	IpmNat6     *ebpf.MapSpec `ebpf:"ipm_nat6"`
-	IpmScratch  *ebpf.MapSpec `ebpf:"ipm_scratch"`
-	IpmSettings *ebpf.MapSpec `ebpf:"ipm_settings"`
-	IpmStats    *ebpf.MapSpec `ebpf:"ipm_stats"`
+	IpmCidr40      *ebpf.MapSpec `ebpf:"ipm_cidr4_0"`
+	IpmCidr41      *ebpf.MapSpec `ebpf:"ipm_cidr4_1"`
+	IpmCidr4Dir    *ebpf.MapSpec `ebpf:"ipm_cidr4_dir"`
+	IpmCidr60      *ebpf.MapSpec `ebpf:"ipm_cidr6_0"`
+	IpmCidr61      *ebpf.MapSpec `ebpf:"ipm_cidr6_1"`
+	IpmClockSample *ebpf.MapSpec `ebpf:"ipm_clock_sample"`
+	IpmFrag4       *ebpf.MapSpec `ebpf:"ipm_frag4"`
+	IpmFrag6       *ebpf.MapSpec `ebpf:"ipm_frag6"`
+	IpmHostres4    *ebpf.MapSpec `ebpf:"ipm_hostres4"`
+	IpmHostres6    *ebpf.MapSpec `ebpf:"ipm_hostres6"`
+	IpmIfaces      *ebpf.MapSpec `ebpf:"ipm_ifaces"`
+	IpmInbound4    *ebpf.MapSpec `ebpf:"ipm_inbound4"`
+	IpmInbound6    *ebpf.MapSpec `ebpf:"ipm_inbound6"`
+	IpmLocal4      *ebpf.MapSpec `ebpf:"ipm_local4"`
+	IpmLocal6      *ebpf.MapSpec `ebpf:"ipm_local6"`
+	IpmNat4        *ebpf.MapSpec `ebpf:"ipm_nat4"`
+	IpmNat6        *ebpf.MapSpec `ebpf:"ipm_nat6"`
+	IpmScratch     *ebpf.MapSpec `ebpf:"ipm_scratch"`
+	IpmSettings    *ebpf.MapSpec `ebpf:"ipm_settings"`
+	IpmStats       *ebpf.MapSpec `ebpf:"ipm_stats"`
 }
 
 // BPFVariableSpecs contains global variables before they are loaded into the kernel.
@@ -341,25 +355,26 @@ func (o *BPFObjects) Close() error {
 //
 // It can be passed to LoadBPFObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BPFMaps struct {
-	IpmCidr40   *ebpf.Map `ebpf:"ipm_cidr4_0"`
-	IpmCidr41   *ebpf.Map `ebpf:"ipm_cidr4_1"`
-	IpmCidr4Dir *ebpf.Map `ebpf:"ipm_cidr4_dir"`
-	IpmCidr60   *ebpf.Map `ebpf:"ipm_cidr6_0"`
-	IpmCidr61   *ebpf.Map `ebpf:"ipm_cidr6_1"`
-	IpmFrag4    *ebpf.Map `ebpf:"ipm_frag4"`
-	IpmFrag6    *ebpf.Map `ebpf:"ipm_frag6"`
-	IpmHostres4 *ebpf.Map `ebpf:"ipm_hostres4"`
-	IpmHostres6 *ebpf.Map `ebpf:"ipm_hostres6"`
-	IpmIfaces   *ebpf.Map `ebpf:"ipm_ifaces"`
-	IpmInbound4 *ebpf.Map `ebpf:"ipm_inbound4"`
-	IpmInbound6 *ebpf.Map `ebpf:"ipm_inbound6"`
-	IpmLocal4   *ebpf.Map `ebpf:"ipm_local4"`
-	IpmLocal6   *ebpf.Map `ebpf:"ipm_local6"`
-	IpmNat4     *ebpf.Map `ebpf:"ipm_nat4"`
-	IpmNat6     *ebpf.Map `ebpf:"ipm_nat6"`
-	IpmScratch  *ebpf.Map `ebpf:"ipm_scratch"`
-	IpmSettings *ebpf.Map `ebpf:"ipm_settings"`
-	IpmStats    *ebpf.Map `ebpf:"ipm_stats"`
+	IpmCidr40      *ebpf.Map `ebpf:"ipm_cidr4_0"`
+	IpmCidr41      *ebpf.Map `ebpf:"ipm_cidr4_1"`
+	IpmCidr4Dir    *ebpf.Map `ebpf:"ipm_cidr4_dir"`
+	IpmCidr60      *ebpf.Map `ebpf:"ipm_cidr6_0"`
+	IpmCidr61      *ebpf.Map `ebpf:"ipm_cidr6_1"`
+	IpmClockSample *ebpf.Map `ebpf:"ipm_clock_sample"`
+	IpmFrag4       *ebpf.Map `ebpf:"ipm_frag4"`
+	IpmFrag6       *ebpf.Map `ebpf:"ipm_frag6"`
+	IpmHostres4    *ebpf.Map `ebpf:"ipm_hostres4"`
+	IpmHostres6    *ebpf.Map `ebpf:"ipm_hostres6"`
+	IpmIfaces      *ebpf.Map `ebpf:"ipm_ifaces"`
+	IpmInbound4    *ebpf.Map `ebpf:"ipm_inbound4"`
+	IpmInbound6    *ebpf.Map `ebpf:"ipm_inbound6"`
+	IpmLocal4      *ebpf.Map `ebpf:"ipm_local4"`
+	IpmLocal6      *ebpf.Map `ebpf:"ipm_local6"`
+	IpmNat4        *ebpf.Map `ebpf:"ipm_nat4"`
+	IpmNat6        *ebpf.Map `ebpf:"ipm_nat6"`
+	IpmScratch     *ebpf.Map `ebpf:"ipm_scratch"`
+	IpmSettings    *ebpf.Map `ebpf:"ipm_settings"`
+	IpmStats       *ebpf.Map `ebpf:"ipm_stats"`
 }
 
 func (m *BPFMaps) Close() error {
@@ -369,6 +384,7 @@ func (m *BPFMaps) Close() error {
 		m.IpmCidr4Dir,
 		m.IpmCidr60,
 		m.IpmCidr61,
+		m.IpmClockSample,
 		m.IpmFrag4,
 		m.IpmFrag6,
 		m.IpmHostres4,
@@ -396,12 +412,14 @@ type BPFVariables struct {
 //
 // It can be passed to LoadBPFObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BPFPrograms struct {
-	IpmEgress  *ebpf.Program `ebpf:"ipm_egress"`
-	IpmIngress *ebpf.Program `ebpf:"ipm_ingress"`
+	IpmClockRead *ebpf.Program `ebpf:"ipm_clock_read"`
+	IpmEgress    *ebpf.Program `ebpf:"ipm_egress"`
+	IpmIngress   *ebpf.Program `ebpf:"ipm_ingress"`
 }
 
 func (p *BPFPrograms) Close() error {
 	return _BPFClose(
+		p.IpmClockRead,
 		p.IpmEgress,
 		p.IpmIngress,
 	)

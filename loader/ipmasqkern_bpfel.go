@@ -16,27 +16,29 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	BPFKernMapIpmCidr40   = "ipm_cidr4_0"
-	BPFKernMapIpmCidr41   = "ipm_cidr4_1"
-	BPFKernMapIpmCidr4Dir = "ipm_cidr4_dir"
-	BPFKernMapIpmCidr60   = "ipm_cidr6_0"
-	BPFKernMapIpmCidr61   = "ipm_cidr6_1"
-	BPFKernMapIpmFrag4    = "ipm_frag4"
-	BPFKernMapIpmFrag6    = "ipm_frag6"
-	BPFKernMapIpmHostres4 = "ipm_hostres4"
-	BPFKernMapIpmHostres6 = "ipm_hostres6"
-	BPFKernMapIpmIfaces   = "ipm_ifaces"
-	BPFKernMapIpmInbound4 = "ipm_inbound4"
-	BPFKernMapIpmInbound6 = "ipm_inbound6"
-	BPFKernMapIpmLocal4   = "ipm_local4"
-	BPFKernMapIpmLocal6   = "ipm_local6"
-	BPFKernMapIpmNat4     = "ipm_nat4"
-	BPFKernMapIpmNat6     = "ipm_nat6"
-	BPFKernMapIpmScratch  = "ipm_scratch"
-	BPFKernMapIpmSettings = "ipm_settings"
-	BPFKernMapIpmStats    = "ipm_stats"
-	BPFKernProgIpmEgress  = "ipm_egress"
-	BPFKernProgIpmIngress = "ipm_ingress"
+	BPFKernMapIpmCidr40      = "ipm_cidr4_0"
+	BPFKernMapIpmCidr41      = "ipm_cidr4_1"
+	BPFKernMapIpmCidr4Dir    = "ipm_cidr4_dir"
+	BPFKernMapIpmCidr60      = "ipm_cidr6_0"
+	BPFKernMapIpmCidr61      = "ipm_cidr6_1"
+	BPFKernMapIpmClockSample = "ipm_clock_sample"
+	BPFKernMapIpmFrag4       = "ipm_frag4"
+	BPFKernMapIpmFrag6       = "ipm_frag6"
+	BPFKernMapIpmHostres4    = "ipm_hostres4"
+	BPFKernMapIpmHostres6    = "ipm_hostres6"
+	BPFKernMapIpmIfaces      = "ipm_ifaces"
+	BPFKernMapIpmInbound4    = "ipm_inbound4"
+	BPFKernMapIpmInbound6    = "ipm_inbound6"
+	BPFKernMapIpmLocal4      = "ipm_local4"
+	BPFKernMapIpmLocal6      = "ipm_local6"
+	BPFKernMapIpmNat4        = "ipm_nat4"
+	BPFKernMapIpmNat6        = "ipm_nat6"
+	BPFKernMapIpmScratch     = "ipm_scratch"
+	BPFKernMapIpmSettings    = "ipm_settings"
+	BPFKernMapIpmStats       = "ipm_stats"
+	BPFKernProgIpmClockRead  = "ipm_clock_read"
+	BPFKernProgIpmEgress     = "ipm_egress"
+	BPFKernProgIpmIngress    = "ipm_ingress"
 )
 
 // LoadBPFKern returns the embedded CollectionSpec for BPFKern.
@@ -81,33 +83,35 @@ type BPFKernSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type BPFKernProgramSpecs struct {
-	IpmEgress  *ebpf.ProgramSpec `ebpf:"ipm_egress"`
-	IpmIngress *ebpf.ProgramSpec `ebpf:"ipm_ingress"`
+	IpmClockRead *ebpf.ProgramSpec `ebpf:"ipm_clock_read"`
+	IpmEgress    *ebpf.ProgramSpec `ebpf:"ipm_egress"`
+	IpmIngress   *ebpf.ProgramSpec `ebpf:"ipm_ingress"`
 }
 
 // BPFKernMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type BPFKernMapSpecs struct {
-	IpmCidr40   *ebpf.MapSpec `ebpf:"ipm_cidr4_0"`
-	IpmCidr41   *ebpf.MapSpec `ebpf:"ipm_cidr4_1"`
-	IpmCidr4Dir *ebpf.MapSpec `ebpf:"ipm_cidr4_dir"`
-	IpmCidr60   *ebpf.MapSpec `ebpf:"ipm_cidr6_0"`
-	IpmCidr61   *ebpf.MapSpec `ebpf:"ipm_cidr6_1"`
-	IpmFrag4    *ebpf.MapSpec `ebpf:"ipm_frag4"`
-	IpmFrag6    *ebpf.MapSpec `ebpf:"ipm_frag6"`
-	IpmHostres4 *ebpf.MapSpec `ebpf:"ipm_hostres4"`
-	IpmHostres6 *ebpf.MapSpec `ebpf:"ipm_hostres6"`
-	IpmIfaces   *ebpf.MapSpec `ebpf:"ipm_ifaces"`
-	IpmInbound4 *ebpf.MapSpec `ebpf:"ipm_inbound4"`
-	IpmInbound6 *ebpf.MapSpec `ebpf:"ipm_inbound6"`
-	IpmLocal4   *ebpf.MapSpec `ebpf:"ipm_local4"`
-	IpmLocal6   *ebpf.MapSpec `ebpf:"ipm_local6"`
-	IpmNat4     *ebpf.MapSpec `ebpf:"ipm_nat4"`
-	IpmNat6     *ebpf.MapSpec `ebpf:"ipm_nat6"`
-	IpmScratch  *ebpf.MapSpec `ebpf:"ipm_scratch"`
-	IpmSettings *ebpf.MapSpec `ebpf:"ipm_settings"`
-	IpmStats    *ebpf.MapSpec `ebpf:"ipm_stats"`
+	IpmCidr40      *ebpf.MapSpec `ebpf:"ipm_cidr4_0"`
+	IpmCidr41      *ebpf.MapSpec `ebpf:"ipm_cidr4_1"`
+	IpmCidr4Dir    *ebpf.MapSpec `ebpf:"ipm_cidr4_dir"`
+	IpmCidr60      *ebpf.MapSpec `ebpf:"ipm_cidr6_0"`
+	IpmCidr61      *ebpf.MapSpec `ebpf:"ipm_cidr6_1"`
+	IpmClockSample *ebpf.MapSpec `ebpf:"ipm_clock_sample"`
+	IpmFrag4       *ebpf.MapSpec `ebpf:"ipm_frag4"`
+	IpmFrag6       *ebpf.MapSpec `ebpf:"ipm_frag6"`
+	IpmHostres4    *ebpf.MapSpec `ebpf:"ipm_hostres4"`
+	IpmHostres6    *ebpf.MapSpec `ebpf:"ipm_hostres6"`
+	IpmIfaces      *ebpf.MapSpec `ebpf:"ipm_ifaces"`
+	IpmInbound4    *ebpf.MapSpec `ebpf:"ipm_inbound4"`
+	IpmInbound6    *ebpf.MapSpec `ebpf:"ipm_inbound6"`
+	IpmLocal4      *ebpf.MapSpec `ebpf:"ipm_local4"`
+	IpmLocal6      *ebpf.MapSpec `ebpf:"ipm_local6"`
+	IpmNat4        *ebpf.MapSpec `ebpf:"ipm_nat4"`
+	IpmNat6        *ebpf.MapSpec `ebpf:"ipm_nat6"`
+	IpmScratch     *ebpf.MapSpec `ebpf:"ipm_scratch"`
+	IpmSettings    *ebpf.MapSpec `ebpf:"ipm_settings"`
+	IpmStats       *ebpf.MapSpec `ebpf:"ipm_stats"`
 }
 
 // BPFKernVariableSpecs contains global variables before they are loaded into the kernel.
@@ -136,25 +140,26 @@ func (o *BPFKernObjects) Close() error {
 //
 // It can be passed to LoadBPFKernObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BPFKernMaps struct {
-	IpmCidr40   *ebpf.Map `ebpf:"ipm_cidr4_0"`
-	IpmCidr41   *ebpf.Map `ebpf:"ipm_cidr4_1"`
-	IpmCidr4Dir *ebpf.Map `ebpf:"ipm_cidr4_dir"`
-	IpmCidr60   *ebpf.Map `ebpf:"ipm_cidr6_0"`
-	IpmCidr61   *ebpf.Map `ebpf:"ipm_cidr6_1"`
-	IpmFrag4    *ebpf.Map `ebpf:"ipm_frag4"`
-	IpmFrag6    *ebpf.Map `ebpf:"ipm_frag6"`
-	IpmHostres4 *ebpf.Map `ebpf:"ipm_hostres4"`
-	IpmHostres6 *ebpf.Map `ebpf:"ipm_hostres6"`
-	IpmIfaces   *ebpf.Map `ebpf:"ipm_ifaces"`
-	IpmInbound4 *ebpf.Map `ebpf:"ipm_inbound4"`
-	IpmInbound6 *ebpf.Map `ebpf:"ipm_inbound6"`
-	IpmLocal4   *ebpf.Map `ebpf:"ipm_local4"`
-	IpmLocal6   *ebpf.Map `ebpf:"ipm_local6"`
-	IpmNat4     *ebpf.Map `ebpf:"ipm_nat4"`
-	IpmNat6     *ebpf.Map `ebpf:"ipm_nat6"`
-	IpmScratch  *ebpf.Map `ebpf:"ipm_scratch"`
-	IpmSettings *ebpf.Map `ebpf:"ipm_settings"`
-	IpmStats    *ebpf.Map `ebpf:"ipm_stats"`
+	IpmCidr40      *ebpf.Map `ebpf:"ipm_cidr4_0"`
+	IpmCidr41      *ebpf.Map `ebpf:"ipm_cidr4_1"`
+	IpmCidr4Dir    *ebpf.Map `ebpf:"ipm_cidr4_dir"`
+	IpmCidr60      *ebpf.Map `ebpf:"ipm_cidr6_0"`
+	IpmCidr61      *ebpf.Map `ebpf:"ipm_cidr6_1"`
+	IpmClockSample *ebpf.Map `ebpf:"ipm_clock_sample"`
+	IpmFrag4       *ebpf.Map `ebpf:"ipm_frag4"`
+	IpmFrag6       *ebpf.Map `ebpf:"ipm_frag6"`
+	IpmHostres4    *ebpf.Map `ebpf:"ipm_hostres4"`
+	IpmHostres6    *ebpf.Map `ebpf:"ipm_hostres6"`
+	IpmIfaces      *ebpf.Map `ebpf:"ipm_ifaces"`
+	IpmInbound4    *ebpf.Map `ebpf:"ipm_inbound4"`
+	IpmInbound6    *ebpf.Map `ebpf:"ipm_inbound6"`
+	IpmLocal4      *ebpf.Map `ebpf:"ipm_local4"`
+	IpmLocal6      *ebpf.Map `ebpf:"ipm_local6"`
+	IpmNat4        *ebpf.Map `ebpf:"ipm_nat4"`
+	IpmNat6        *ebpf.Map `ebpf:"ipm_nat6"`
+	IpmScratch     *ebpf.Map `ebpf:"ipm_scratch"`
+	IpmSettings    *ebpf.Map `ebpf:"ipm_settings"`
+	IpmStats       *ebpf.Map `ebpf:"ipm_stats"`
 }
 
 func (m *BPFKernMaps) Close() error {
@@ -164,6 +169,7 @@ func (m *BPFKernMaps) Close() error {
 		m.IpmCidr4Dir,
 		m.IpmCidr60,
 		m.IpmCidr61,
+		m.IpmClockSample,
 		m.IpmFrag4,
 		m.IpmFrag6,
 		m.IpmHostres4,
@@ -191,12 +197,14 @@ type BPFKernVariables struct {
 //
 // It can be passed to LoadBPFKernObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BPFKernPrograms struct {
-	IpmEgress  *ebpf.Program `ebpf:"ipm_egress"`
-	IpmIngress *ebpf.Program `ebpf:"ipm_ingress"`
+	IpmClockRead *ebpf.Program `ebpf:"ipm_clock_read"`
+	IpmEgress    *ebpf.Program `ebpf:"ipm_egress"`
+	IpmIngress   *ebpf.Program `ebpf:"ipm_ingress"`
 }
 
 func (p *BPFKernPrograms) Close() error {
 	return _BPFKernClose(
+		p.IpmClockRead,
 		p.IpmEgress,
 		p.IpmIngress,
 	)

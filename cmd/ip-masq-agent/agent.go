@@ -62,6 +62,8 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 		return err
 	}
 	removeIPTablesChain(f) // after the attach: see there
+	clock := &datapathClock{clock: maps.NewClock(dp), settings: settings}
+	go clock.calibrate() // 200 ms; the programs read the clock meanwhile
 	klog.InfoS("Datapath ready", "pinPath", f.PinPath, "interfaces", ifaces.attachedNames(), "build", dp.Variant)
 	obs.setStarted()
 
@@ -102,6 +104,7 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 				klog.ErrorS(err, "Interface sync failed")
 			}
 		case <-gc.C:
+			clock.check()
 			for i, nat := range nats {
 				removed, err := nat.Collect(timeouts)
 				if err != nil {

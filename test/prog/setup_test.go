@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -96,10 +97,28 @@ func mountBPFFS(t testing.TB) string {
 	return dir
 }
 
-// clockSlack is how far behind CLOCK_MONOTONIC a datapath timestamp may be:
-// the kern-ctx build stamps with the coarse clock, the time of the last tick
-// (10 ms at HZ=100, the slowest tick).
-const clockSlack = 10 * time.Millisecond
+// The datapath's clock is calibrated once per test binary, as the agent does
+// at start (maps.Clock), so every program test runs the jiffies clock.
+var (
+	clockOnce sync.Once
+	clockCal  maps.ClockCalibration
+	clockErr  error
+	// clockSlack is how far behind CLOCK_MONOTONIC a datapath timestamp
+	// may be: one to two ticks, and the tick interrupt's lateness.
+	clockSlack time.Duration
+)
+
+func calibrateClock(t testing.TB, dp *loader.Datapath) maps.ClockCalibration {
+	t.Helper()
+	clockOnce.Do(func() {
+		clockCal, clockErr = maps.NewClock(dp).Calibrate(200 * time.Millisecond)
+		clockSlack = 2*time.Duration(clockCal.NsPerJiffy) + time.Millisecond
+	})
+	if clockErr != nil {
+		t.Fatalf("calibrate the datapath's clock: %v", clockErr)
+	}
+	return clockCal
+}
 
 // newEnv loads the datapath on a fresh bpffs and configures it with c.
 func newEnv(t testing.TB, c config) *env {
@@ -129,6 +148,9 @@ func newEnv(t testing.TB, c config) *env {
 	}
 	e.ports = ports
 	if err := e.settings.SetPorts(ports, !c.keepPorts); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.settings.SetClock(calibrateClock(t, dp)); err != nil {
 		t.Fatal(err)
 	}
 	e.nonMasq = maps.NewNonMasq(dp, e.settings)
