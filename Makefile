@@ -78,6 +78,10 @@ test-unit: ## Only the tests that need no privileges.
 test-kernels: ## Program and end-to-end tests inside qemu VMs on Debian's 5.10, 6.1, 6.12 (root, no KVM: slow; KERNELS='5.10').
 	test/kernels/run.sh $(KERNELS)
 
+.PHONY: test-kernels-load
+test-kernels-load: ## Only load both builds into 5.10, 6.1, 6.12 under qemu with the verifier's figures (root, ~5 min; CI runs it).
+	KERNELS_RUN=stats test/kernels/run.sh $(KERNELS)
+
 .PHONY: demo
 demo: build ## Build namespaces, run the agent, show pod traffic leaving with the node IP, clean up (root).
 	./demo/demo.sh $(BIN)
