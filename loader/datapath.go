@@ -51,6 +51,10 @@ type Datapath struct {
 // pinning the ones it had to create. It holds the pin directory's lock until
 // Close. Nothing is attached yet, so the running datapath is not touched.
 func Open(o Options) (*Datapath, error) {
+	// A bad IPM_DATAPATH_VARIANT fails before anything is touched.
+	if _, err := candidates(o.Variant); err != nil {
+		return nil, err
+	}
 	if err := rlimit.RemoveMemlock(); err != nil {
 		// 5.10 still charges BPF memory to RLIMIT_MEMLOCK.
 		return nil, fmt.Errorf("raise RLIMIT_MEMLOCK: %w", err)

@@ -2,6 +2,8 @@ package loader
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"reflect"
 	"sort"
 	"strings"
@@ -192,5 +194,19 @@ func TestKernCtxBuild(t *testing.T) {
 		if base, err := LoadBPF(); err != nil || !reflect.DeepEqual(base.Maps[name], m) {
 			t.Errorf("map %s differs between the builds (%v): they share pinned maps", name, err)
 		}
+	}
+}
+
+// An unknown IPM_DATAPATH_VARIANT is refused before the pin directory is
+// created or any map is opened.
+func TestUnknownVariantTouchesNothing(t *testing.T) {
+	t.Setenv(VariantEnv, "fast")
+	dir := filepath.Join(t.TempDir(), "pins")
+	_, err := Open(Options{PinPath: dir})
+	if err == nil || !strings.Contains(err.Error(), `unknown datapath variant "fast"`) {
+		t.Fatalf("Open with %s=fast: %v, want an error naming it", VariantEnv, err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("the pin directory exists after a refused variant: %v", err)
 	}
 }
