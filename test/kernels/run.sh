@@ -45,10 +45,11 @@ SERIES=("$@")
 # user that could autoload them, so they are here.
 MODULES=(veth bridge sch_ingress cls_bpf)
 # Host programs copied into the VM with their libraries: what the e2e tests
-# exec (ip, tc, ethtool, iptables-legacy and -nft, ping, bpftool) and kmod
-# for modprobe. Busybox covers sh, sysctl, cat, mount.
+# exec (ip, tc, ethtool, iptables-legacy and -nft, ping, bpftool, and
+# util-linux's setpriv, whose options busybox's lacks) and kmod for
+# modprobe. Busybox covers sh, sysctl, cat, mount.
 HOST_TOOLS=(/usr/sbin/ip /usr/sbin/tc /usr/sbin/ethtool /usr/sbin/xtables-legacy-multi
-	/usr/sbin/xtables-nft-multi /usr/bin/ping /usr/sbin/bpftool /usr/bin/kmod)
+	/usr/sbin/xtables-nft-multi /usr/bin/ping /usr/sbin/bpftool /usr/bin/kmod /usr/bin/setpriv)
 # Copied too when the host has them (debugging aids some tests reach for).
 OPTIONAL_TOOLS=(/usr/bin/tcpdump /usr/bin/socat /usr/sbin/conntrack)
 HOST_PACKAGES=(qemu-system-x86 busybox-static cpio iproute2 ethtool iptables iputils-ping bpftool kmod)
