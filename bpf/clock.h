@@ -20,8 +20,10 @@
 
 #include "ipmasq.h"
 
-/* CLOCK_MONOTONIC read directly: for what the agent never compares (the
- * fragment entries' age) and before calibration. */
+/* CLOCK_MONOTONIC read directly: before calibration, and for the fragment
+ * entries, which only the programs compare: both stamp and check with this
+ * clock, which a jiffies time can lead when a VM's tick interrupt runs very
+ * late (seen under emulation: a first fragment's entry read as expired). */
 static __always_inline __u64 ipm_now(void)
 {
 	return bpf_ktime_get_ns();

@@ -51,7 +51,9 @@ static __always_inline struct ipm_frag_entry *first_fragment(const struct flow4 
 
 	frag_key(f, dir, &fk);
 	fe = bpf_map_lookup_elem(&ipm_frag4, &fk);
-	if (!fe || now - fe->created_ns > IPM_FRAG_TTL_NS)
+	/* Signed: an entry stamped a little after now (another CPU) is fresh,
+	 * not 584 years old. */
+	if (!fe || (__s64)(now - fe->created_ns) > (__s64)IPM_FRAG_TTL_NS)
 		return NULL;
 	return fe;
 }

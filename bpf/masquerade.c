@@ -490,7 +490,7 @@ int ipm_ingress(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	if (f.frag == FRAG_FIRST)
-		remember_first_fragment(&f, IPM_DIR_INGRESS, e->addr, now);
+		remember_first_fragment(&f, IPM_DIR_INGRESS, e->addr, ipm_now());
 	COUNT(c, ingress_translated);
 	return TC_ACT_UNSPEC;
 }

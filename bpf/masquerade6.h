@@ -275,7 +275,9 @@ static __always_inline struct ipm_frag6_entry *first_fragment6(const struct flow
 
 	frag6_key(f, dir, &fk);
 	fe = bpf_map_lookup_elem(&ipm_frag6, &fk);
-	if (!fe || now - fe->created_ns > IPM_FRAG_TTL_NS)
+	/* Signed: an entry stamped a little after now (another CPU) is fresh,
+	 * not 584 years old. */
+	if (!fe || (__s64)(now - fe->created_ns) > (__s64)IPM_FRAG_TTL_NS)
 		return NULL;
 	return fe;
 }
@@ -589,7 +591,7 @@ static __always_inline int ingress6(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	if (f.frag == FRAG_FIRST)
-		remember_first_fragment6(&f, IPM_DIR_INGRESS, e->addr, now);
+		remember_first_fragment6(&f, IPM_DIR_INGRESS, e->addr, ipm_now());
 	COUNT(c, ingress_translated);
 	return TC_ACT_UNSPEC;
 }

@@ -104,7 +104,8 @@ var (
 	clockCal  maps.ClockCalibration
 	clockErr  error
 	// clockSlack is how far behind CLOCK_MONOTONIC a datapath timestamp
-	// may be: one to two ticks, and the tick interrupt's lateness.
+	// may be: one to two ticks, and the tick interrupt's lateness (10 ms
+	// seen on 6.1 under software emulation).
 	clockSlack time.Duration
 )
 
@@ -112,7 +113,7 @@ func calibrateClock(t testing.TB, dp *loader.Datapath) maps.ClockCalibration {
 	t.Helper()
 	clockOnce.Do(func() {
 		clockCal, clockErr = maps.NewClock(dp).Calibrate(200 * time.Millisecond)
-		clockSlack = 2*time.Duration(clockCal.NsPerJiffy) + time.Millisecond
+		clockSlack = 2*time.Duration(clockCal.NsPerJiffy) + 20*time.Millisecond
 	})
 	if clockErr != nil {
 		t.Fatalf("calibrate the datapath's clock: %v", clockErr)
