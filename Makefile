@@ -69,6 +69,7 @@ test: ## All test tiers (root): unit, BPF program runs, netns end to end in both
 	$(GO) test -count=1 -run '^$$' -fuzz '^FuzzEgress6$$' -fuzztime $(FUZZTIME) ./test/prog/
 	$(GO) test -count=1 -run '^$$' -fuzz '^FuzzIngress6$$' -fuzztime $(FUZZTIME) ./test/prog/
 	IPM_DATAPATH_VARIANT=helpers $(GO) test -count=1 -run '^$$' -fuzz '^FuzzEgress$$' -fuzztime $(FUZZTIME) ./test/prog/
+	$(GO) test -count=1 -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./config/
 
 .PHONY: test-unit
 test-unit: ## Only the tests that need no privileges.

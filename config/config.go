@@ -31,6 +31,7 @@ const (
 // (which decodes them with encoding/json).
 const (
 	keyNonMasqueradeCIDRs = "nonMasqueradeCIDRs"
+	keyMasqueradeCIDRs    = "masqueradeCIDRs"
 	keyCIDRLimit          = "cidrLimit"
 	keyMasqLinkLocal      = "masqLinkLocal"
 	keyMasqLinkLocalIPv6  = "masqLinkLocalIPv6"
@@ -76,7 +77,14 @@ type Config struct {
 	// NonMasqueradeCIDRs is the list as configured: mixed families, in file
 	// order, duplicates and overlaps kept. Every prefix is aligned.
 	NonMasqueradeCIDRs []netip.Prefix
-	// CIDRLimit is the most entries NonMasqueradeCIDRs may have.
+	// MasqueradeCIDRs are exceptions to NonMasqueradeCIDRs (and to the
+	// link-local ranges): destinations that are masqueraded although a
+	// shorter non-masquerade prefix covers them. The longest matching prefix
+	// of both lists decides (docs/configuration.md). Same form as
+	// NonMasqueradeCIDRs; no prefix is in both. Empty by default.
+	MasqueradeCIDRs []netip.Prefix
+	// CIDRLimit is the most entries NonMasqueradeCIDRs and MasqueradeCIDRs
+	// may have together.
 	CIDRLimit int
 	// MasqLinkLocal false keeps 169.254.0.0/16 out of masquerading.
 	MasqLinkLocal bool
@@ -149,7 +157,7 @@ func parse(data []byte, o Options, simple bool) (Config, error) {
 
 	c := Default(o)
 	var errs []error
-	var cidrs []string
+	var cidrs, masqCIDRs []string
 	cidrsSet := false
 	// Fields are applied in document order, so when a key appears twice
 	// (also in different case) the last one wins, as with encoding/json.
@@ -164,6 +172,15 @@ func parse(data []byte, o Options, simple bool) (Config, error) {
 			var list []string // null leaves it nil: an empty list
 			if err = decodeField(f.value, &list, "a list of CIDR strings"); err == nil {
 				cidrs, cidrsSet = list, true
+			}
+		case strings.EqualFold(f.key, keyMasqueradeCIDRs):
+			if f.isList {
+				masqCIDRs = f.list
+				break
+			}
+			var list []string // null: no exceptions
+			if err = decodeField(f.value, &list, "a list of CIDR strings"); err == nil {
+				masqCIDRs = list
 			}
 		case strings.EqualFold(f.key, keyCIDRLimit):
 			err = decodeField(f.value, &c.CIDRLimit, "an integer")
@@ -181,31 +198,25 @@ func parse(data []byte, o Options, simple bool) (Config, error) {
 		}
 	}
 
+	configured := len(c.NonMasqueradeCIDRs)
 	if cidrsSet {
-		c.NonMasqueradeCIDRs = make([]netip.Prefix, 0, len(cidrs))
 		var bad []error
-		for _, s := range cidrs {
-			p, err := parseCIDR(s, o.EnableIPv6)
-			if err != nil {
-				bad = append(bad, err)
-				continue
-			}
-			c.NonMasqueradeCIDRs = append(c.NonMasqueradeCIDRs, p)
-		}
-		if len(bad) > maxCIDRErrors {
-			more := len(bad) - maxCIDRErrors
-			bad = append(bad[:maxCIDRErrors], fmt.Errorf("and %d more invalid CIDRs", more))
-		}
+		c.NonMasqueradeCIDRs, bad = parseCIDRs(cidrs, o.EnableIPv6)
 		errs = append(errs, bad...)
 		// Count what was configured, valid or not, so that the limit error
 		// does not depend on other errors.
-		if err := checkLimit(len(cidrs), c.CIDRLimit); err != nil {
-			errs = append(errs, err)
-		}
-	} else if err := checkLimit(len(c.NonMasqueradeCIDRs), c.CIDRLimit); err != nil {
-		// Upstream applies the limit to the default list too.
+		configured = len(cidrs)
+	}
+	if len(masqCIDRs) > 0 {
+		var bad []error
+		c.MasqueradeCIDRs, bad = parseCIDRs(masqCIDRs, o.EnableIPv6)
+		errs = append(errs, bad...)
+	}
+	// Upstream applies the limit to the default list too.
+	if err := checkLimit(configured, len(masqCIDRs), c.CIDRLimit); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, conflicts(c)...)
 
 	if c.ResyncInterval <= 0 {
 		// Upstream accepts it and then re-syncs in a tight loop.
@@ -246,6 +257,27 @@ func (c Config) Effective(enableIPv6 bool) (v4, v6 []netip.Prefix) {
 	}
 	for _, p := range c.NonMasqueradeCIDRs {
 		add(p)
+	}
+	return v4, v6
+}
+
+// Exceptions returns the masquerade exceptions (MasqueradeCIDRs) split by
+// family and without duplicates; IPv6 is empty unless enableIPv6. Both
+// slices are non-nil.
+func (c Config) Exceptions(enableIPv6 bool) (v4, v6 []netip.Prefix) {
+	v4 = make([]netip.Prefix, 0, len(c.MasqueradeCIDRs))
+	v6 = make([]netip.Prefix, 0)
+	seen := make(map[netip.Prefix]bool, len(c.MasqueradeCIDRs))
+	for _, p := range c.MasqueradeCIDRs {
+		p = p.Masked()
+		switch {
+		case seen[p]:
+		case p.Addr().Is4():
+			v4 = append(v4, p)
+		case enableIPv6:
+			v6 = append(v6, p)
+		}
+		seen[p] = true
 	}
 	return v4, v6
 }
@@ -421,15 +453,78 @@ func parseCIDRSlow(s string, enableIPv6 bool) (netip.Prefix, error) {
 	return p, nil
 }
 
-// checkLimit enforces cidrLimit. Link-local ranges are not in the list, so
-// they never count.
-func checkLimit(n, limit int) error {
+// checkLimit enforces cidrLimit on both lists together. Link-local ranges
+// are not in the lists, so they never count.
+func checkLimit(nonMasq, masq, limit int) error {
 	if limit < 0 {
 		return fmt.Errorf("%s must not be negative, got %d", keyCIDRLimit, limit)
 	}
-	if n > limit {
+	if masq == 0 && nonMasq > limit {
 		return fmt.Errorf("%s has %d CIDRs, more than %s %d (link-local ranges are not counted); raise %s to allow more",
-			keyNonMasqueradeCIDRs, n, keyCIDRLimit, limit, keyCIDRLimit)
+			keyNonMasqueradeCIDRs, nonMasq, keyCIDRLimit, limit, keyCIDRLimit)
+	}
+	if masq > 0 && nonMasq+masq > limit {
+		return fmt.Errorf("%s and %s have %d CIDRs together (%d and %d), more than %s %d (link-local ranges are not counted); raise %s to allow more",
+			keyNonMasqueradeCIDRs, keyMasqueradeCIDRs, nonMasq+masq, nonMasq, masq, keyCIDRLimit, limit, keyCIDRLimit)
 	}
 	return nil
+}
+
+// parseCIDRs parses a list of CIDRs; the errors name each bad one, at most
+// maxCIDRErrors of them and a count of the rest.
+func parseCIDRs(list []string, enableIPv6 bool) ([]netip.Prefix, []error) {
+	out := make([]netip.Prefix, 0, len(list))
+	var bad []error
+	for _, s := range list {
+		p, err := parseCIDR(s, enableIPv6)
+		if err != nil {
+			bad = append(bad, err)
+			continue
+		}
+		out = append(out, p)
+	}
+	if len(bad) > maxCIDRErrors {
+		more := len(bad) - maxCIDRErrors
+		bad = append(bad[:maxCIDRErrors], fmt.Errorf("and %d more invalid CIDRs", more))
+	}
+	return out, bad
+}
+
+// conflicts names every prefix that is both a masquerade exception and a
+// non-masquerade destination (listed, or link-local by default): the longest
+// prefix decides, and for one prefix in both lists nothing would.
+func conflicts(c Config) []error {
+	if len(c.MasqueradeCIDRs) == 0 {
+		return nil
+	}
+	nonMasq := make(map[netip.Prefix]bool, len(c.NonMasqueradeCIDRs))
+	for _, p := range c.NonMasqueradeCIDRs {
+		nonMasq[p] = true
+	}
+	var errs []error
+	reported := map[netip.Prefix]bool{}
+	for _, p := range c.MasqueradeCIDRs {
+		var err error
+		switch {
+		case reported[p]:
+			continue
+		case nonMasq[p]:
+			err = fmt.Errorf("CIDR %s is in both %s and %s: remove it from one of them", p, keyMasqueradeCIDRs, keyNonMasqueradeCIDRs)
+		case p == linkLocalV4 && !c.MasqLinkLocal:
+			err = fmt.Errorf("CIDR %s in %s is the link-local range, which is not masqueraded unless %s is true: set %s: true instead",
+				p, keyMasqueradeCIDRs, keyMasqLinkLocal, keyMasqLinkLocal)
+		case p == linkLocalV6 && !c.MasqLinkLocalIPv6:
+			err = fmt.Errorf("CIDR %s in %s is the IPv6 link-local range, which is not masqueraded unless %s is true: set %s: true instead",
+				p, keyMasqueradeCIDRs, keyMasqLinkLocalIPv6, keyMasqLinkLocalIPv6)
+		default:
+			continue
+		}
+		reported[p] = true
+		if len(errs) == maxCIDRErrors {
+			errs = append(errs, fmt.Errorf("and more CIDRs in both lists"))
+			break
+		}
+		errs = append(errs, err)
+	}
+	return errs
 }

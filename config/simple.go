@@ -8,7 +8,7 @@ import (
 
 // readSimple reads the common shape of a configuration file without a YAML
 // parser: top-level keys of the configuration (each once) with plain scalar
-// values, and nonMasqueradeCIDRs as a block list of CIDRs, one per line:
+// values, and nonMasqueradeCIDRs and masqueradeCIDRs as block lists of CIDRs, one per line:
 //
 //	cidrLimit: 10000
 //	nonMasqueradeCIDRs:
@@ -67,7 +67,7 @@ func readSimple(data []byte) (fields []field, ok bool) {
 			f := field{key: key}
 			list, listIndent = -1, -1
 			switch {
-			case strings.EqualFold(key, keyNonMasqueradeCIDRs):
+			case strings.EqualFold(key, keyNonMasqueradeCIDRs), strings.EqualFold(key, keyMasqueradeCIDRs):
 				f.isList = true
 				switch value {
 				case "":
@@ -113,7 +113,7 @@ func simpleKey(line []byte) (key, value string, ok bool) {
 	}
 	key = string(k)
 	switch {
-	case strings.EqualFold(key, keyNonMasqueradeCIDRs), strings.EqualFold(key, keyCIDRLimit),
+	case strings.EqualFold(key, keyNonMasqueradeCIDRs), strings.EqualFold(key, keyMasqueradeCIDRs), strings.EqualFold(key, keyCIDRLimit),
 		strings.EqualFold(key, keyMasqLinkLocal), strings.EqualFold(key, keyMasqLinkLocalIPv6),
 		strings.EqualFold(key, keyResyncInterval):
 	default:
