@@ -171,10 +171,12 @@ struct ipm_cidr4_key {
 	__be32 addr;
 };
 
-/* Why a prefix is in a non-masquerade trie. */
+/* Why a prefix is in a non-masquerade trie, and so its verdict: the longest
+ * matching prefix decides. */
 enum ipm_cidr_origin {
-	IPM_CIDR_CONFIGURED = 1, /* listed in nonMasqueradeCIDRs */
-	IPM_CIDR_LINK_LOCAL = 2, /* implied by masqLinkLocal: false */
+	IPM_CIDR_CONFIGURED = 1, /* listed in nonMasqueradeCIDRs: not masqueraded */
+	IPM_CIDR_LINK_LOCAL = 2, /* implied by masqLinkLocal: false: not masqueraded */
+	IPM_CIDR_MASQUERADE = 3, /* listed in masqueradeCIDRs: masqueraded after all */
 };
 
 struct ipm_cidr_value {
@@ -183,12 +185,12 @@ struct ipm_cidr_value {
 
 /* What ipm_cidr4_dir says about the destinations of one /24. */
 enum ipm_block_verdict {
-	IPM_BLOCK_MASQ = 0, /* no non-masquerade CIDR reaches into it */
+	IPM_BLOCK_MASQ = 0, /* masqueraded: no non-masquerade CIDR decides any of it */
 	/* A CIDR of /24 or shorter covers all of it, and no flow into it has a
 	 * mapping (the agent checked the NAT table): a packet from a pod passes
 	 * without looking its flow up. */
 	IPM_BLOCK_NOMASQ = 1,
-	IPM_BLOCK_TRIE = 2, /* only longer CIDRs reach into it: ask the trie */
+	IPM_BLOCK_TRIE = 2, /* longer CIDRs of another verdict reach into it: ask the trie */
 	/* Covered as NOMASQ, but flows masqueraded before a config change made
 	 * it so may still hold mappings, which they keep (SPEC 3.2): look the
 	 * flow up first. The agent settles it to NOMASQ once none is left. */
@@ -224,6 +226,11 @@ struct ipm_settings {
 	 * ipm_local4, which always holds them all. */
 	__u32 local4_count;
 	__be32 local4[IPM_LOCAL4_INLINE];
+	/* 1: only sources in ipm_src4/ipm_src6 get new mappings (--source-cidrs);
+	 * 0: every source that is not the node's. In what was padding before
+	 * the 64-bit fields, so the value keeps its size and an older agent's
+	 * value reads as 0. */
+	__u32 source_cidrs;
 	/* CLOCK_MONOTONIC from jiffies (clock.h): the agent's calibration,
 	 * clock_base_ns at jiffy clock_base_jiffies, ns_per_jiffy per tick;
 	 * ns_per_jiffy 0: not calibrated, read the clock. */
@@ -282,6 +289,7 @@ struct ipm_counters {
 	__u64 ingress_inbound;	 /* UDP from outside to a pod: replies will keep the pod address */
 	__u64 ingress_other;	 /* not IPv4, other protocol or ICMP type: passed */
 	__u64 ingress_malformed; /* truncated or malformed: passed */
+	__u64 egress_not_source; /* source outside --source-cidrs (routed, not a pod): passed */
 };
 
 #endif /* IPMASQ_H */

@@ -61,6 +61,28 @@ struct {
 	__uint(max_entries, 2 << 16);
 } ipm_cidr4_dir SEC(".maps");
 
+/* Key: struct ipm_cidr4_key. Value: struct ipm_cidr_value (unused). The
+ * sources that may be masqueraded (--source-cidrs, the node's pod CIDRs),
+ * read only when ipm_settings.source_cidrs is 1 and a new mapping would be
+ * made. Written once at start. */
+#define IPM_SRC_MAX 1024
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ipm_cidr4_key);
+	__type(value, struct ipm_cidr_value);
+	__uint(max_entries, IPM_SRC_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} ipm_src4 SEC(".maps");
+
+/* Key: struct ipm_cidr6_key. The same for IPv6. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ipm_cidr6_key);
+	__type(value, struct ipm_cidr_value);
+	__uint(max_entries, IPM_SRC_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} ipm_src6 SEC(".maps");
+
 /* Key: struct ipm_frag_key. Value: struct ipm_frag_entry. How the first
  * fragment of a datagram was translated, so its later fragments (which carry
  * no ports) follow. Short-lived by nature (30 s, the reassembly timeout), so

@@ -220,6 +220,12 @@ static __always_inline int egress_flow(struct __sk_buff *skb, struct ipm_counter
 		COUNT(c, egress_inbound);
 		return TC_ACT_UNSPEC;
 	}
+	if (!is_masq_source(s, f->saddr)) {
+		/* Routed from behind the node (a VM, a VPN client), not a pod
+		 * (--source-cidrs): leaves as it is. */
+		COUNT(c, egress_not_source);
+		return TC_ACT_UNSPEC;
+	}
 	now = ipm_clock(s);
 
 map:
@@ -254,7 +260,8 @@ static __always_inline int egress_later_fragment(struct __sk_buff *skb, struct i
 		return TC_ACT_UNSPEC;
 	}
 	s = get_settings();
-	if (!s || is_local4(s, f->saddr) || is_nomasq_dest(s, f->daddr)) {
+	if (!s || is_local4(s, f->saddr) || is_nomasq_dest(s, f->daddr) ||
+	    !is_masq_source(s, f->saddr)) {
 		/* Whatever its first fragment does, this one keeps its
 		 * addresses. */
 		COUNT(c, egress_fragment);

@@ -56,14 +56,29 @@ static __always_inline bool is_local6(const __be32 *addr)
 	return bpf_map_lookup_elem(&ipm_local6, &a) != NULL;
 }
 
+/* The longest matching prefix of the active trie decides, as for IPv4. */
 static __always_inline bool is_nomasq_dest6(const struct ipm_settings *s, const __be32 *daddr)
 {
 	struct ipm_cidr6_key key = { .prefixlen = 128 };
+	struct ipm_cidr_value *v;
 
 	addr6_copy(key.addr, daddr);
 	if (s->active_cidrs)
-		return bpf_map_lookup_elem(&ipm_cidr6_1, &key) != NULL;
-	return bpf_map_lookup_elem(&ipm_cidr6_0, &key) != NULL;
+		v = bpf_map_lookup_elem(&ipm_cidr6_1, &key);
+	else
+		v = bpf_map_lookup_elem(&ipm_cidr6_0, &key);
+	return v && v->origin != IPM_CIDR_MASQUERADE;
+}
+
+/* is_masq_source for IPv6. */
+static __always_inline bool is_masq_source6(const struct ipm_settings *s, const __be32 *saddr)
+{
+	struct ipm_cidr6_key key = { .prefixlen = 128 };
+
+	if (!s->source_cidrs)
+		return true;
+	addr6_copy(key.addr, saddr);
+	return bpf_map_lookup_elem(&ipm_src6, &key) != NULL;
 }
 
 static __always_inline bool addr6_is_zero(const __be32 *a)
@@ -226,6 +241,11 @@ static __always_inline int egress_flow6(struct __sk_buff *skb, struct ipm_counte
 		COUNT(c, egress_inbound);
 		return TC_ACT_UNSPEC;
 	}
+	if (!is_masq_source6(s, f->saddr)) {
+		/* Routed from behind the node, not a pod: leaves as it is. */
+		COUNT(c, egress_not_source);
+		return TC_ACT_UNSPEC;
+	}
 	now = ipm_clock(s);
 
 map:
@@ -296,7 +316,7 @@ static __always_inline int egress_later_fragment6(struct __sk_buff *skb, struct 
 		COUNT(c, egress_fragment);
 		return TC_ACT_UNSPEC;
 	}
-	if (is_local6(f->saddr) || is_nomasq_dest6(s, f->daddr)) {
+	if (is_local6(f->saddr) || is_nomasq_dest6(s, f->daddr) || !is_masq_source6(s, f->saddr)) {
 		COUNT(c, egress_fragment);
 		return TC_ACT_UNSPEC;
 	}

@@ -63,10 +63,13 @@ static __always_inline enum ipm_block_verdict block_verdict(const struct ipm_set
 }
 
 /* True when daddr is in the active non-masquerade set: ipm_cidr4_dir
- * decides, or sends the question on to the trie of the same index. */
+ * decides, or sends the question on to the trie of the same index, whose
+ * longest matching prefix carries the verdict (a masquerade exception, or a
+ * non-masquerade prefix). */
 static __always_inline bool is_nomasq_dest(const struct ipm_settings *s, __be32 daddr)
 {
 	struct ipm_cidr4_key key = { .prefixlen = 32, .addr = daddr };
+	struct ipm_cidr_value *v;
 
 	switch (block_verdict(s, daddr)) {
 	case IPM_BLOCK_MASQ:
@@ -78,8 +81,19 @@ static __always_inline bool is_nomasq_dest(const struct ipm_settings *s, __be32 
 		break;
 	}
 	if (s->active_cidrs)
-		return bpf_map_lookup_elem(&ipm_cidr4_1, &key) != NULL;
-	return bpf_map_lookup_elem(&ipm_cidr4_0, &key) != NULL;
+		v = bpf_map_lookup_elem(&ipm_cidr4_1, &key);
+	else
+		v = bpf_map_lookup_elem(&ipm_cidr4_0, &key);
+	return v && v->origin != IPM_CIDR_MASQUERADE;
+}
+
+/* True when saddr may get a new mapping: --source-cidrs is unset, or saddr
+ * is inside one of its prefixes. */
+static __always_inline bool is_masq_source(const struct ipm_settings *s, __be32 saddr)
+{
+	struct ipm_cidr4_key key = { .prefixlen = 32, .addr = saddr };
+
+	return !s->source_cidrs || bpf_map_lookup_elem(&ipm_src4, &key) != NULL;
 }
 
 /* True when addr is one of the node's IPv4 addresses. */

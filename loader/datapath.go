@@ -164,6 +164,8 @@ func mapsByName(m *BPFMaps) map[string]*ebpf.Map {
 		"ipm_ifaces":    m.IpmIfaces,
 		"ipm_local4":    m.IpmLocal4,
 		"ipm_local6":    m.IpmLocal6,
+		"ipm_src4":      m.IpmSrc4,
+		"ipm_src6":      m.IpmSrc6,
 		"ipm_stats":     m.IpmStats,
 	}
 }

@@ -40,6 +40,7 @@ type BPFIpmCidrOrigin uint32
 const (
 	BPFIpmCidrOriginIPM_CIDR_CONFIGURED BPFIpmCidrOrigin = 1
 	BPFIpmCidrOriginIPM_CIDR_LINK_LOCAL BPFIpmCidrOrigin = 2
+	BPFIpmCidrOriginIPM_CIDR_MASQUERADE BPFIpmCidrOrigin = 3
 )
 
 type BPFIpmCidrValue struct {
@@ -80,6 +81,7 @@ type BPFIpmCounters struct {
 	IngressInbound    uint64
 	IngressOther      uint64
 	IngressMalformed  uint64
+	EgressNotSource   uint64
 }
 
 type BPFIpmDir uint8
@@ -221,7 +223,7 @@ type BPFIpmSettings struct {
 	EnableIpv6       uint32
 	Local4Count      uint32
 	Local4           [4]uint32
-	_                [4]byte
+	SourceCidrs      uint32
 	ClockBaseNs      uint64
 	ClockBaseJiffies uint64
 	NsPerJiffy       uint64
@@ -250,6 +252,8 @@ const (
 	BPFMapIpmNat6        = "ipm_nat6"
 	BPFMapIpmScratch     = "ipm_scratch"
 	BPFMapIpmSettings    = "ipm_settings"
+	BPFMapIpmSrc4        = "ipm_src4"
+	BPFMapIpmSrc6        = "ipm_src6"
 	BPFMapIpmStats       = "ipm_stats"
 	BPFProgIpmClockRead  = "ipm_clock_read"
 	BPFProgIpmEgress     = "ipm_egress"
@@ -326,6 +330,8 @@ type BPFMapSpecs struct {
 	IpmNat6        *ebpf.MapSpec `ebpf:"ipm_nat6"`
 	IpmScratch     *ebpf.MapSpec `ebpf:"ipm_scratch"`
 	IpmSettings    *ebpf.MapSpec `ebpf:"ipm_settings"`
+	IpmSrc4        *ebpf.MapSpec `ebpf:"ipm_src4"`
+	IpmSrc6        *ebpf.MapSpec `ebpf:"ipm_src6"`
 	IpmStats       *ebpf.MapSpec `ebpf:"ipm_stats"`
 }
 
@@ -374,6 +380,8 @@ type BPFMaps struct {
 	IpmNat6        *ebpf.Map `ebpf:"ipm_nat6"`
 	IpmScratch     *ebpf.Map `ebpf:"ipm_scratch"`
 	IpmSettings    *ebpf.Map `ebpf:"ipm_settings"`
+	IpmSrc4        *ebpf.Map `ebpf:"ipm_src4"`
+	IpmSrc6        *ebpf.Map `ebpf:"ipm_src6"`
 	IpmStats       *ebpf.Map `ebpf:"ipm_stats"`
 }
 
@@ -398,6 +406,8 @@ func (m *BPFMaps) Close() error {
 		m.IpmNat6,
 		m.IpmScratch,
 		m.IpmSettings,
+		m.IpmSrc4,
+		m.IpmSrc6,
 		m.IpmStats,
 	)
 }

@@ -35,6 +35,8 @@ const (
 	BPFKernMapIpmNat6        = "ipm_nat6"
 	BPFKernMapIpmScratch     = "ipm_scratch"
 	BPFKernMapIpmSettings    = "ipm_settings"
+	BPFKernMapIpmSrc4        = "ipm_src4"
+	BPFKernMapIpmSrc6        = "ipm_src6"
 	BPFKernMapIpmStats       = "ipm_stats"
 	BPFKernProgIpmClockRead  = "ipm_clock_read"
 	BPFKernProgIpmEgress     = "ipm_egress"
@@ -111,6 +113,8 @@ type BPFKernMapSpecs struct {
 	IpmNat6        *ebpf.MapSpec `ebpf:"ipm_nat6"`
 	IpmScratch     *ebpf.MapSpec `ebpf:"ipm_scratch"`
 	IpmSettings    *ebpf.MapSpec `ebpf:"ipm_settings"`
+	IpmSrc4        *ebpf.MapSpec `ebpf:"ipm_src4"`
+	IpmSrc6        *ebpf.MapSpec `ebpf:"ipm_src6"`
 	IpmStats       *ebpf.MapSpec `ebpf:"ipm_stats"`
 }
 
@@ -159,6 +163,8 @@ type BPFKernMaps struct {
 	IpmNat6        *ebpf.Map `ebpf:"ipm_nat6"`
 	IpmScratch     *ebpf.Map `ebpf:"ipm_scratch"`
 	IpmSettings    *ebpf.Map `ebpf:"ipm_settings"`
+	IpmSrc4        *ebpf.Map `ebpf:"ipm_src4"`
+	IpmSrc6        *ebpf.Map `ebpf:"ipm_src6"`
 	IpmStats       *ebpf.Map `ebpf:"ipm_stats"`
 }
 
@@ -183,6 +189,8 @@ func (m *BPFKernMaps) Close() error {
 		m.IpmNat6,
 		m.IpmScratch,
 		m.IpmSettings,
+		m.IpmSrc4,
+		m.IpmSrc6,
 		m.IpmStats,
 	)
 }

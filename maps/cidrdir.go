@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -14,9 +15,9 @@ import (
 // Block verdicts of ipm_cidr4_dir, as enum ipm_block_verdict in
 // bpf/ipmasq.h: two bits per /24.
 const (
-	blockMasq   = 0 // no non-masquerade prefix reaches into the /24
+	blockMasq   = 0 // masqueraded: no non-masquerade prefix decides any of the /24
 	blockNoMasq = 1 // a prefix of /24 or shorter covers all of it, no mapping into it
-	blockTrie   = 2 // only longer prefixes reach into it: the trie decides
+	blockTrie   = 2 // longer prefixes of the other verdict reach into it: the trie decides
 	// blockNoMasqMapped is blockNoMasq where flows masqueraded before the
 	// config changed may still hold mappings: the datapath looks flows up
 	// first. SettleDir turns it into blockNoMasq once none is left.
@@ -37,42 +38,69 @@ const dirChunk = 4096
 type dirBlock = loader.BPFIpmCidr4Block
 
 // dirBlocks computes the entries of one half of ipm_cidr4_dir for the IPv4
-// prefixes of set; entries that stay blockMasq throughout are left out.
+// prefixes of set; entries that are blockMasq throughout are left out. The
+// longest matching prefix decides, as in the trie: prefixes of /24 or
+// shorter are painted shortest first, so a longer one (an exception, or a
+// non-masquerade prefix inside an exception) overwrites the /24s it covers;
+// then a /24 that a longer prefix of the other verdict reaches into is sent
+// to the trie.
 func dirBlocks(set CIDRSet) map[uint16]dirBlock {
 	out := map[uint16]dirBlock{}
-	mark := func(n16 uint32, n24 uint32, v uint8) {
-		b := out[uint16(n16)]
-		byteIdx, shift := n24/4, (n24%4)*2
-		cur := (b.Verdicts[byteIdx] >> shift) & 3
-		if v == blockTrie && cur != blockMasq {
-			return // covered already, or already sent to the trie
+	verdictOf := func(o Origin) uint8 {
+		if o == Masquerade {
+			return blockMasq
 		}
-		b.Verdicts[byteIdx] = b.Verdicts[byteIdx]&^(3<<shift) | v<<shift
-		out[uint16(n16)] = b
+		return blockNoMasq
 	}
+	slot := func(n16, n24 uint32) (*dirBlock, uint32, uint32) {
+		b := out[uint16(n16)]
+		return &b, n24 / 4, (n24 % 4) * 2
+	}
+	set24 := func(n16, n24 uint32, v uint8) {
+		b, byteIdx, shift := slot(n16, n24)
+		b.Verdicts[byteIdx] = b.Verdicts[byteIdx]&^(3<<shift) | v<<shift
+		out[uint16(n16)] = *b
+	}
+	var short, long []netip.Prefix
 	for p := range set {
-		if !p.Addr().Is4() {
-			continue
+		switch {
+		case !p.Addr().Is4():
+		case p.Bits() <= 24:
+			short = append(short, p)
+		default:
+			long = append(long, p)
 		}
-		a4 := p.Addr().As4()
-		addr := uint32(a4[0])<<24 | uint32(a4[1])<<16 | uint32(a4[2])<<8 | uint32(a4[3])
-		switch bits := p.Bits(); {
-		case bits <= 16:
+	}
+	slices.SortFunc(short, func(a, b netip.Prefix) int { return a.Bits() - b.Bits() })
+	for _, p := range short {
+		v := verdictOf(set[p])
+		addr := addrUint32(p.Addr())
+		if bits := p.Bits(); bits <= 16 {
 			var full dirBlock
 			for i := range full.Verdicts {
-				full.Verdicts[i] = 0x55 // blockNoMasq in all four slots
+				full.Verdicts[i] = v * 0x55 // v in all four slots
 			}
 			first := addr >> 16
 			for n := uint32(0); n < 1<<(16-bits); n++ {
 				out[uint16(first+n)] = full
 			}
-		case bits <= 24:
+		} else {
 			first := (addr >> 8) & 0xff
 			for n := uint32(0); n < 1<<(24-bits); n++ {
-				mark(addr>>16, first+n, blockNoMasq)
+				set24(addr>>16, first+n, v)
 			}
-		default:
-			mark(addr>>16, (addr>>8)&0xff, blockTrie)
+		}
+	}
+	for _, p := range long {
+		addr := addrUint32(p.Addr())
+		b, byteIdx, shift := slot(addr>>16, (addr>>8)&0xff)
+		if cur := (b.Verdicts[byteIdx] >> shift) & 3; cur != blockTrie && cur != verdictOf(set[p]) {
+			set24(addr>>16, (addr>>8)&0xff, blockTrie)
+		}
+	}
+	for n, b := range out {
+		if b == (dirBlock{}) {
+			delete(out, n)
 		}
 	}
 	return out

@@ -83,10 +83,7 @@ func TestDirBlocksShortPrefixes(t *testing.T) {
 	}
 }
 
-func be(a netip.Addr) uint32 {
-	b := a.As4()
-	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
-}
+func be(a netip.Addr) uint32 { return addrUint32(a) }
 
 // markMapped: only /24s the active half settled as non-masquerade stay so;
 // every other covered /24 may hold mappings, and with no active half known,

@@ -16,16 +16,47 @@ import (
 	"github.com/ipmasq-ebpf/ip-masq-agent/loader"
 )
 
-// Origin says why a prefix is not masqueraded.
+// Origin says why a prefix is in the set, and so its verdict.
 type Origin = loader.BPFIpmCidrOrigin
 
 const (
-	Configured = loader.BPFIpmCidrOriginIPM_CIDR_CONFIGURED
-	LinkLocal  = loader.BPFIpmCidrOriginIPM_CIDR_LINK_LOCAL
+	Configured = loader.BPFIpmCidrOriginIPM_CIDR_CONFIGURED // not masqueraded: nonMasqueradeCIDRs
+	LinkLocal  = loader.BPFIpmCidrOriginIPM_CIDR_LINK_LOCAL // not masqueraded: link-local by default
+	// Masquerade marks an exception (masqueradeCIDRs): masqueraded
+	// although a shorter prefix of the set covers it.
+	Masquerade = loader.BPFIpmCidrOriginIPM_CIDR_MASQUERADE
 )
 
-// CIDRSet is a set of non-masquerade prefixes of both families, masked.
+// CIDRSet is a set of prefixes of both families, masked, each with the
+// origin that gives its verdict; for an address the longest prefix that
+// contains it decides.
 type CIDRSet map[netip.Prefix]Origin
+
+// WithExceptions adds masquerade exceptions to s and returns it. An
+// exception replaces the same prefix with another origin (the config
+// rejects that case before it gets here).
+func (s CIDRSet) WithExceptions(exceptions []netip.Prefix) CIDRSet {
+	for _, p := range exceptions {
+		s[p.Masked()] = Masquerade
+	}
+	return s
+}
+
+// Decide returns the prefix of s that decides for a (the longest that
+// contains it) and whether a is masqueraded; ok is false when no prefix
+// contains a, which means masqueraded.
+func (s CIDRSet) Decide(a netip.Addr) (p netip.Prefix, masquerade, ok bool) {
+	for bits := a.BitLen(); bits >= 0; bits-- {
+		q, err := a.Prefix(bits)
+		if err != nil {
+			break
+		}
+		if o, found := s[q]; found {
+			return q, o == Masquerade, true
+		}
+	}
+	return netip.Prefix{}, true, false
+}
 
 // NewCIDRSet builds the set the datapath needs from the effective set (the
 // configured prefixes plus the implied link-local ones); a prefix that is

@@ -18,6 +18,12 @@ func addrToBE(a netip.Addr) uint32 {
 	return binary.NativeEndian.Uint32(b[:])
 }
 
+// addrUint32 returns an IPv4 address as a number (10.1.2.3 is 0x0a010203).
+func addrUint32(a netip.Addr) uint32 {
+	b := a.As4()
+	return binary.BigEndian.Uint32(b[:])
+}
+
 // addrFromBE is the inverse of addrToBE.
 func addrFromBE(v uint32) netip.Addr {
 	var b [4]byte

@@ -74,6 +74,26 @@ func (s *Settings) SetIPv6(enable bool) error {
 	return s.write(v)
 }
 
+// SetSourceCIDRs turns the source check of new mappings on (only sources in
+// ipm_src4/ipm_src6) or off (every source that is not the node's).
+func (s *Settings) SetSourceCIDRs(on bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v := s.val
+	v.SourceCidrs = 0
+	if on {
+		v.SourceCidrs = 1
+	}
+	return s.write(v)
+}
+
+// SourceCIDRs reports whether the source check is on.
+func (s *Settings) SourceCIDRs() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.val.SourceCidrs != 0
+}
+
 // ActiveCIDRs returns the index of the trie that decides.
 func (s *Settings) ActiveCIDRs() int {
 	s.mu.Lock()

@@ -101,7 +101,8 @@ func (s *configSync) apply() {
 		klog.V(4).InfoS("Ignoring unknown configuration keys", "keys", next.UnknownKeys)
 	}
 	v4, v6 := next.Effective(s.opts.EnableIPv6)
-	set := maps.NewCIDRSet(next.NonMasqueradeCIDRs, append(v4, v6...))
+	e4, e6 := next.Exceptions(s.opts.EnableIPv6)
+	set := maps.NewCIDRSet(next.NonMasqueradeCIDRs, append(v4, v6...)).WithExceptions(append(e4, e6...))
 	if err := s.nonMasq.Apply(set); err != nil {
 		// The old set stays active: Apply flips only after a full write.
 		klog.ErrorS(err, "Could not apply configuration, keeping the last good one")
@@ -109,7 +110,7 @@ func (s *configSync) apply() {
 		return
 	}
 	s.current, s.applied, s.lastRead = next, true, data
-	klog.InfoS("Applied configuration", "cidrs", len(v4), "cidrs6", len(v6), "masqLinkLocal", next.MasqLinkLocal,
+	klog.InfoS("Applied configuration", "cidrs", len(v4), "cidrs6", len(v6), "masqueradeCIDRs", len(e4)+len(e6), "masqLinkLocal", next.MasqLinkLocal,
 		"resyncInterval", next.ResyncInterval, "duration", time.Since(start))
 	if rejected != nil {
 		// The file was rejected at start: the defaults are in force.

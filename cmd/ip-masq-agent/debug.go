@@ -106,7 +106,9 @@ func printDebug(out io.Writer, dp *loader.Datapath) error {
 		fmt.Fprintf(w, "\nNon-masquerade CIDRs (trie %d active, %d prefixes):\n", s.ActiveCIDRs(), len(prefixes))
 		for _, p := range prefixes {
 			origin := "configured"
-			if set[p] == maps.LinkLocal && p.Addr().Is4() {
+			if set[p] == maps.Masquerade {
+				origin = "masquerade exception (masqueradeCIDRs)"
+			} else if set[p] == maps.LinkLocal && p.Addr().Is4() {
 				origin = "link-local (masqLinkLocal: false)"
 			} else if set[p] == maps.LinkLocal {
 				origin = "link-local (masqLinkLocalIPv6: false)"

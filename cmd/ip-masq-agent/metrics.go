@@ -72,7 +72,7 @@ func newAgentMetrics() *agentMetrics {
 	})
 	m.cidrs = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: metricsNamespace, Name: "nonmasquerade_cidrs",
-		Help: "Prefixes in the active non-masquerade set, by family (ipv4, ipv6) and origin (configured in the file, or link_local: 169.254.0.0/16 unless masqLinkLocal, fe80::/10 unless masqLinkLocalIPv6).",
+		Help: "Prefixes in the active non-masquerade set, by family (ipv4, ipv6) and origin (configured in the file, or link_local: 169.254.0.0/16 unless masqLinkLocal, fe80::/10 unless masqLinkLocalIPv6; masquerade: the exceptions of masqueradeCIDRs, which are masqueraded).",
 	}, []string{"family", "origin"})
 	m.natExpired = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: metricsNamespace, Name: "nat_expired_total",
@@ -121,6 +121,7 @@ func (m *agentMetrics) configSynced(r syncResult) {
 			}
 			m.cidrs.WithLabelValues(family, "configured").Set(float64(counts[key{v4, maps.Configured}]))
 			m.cidrs.WithLabelValues(family, "link_local").Set(float64(counts[key{v4, maps.LinkLocal}]))
+			m.cidrs.WithLabelValues(family, "masquerade").Set(float64(counts[key{v4, maps.Masquerade}]))
 		}
 	}
 }

@@ -1,0 +1,103 @@
+package maps
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/ipmasq-ebpf/ip-masq-agent/loader"
+)
+
+// Sources is ipm_src4 and ipm_src6: the sources that may be masqueraded
+// (--source-cidrs), and the switch in the settings that makes the datapath
+// read them.
+type Sources struct {
+	m4, m6   *ebpf.Map
+	settings *Settings
+}
+
+func NewSources(d *loader.Datapath, s *Settings) *Sources {
+	return &Sources{m4: d.Maps.IpmSrc4, m6: d.Maps.IpmSrc6, settings: s}
+}
+
+// Set makes only sources inside ps get new mappings; empty ps: every source
+// that is not the node's, as without the flag. The order of the writes
+// keeps every moment between the old rule and the new one, or a union of
+// both: new prefixes before the switch goes on, stale ones after.
+func (x *Sources) Set(ps []netip.Prefix) error {
+	want := map[netip.Prefix]bool{}
+	for _, p := range ps {
+		want[p.Masked()] = true
+	}
+	held, err := x.read()
+	if err != nil {
+		return err
+	}
+	if len(want) == 0 {
+		if err := x.settings.SetSourceCIDRs(false); err != nil {
+			return err
+		}
+	}
+	for p := range want {
+		if held[p] {
+			continue
+		}
+		var err error
+		if p.Addr().Is4() {
+			err = x.m4.Put(cidrKey4(p), loader.BPFIpmCidrValue{Origin: Configured})
+		} else {
+			err = x.m6.Put(cidrKey6(p), loader.BPFIpmCidrValue{Origin: Configured})
+		}
+		if err != nil {
+			return fmt.Errorf("write source prefix %s: %w", p, err)
+		}
+	}
+	if len(want) > 0 {
+		if err := x.settings.SetSourceCIDRs(true); err != nil {
+			return err
+		}
+	}
+	for p := range held {
+		if want[p] {
+			continue
+		}
+		var err error
+		if p.Addr().Is4() {
+			err = x.m4.Delete(cidrKey4(p))
+		} else {
+			err = x.m6.Delete(cidrKey6(p))
+		}
+		if err != nil {
+			return fmt.Errorf("delete source prefix %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// Read returns the source prefixes and whether the datapath uses them.
+func (x *Sources) Read() ([]netip.Prefix, bool, error) {
+	held, err := x.read()
+	if err != nil {
+		return nil, false, err
+	}
+	var out []netip.Prefix
+	for p := range held {
+		out = append(out, p)
+	}
+	return out, x.settings.SourceCIDRs(), nil
+}
+
+func (x *Sources) read() (map[netip.Prefix]bool, error) {
+	held := map[netip.Prefix]bool{}
+	for _, m := range []*ebpf.Map{x.m4, x.m6} {
+		set, err := readTrie(m)
+		if err != nil {
+			return nil, fmt.Errorf("read source prefixes: %w", err)
+		}
+		for p := range set {
+			held[p] = true
+		}
+	}
+	return held, nil
+}
