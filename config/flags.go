@@ -94,6 +94,12 @@ type Flags struct {
 	AttachMode    string
 	NATMaxEntries int
 
+	// MasqueradeAddress chooses the address an interface masquerades to
+	// ("eth0=192.0.2.10,eth1=198.51.100.7"); SourceCIDRs limits
+	// masquerading to sources inside these prefixes (the pod CIDRs).
+	MasqueradeAddress string
+	SourceCIDRs       string
+
 	// HTTP listeners; "" disables one. Equal addresses share a listener.
 	MetricsAddress string
 	HealthAddress  string
@@ -163,6 +169,14 @@ func NewFlagSet(name string) (*flag.FlagSet, *Flags) {
 			"finds the table full is dropped, never sent with the pod address. Between %d and %d.",
 			MinNATEntries, MaxNATEntries))
 
+	fs.StringVar(&f.MasqueradeAddress, "masquerade-address", "",
+		"Comma-separated INTERFACE=ADDRESS items, for example \"eth0=192.0.2.10\": masquerade traffic leaving that "+
+			"interface to this address of it (one per family) instead of its primary address. While the address is not "+
+			"on the interface, new flows of that family through it are dropped, never sent with another address.")
+	fs.StringVar(&f.SourceCIDRs, "source-cidrs", "",
+		"Comma-separated CIDRs, for example the node's pod CIDRs \"10.244.1.0/24\": only sources inside them are "+
+			"masqueraded, so traffic routed through the node for other hosts (VMs, VPN clients) leaves unchanged. "+
+			"Empty means every source that is not an address of the node, as upstream.")
 	fs.StringVar(&f.MetricsAddress, "metrics-address", DefaultMetricsAddress,
 		"host:port to serve Prometheus metrics on (/metrics). Empty disables it. "+
 			"When equal to --health-address, one listener serves both.")
@@ -232,6 +246,19 @@ func (f *Flags) Validate() error {
 		bad("pin-path", "%q must be an absolute path", f.PinPath)
 	case filepath.Clean(f.PinPath) == "/":
 		bad("pin-path", "must be a directory below /, not / itself")
+	}
+
+	if _, err := parseMasqueradeAddresses(f.MasqueradeAddress, f.EnableIPv6); err != nil {
+		bad("masquerade-address", "%v", err)
+	} else if managed, _ := parseInterfaces(f.Interfaces); managed != nil {
+		for _, a := range f.MasqueradeAddresses() {
+			if !slices.Contains(managed, a.Interface) {
+				bad("masquerade-address", "interface %s is not in --interfaces %s", a.Interface, f.Interfaces)
+			}
+		}
+	}
+	if _, err := parseSourceCIDRs(f.SourceCIDRs, f.EnableIPv6); err != nil {
+		bad("source-cidrs", "%v", err)
 	}
 
 	switch f.AttachMode {

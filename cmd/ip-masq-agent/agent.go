@@ -50,6 +50,9 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 	if err := settings.SetIPv6(f.EnableIPv6); err != nil {
 		return err
 	}
+	if err := maps.NewSources(dp, settings).Set(f.SourcePrefixes()); err != nil {
+		return err
+	}
 
 	// The maps are filled before our programs take over (SPEC 3.8).
 	nonMasq := maps.NewNonMasq(dp, settings)
@@ -58,6 +61,10 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 	cfg.sync()
 
 	ifaces := newInterfaceSet(dp, settings, loader.Mode(f.AttachMode), f.InterfaceList())
+	if list := f.MasqueradeAddresses(); len(list) > 0 {
+		ifaces.chosen = newMasqueradeAddresses(list)
+		ifaces.chosen.report = obs.metrics.masqueradeAddress
+	}
 	if err := ifaces.reconcile(); err != nil {
 		return err
 	}

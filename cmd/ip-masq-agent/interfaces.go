@@ -26,6 +26,8 @@ type interfaceSet struct {
 	waiting  map[string]bool
 	ifaces   *maps.Interfaces
 	local    *maps.LocalAddrs
+	// chosen holds --masquerade-address; nil: primary addresses only.
+	chosen *masqueradeAddresses
 }
 
 func newInterfaceSet(dp *loader.Datapath, settings *maps.Settings, mode loader.Mode, names []string) *interfaceSet {
@@ -71,7 +73,11 @@ func (s *interfaceSet) reconcile() error {
 		keep[idx] = true
 		// The address first: a new flow through an interface without
 		// one is dropped, never leaked.
-		if err := s.ifaces.Set(idx, primaryIPv4(l), primaryIPv6(l)); err != nil {
+		addr4, addr6 := primaryIPv4(l), primaryIPv6(l)
+		if s.chosen != nil {
+			addr4, addr6 = s.chosen.pick(l, addr4, addr6)
+		}
+		if err := s.ifaces.Set(idx, addr4, addr6); err != nil {
 			return err
 		}
 		if s.attached[name] == idx {

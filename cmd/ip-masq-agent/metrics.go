@@ -38,12 +38,13 @@ type syncResult struct {
 type agentMetrics struct {
 	reg *prometheus.Registry
 
-	configSyncs    *prometheus.CounterVec
-	configDuration prometheus.Histogram
-	configLastOK   prometheus.Gauge
-	configRejected prometheus.Gauge
-	cidrs          *prometheus.GaugeVec
-	natExpired     prometheus.Counter
+	configSyncs     *prometheus.CounterVec
+	configDuration  prometheus.Histogram
+	configLastOK    prometheus.Gauge
+	configRejected  prometheus.Gauge
+	cidrs           *prometheus.GaugeVec
+	natExpired      prometheus.Counter
+	masqAddrMissing *prometheus.GaugeVec
 
 	datapath datapathCollector
 }
@@ -78,6 +79,10 @@ func newAgentMetrics() *agentMetrics {
 		Namespace: metricsNamespace, Name: "nat_expired_total",
 		Help: "NAT table entries removed by the agent's expiry (whole flows and host reservations).",
 	})
+	m.masqAddrMissing = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: metricsNamespace, Name: "masquerade_address_missing",
+		Help: "1 while an address chosen with --masquerade-address is not on its interface (new flows of its family through it are dropped), else 0.",
+	}, []string{"interface", "address"})
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: metricsNamespace, Name: "build_info",
 		Help: "Always 1; the labels say which build runs.",
@@ -85,7 +90,7 @@ func newAgentMetrics() *agentMetrics {
 	buildInfo.WithLabelValues(version, runtime.Version()).Set(1)
 
 	m.reg.MustRegister(m.configSyncs, m.configDuration, m.configLastOK, m.configRejected, m.cidrs,
-		m.natExpired, buildInfo, &m.datapath,
+		m.natExpired, m.masqAddrMissing, buildInfo, &m.datapath,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -124,6 +129,15 @@ func (m *agentMetrics) configSynced(r syncResult) {
 			m.cidrs.WithLabelValues(family, "masquerade").Set(float64(counts[key{v4, maps.Masquerade}]))
 		}
 	}
+}
+
+// masqueradeAddress records whether a --masquerade-address is missing.
+func (m *agentMetrics) masqueradeAddress(iface string, addr netip.Addr, missing bool) {
+	v := 0.0
+	if missing {
+		v = 1
+	}
+	m.masqAddrMissing.WithLabelValues(iface, addr.String()).Set(v)
 }
 
 // expired records entries removed by the NAT table expiry.
