@@ -4,6 +4,10 @@
 //	ip-masq-agent [flags]          run the agent
 //	ip-masq-agent cleanup [flags]  detach everything and remove the pins
 //	ip-masq-agent debug [flags]    print the pinned datapath's CIDRs, NAT table and counters
+//	ip-masq-agent explain SRC DST [tcp|udp|icmp [PORT]] [flags]
+//	                               say whether and why such a flow is masqueraded
+//	ip-masq-agent check --config FILE [flags]
+//	                               validate a config file offline and print its lists
 //	ip-masq-agent version          print the version it was built as
 package main
 
@@ -37,18 +41,22 @@ func run(args []string) int {
 		fmt.Println(version)
 		return 0
 	}
-	if len(args) > 0 && (args[0] == "cleanup" || args[0] == "debug") {
+	if len(args) > 0 && (args[0] == "cleanup" || args[0] == "debug" || args[0] == "explain" || args[0] == "check") {
 		command, args = args[0], args[1:]
 	}
 	fs, flags := config.NewFlagSet("ip-masq-agent")
-	if err := fs.Parse(args); err != nil {
+	if command == "explain" && fs.Lookup("o") == nil {
+		fs.String("o", "text", "Output format of explain: text or json (docs/json-output.md).")
+	}
+	positional, err := parseInterleaved(fs, args, command == "explain")
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(os.Stderr, "unexpected argument %q\n", fs.Arg(0))
+	if len(positional) > 0 && command != "explain" {
+		fmt.Fprintf(os.Stderr, "unexpected argument %q\n", positional[0])
 		fs.Usage()
 		return 2
 	}
@@ -56,6 +64,18 @@ func run(args []string) int {
 	if err := flags.Validate(); err != nil {
 		fmt.Fprintf(os.Stderr, "invalid flags: %v\n", err)
 		return 1
+	}
+	if command == "check" {
+		return runCheck(os.Stdout, os.Stderr, flags)
+	}
+	if command == "explain" {
+		// Read-only like debug.
+		output := fs.Lookup("o").Value.String()
+		if output != "text" && output != "json" {
+			fmt.Fprintf(os.Stderr, "invalid flags: -o: %q is not text or json\n", output)
+			return 1
+		}
+		return runExplain(os.Stdout, os.Stderr, flags.PinPath, positional, output, timeoutsOf(flags))
 	}
 	if command == "debug" {
 		// Read-only and without the lock, so it works next to a running
@@ -84,4 +104,22 @@ func run(args []string) int {
 	}
 	klog.InfoS("Stopping; the datapath stays attached")
 	return 0
+}
+
+// parseInterleaved parses flags that may stand before, between and after
+// positional arguments (explain SRC DST tcp 443 -o json) when positional is
+// true; else it parses as Go's flag package does. It returns the positional
+// arguments.
+func parseInterleaved(fs *flag.FlagSet, args []string, positional bool) ([]string, error) {
+	var out []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		if !positional || fs.NArg() == 0 {
+			return append(out, fs.Args()...), nil
+		}
+		out = append(out, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
 }
