@@ -124,10 +124,10 @@ func (e *progEnv) setIfaceAddr(a netip.Addr) error {
 	return e.dp.Maps.IpmIfaces.Put(uint32(testIfindex), loader.BPFIpmIface{Addr4: be32(a)})
 }
 
-// setCIDRs writes c plus link-local into the idle trie (emptied first) and
+// setCIDRs writes c plus link-local (and the masquerade exceptions) into the idle trie (emptied first) and
 // the idle half of the /24 table, and makes them the active ones, as the
 // agent does.
-func (e *progEnv) setCIDRs(c []netip.Prefix) error {
+func (e *progEnv) setCIDRs(c []netip.Prefix, exceptions ...netip.Prefix) error {
 	idle := 1 - e.settings.ActiveCidrs
 	trie := [2]*ebpf.Map{e.dp.Maps.IpmCidr40, e.dp.Maps.IpmCidr41}[idle]
 	var k loader.BPFIpmCidr4Key
@@ -157,10 +157,16 @@ func (e *progEnv) setCIDRs(c []netip.Prefix) error {
 			return err
 		}
 	}
+	for _, p := range exceptions {
+		if err := put(p, loader.BPFIpmCidrOriginIPM_CIDR_MASQUERADE); err != nil {
+			return err
+		}
+	}
 	set := maps.CIDRSet{linkLocal: maps.LinkLocal}
 	for _, p := range c {
 		set[p] = maps.Configured
 	}
+	set.WithExceptions(exceptions)
 	if err := maps.WriteCIDR4Dir(e.dp.Maps.IpmCidr4Dir, idle, set); err != nil {
 		return err
 	}
@@ -421,10 +427,53 @@ func measurePaths(o progOptions, many []netip.Prefix) ([]pathResult, error) {
 		}
 	}
 
+	// The same number of CIDRs split across both lists: half of them
+	// non-masquerade, half masquerade exceptions inside those. The
+	// decision must cost what it costs with one list.
+	nonMasq, exceptions := splitLists(many)
+	if err := e.setCIDRs(nonMasq, exceptions...); err != nil {
+		return nil, err
+	}
+	split := maps.CIDRSet{linkLocal: maps.LinkLocal}
+	for _, p := range nonMasq {
+		split[p] = maps.Configured
+	}
+	split.WithExceptions(exceptions)
+	for _, nm := range []struct {
+		short bool
+		how   string
+	}{{true, "decided by the /24 table"}, {false, "the /24 table sends it to the trie"}} {
+		dst, ok := splitProbe(split, nonMasq, nm.short, false)
+		if !ok {
+			continue
+		}
+		if err := sampleOf(&pathResult{Name: fmt.Sprintf("non-masquerade egress, %d CIDRs in both lists, in a /%d", len(nonMasq)+len(exceptions), dst.Bits()),
+			Detail:  fmt.Sprintf("TCP SYN to %s (in %s, outside its exception); %d non-masquerade + %d masqueradeCIDRs + link-local; %s", splitAddr(dst), dst, len(nonMasq), len(exceptions), nm.how),
+			Counter: "egress_nomasq"},
+			eg, tcpFrame(a, netip.AddrPortFrom(splitAddr(dst), 443), tcpSYN, 0), o.Repeats, nil); err != nil {
+			return nil, err
+		}
+	}
+
 	// New-flow egress: every repeat is a SYN of a flow without a mapping,
 	// so it allocates a random node port, inserts both halves and rewrites.
 	if err := e.setIfaceAddr(masqTo); err != nil {
 		return nil, err
+	}
+	for _, nm := range []struct {
+		short bool
+		how   string
+	}{{true, "decided by the /24 table"}, {false, "the /24 table sends it to the trie"}} {
+		exc, ok := splitProbe(split, exceptions, nm.short, true)
+		if !ok {
+			continue
+		}
+		if err := sampleOf(&pathResult{Name: fmt.Sprintf("new-flow egress, %d CIDRs in both lists, to an exception /%d", len(nonMasq)+len(exceptions), exc.Bits()),
+			Detail:  fmt.Sprintf("TCP SYN to %s (in the exception %s inside a non-masquerade prefix); %s; %d flows per sample into an emptied table", exc.Addr().Next(), exc, nm.how, o.NewFlows),
+			Counter: "egress_new_flow"},
+			eg, tcpFrame(a, netip.AddrPortFrom(exc.Addr().Next(), 443), tcpSYN, 0), o.NewFlows, e.clearNAT); err != nil {
+			return nil, err
+		}
 	}
 	syn := tcpFrame(a, d, tcpSYN, 0)
 	for _, n := range []int{len(defaultNM), len(many)} {
@@ -447,6 +496,72 @@ func lastPrefix(c []netip.Prefix, short bool) (netip.Prefix, bool) {
 	for i := len(c) - 1; i >= 0; i-- {
 		if (c[i].Bits() <= 24) == short {
 			return c[i], true
+		}
+	}
+	return netip.Prefix{}, false
+}
+
+// splitLists turns c into two lists of the same total length: the first
+// half non-masquerade, and for each of them (as long as there are
+// entries to spend) a masquerade exception two bits (or one) longer at its
+// start.
+func splitLists(c []netip.Prefix) (nonMasq, exceptions []netip.Prefix) {
+	half := (len(c) + 1) / 2
+	nonMasq = c[:half]
+	seen := map[netip.Prefix]bool{}
+	for _, p := range nonMasq {
+		seen[p] = true
+	}
+	for _, p := range nonMasq {
+		if len(nonMasq)+len(exceptions) == len(c) {
+			break
+		}
+		// Two bits longer, else one: a prefix of the list may be taken.
+		for _, more := range []int{2, 1} {
+			if p.Bits()+more > 32 {
+				continue
+			}
+			if e := netip.PrefixFrom(p.Addr(), p.Bits()+more); !seen[e] {
+				seen[e] = true
+				exceptions = append(exceptions, e)
+				break
+			}
+		}
+	}
+	return nonMasq, exceptions
+}
+
+// splitAddr is an address of p outside the exception at its start: the one
+// before its last.
+func splitAddr(p netip.Prefix) netip.Addr {
+	a := p.Addr()
+	for i := 0; i < 1<<(32-p.Bits())-2; i++ {
+		a = a.Next()
+	}
+	return a
+}
+
+// splitProbe returns the last prefix of list whose probe the /24 table
+// decides alone (short) or sends to the trie, and whose probe address the
+// longest prefix of set decides as masquerade (true) or not, so the sample
+// counts what it claims. A non-masquerade prefix is table-level when its
+// exception is too (/22 or shorter).
+func splitProbe(set maps.CIDRSet, list []netip.Prefix, short, masquerade bool) (netip.Prefix, bool) {
+	limit := 22
+	if masquerade {
+		limit = 24
+	}
+	for i := len(list) - 1; i >= 0; i-- {
+		p := list[i]
+		if (p.Bits() <= limit) != short {
+			continue
+		}
+		probe := splitAddr(p)
+		if masquerade {
+			probe = p.Addr().Next()
+		}
+		if _, m, _ := set.Decide(probe); m == masquerade && (p.Bits() < 32 || masquerade) {
+			return p, true
 		}
 	}
 	return netip.Prefix{}, false
