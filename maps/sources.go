@@ -43,13 +43,8 @@ func (x *Sources) Set(ps []netip.Prefix) error {
 		if held[p] {
 			continue
 		}
-		var err error
-		if p.Addr().Is4() {
-			err = x.m4.Put(cidrKey4(p), loader.BPFIpmCidrValue{Origin: Configured})
-		} else {
-			err = x.m6.Put(cidrKey6(p), loader.BPFIpmCidrValue{Origin: Configured})
-		}
-		if err != nil {
+		m, key := x.trieOf(p)
+		if err := m.Put(key, loader.BPFIpmCidrValue{Origin: Configured}); err != nil {
 			return fmt.Errorf("write source prefix %s: %w", p, err)
 		}
 	}
@@ -62,13 +57,8 @@ func (x *Sources) Set(ps []netip.Prefix) error {
 		if want[p] {
 			continue
 		}
-		var err error
-		if p.Addr().Is4() {
-			err = x.m4.Delete(cidrKey4(p))
-		} else {
-			err = x.m6.Delete(cidrKey6(p))
-		}
-		if err != nil {
+		m, key := x.trieOf(p)
+		if err := m.Delete(key); err != nil {
 			return fmt.Errorf("delete source prefix %s: %w", p, err)
 		}
 	}
@@ -86,6 +76,14 @@ func (x *Sources) Read() ([]netip.Prefix, bool, error) {
 		out = append(out, p)
 	}
 	return out, x.settings.SourceCIDRs(), nil
+}
+
+// trieOf returns the trie of p's family and p's key in it.
+func (x *Sources) trieOf(p netip.Prefix) (*ebpf.Map, any) {
+	if p.Addr().Is4() {
+		return x.m4, cidrKey4(p)
+	}
+	return x.m6, cidrKey6(p)
 }
 
 func (x *Sources) read() (map[netip.Prefix]bool, error) {
