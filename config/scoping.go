@@ -66,6 +66,10 @@ func parseMasqueradeAddresses(s string, enableIPv6 bool) ([]MasqueradeAddress, e
 	return out, nil
 }
 
+// MaxSourceCIDRs is how many --source-cidrs prefixes the datapath holds
+// per family (IPM_SRC_MAX in bpf/maps.h).
+const MaxSourceCIDRs = 1024
+
 // parseSourceCIDRs parses --source-cidrs: comma-separated CIDRs, aligned,
 // IPv6 only with --enable-ipv6, with the same messages as the config file.
 func parseSourceCIDRs(s string, enableIPv6 bool) ([]netip.Prefix, error) {
@@ -73,6 +77,9 @@ func parseSourceCIDRs(s string, enableIPv6 bool) ([]netip.Prefix, error) {
 		return nil, nil
 	}
 	items := strings.Split(s, ",")
+	if len(items) > MaxSourceCIDRs {
+		return nil, fmt.Errorf("%d CIDRs, more than the %d the datapath holds", len(items), MaxSourceCIDRs)
+	}
 	for i := range items {
 		items[i] = strings.TrimSpace(items[i])
 	}

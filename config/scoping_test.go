@@ -50,6 +50,7 @@ func TestScopingFlagsRejected(t *testing.T) {
 		{"source not aligned", []string{"--source-cidrs=10.244.1.1/24"}, []string{"--source-cidrs", "not aligned", "10.244.1.0/24"}},
 		{"source garbage", []string{"--source-cidrs=pods"}, []string{"--source-cidrs", `"pods"`}},
 		{"source empty item", []string{"--source-cidrs=10.0.0.0/8,"}, []string{"--source-cidrs", `CIDR ""`}},
+		{"too many sources", []string{"--source-cidrs=" + strings.Repeat("10.0.0.0/8,", 1024) + "10.0.0.0/8"}, []string{"--source-cidrs", "1025 CIDRs", "1024"}},
 		{"source ipv6 without --enable-ipv6", []string{"--source-cidrs=fd00::/8"}, []string{"--source-cidrs", "--enable-ipv6"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
