@@ -71,6 +71,8 @@ func parseExplainArgs(args []string) (explainQuery, error) {
 type explainPrefix struct {
 	Prefix string `json:"prefix"`
 	List   string `json:"list"`
+	// masquerade is the prefix's verdict: an exception.
+	masquerade bool
 }
 
 // explainInterface is where the destination is routed in the current
@@ -166,13 +168,13 @@ func explain(dp *loader.Datapath, q explainQuery) (explainAnswer, error) {
 		}
 	}
 	if p, _, ok := set.Decide(q.dst); ok {
-		a.DecidedBy = &explainPrefix{p.String(), listOf(p, set[p])}
+		a.DecidedBy = &explainPrefix{p.String(), listOf(p, set[p]), set[p] == maps.Masquerade}
 		// The shorter prefix of the other verdict it wins over, if any.
 		for bits := p.Bits() - 1; bits >= 0; bits-- {
 			s, _ := q.dst.Prefix(bits)
 			if o, found := set[s]; found {
 				if (o == maps.Masquerade) != (set[p] == maps.Masquerade) {
-					a.Overrides = &explainPrefix{s.String(), listOf(s, o)}
+					a.Overrides = &explainPrefix{s.String(), listOf(s, o), o == maps.Masquerade}
 				}
 				break
 			}
@@ -180,7 +182,7 @@ func explain(dp *loader.Datapath, q explainQuery) (explainAnswer, error) {
 	}
 	iface, ifErr := routeInterface(dp, q)
 	a.Interface = iface
-	a.Verdict, a.Reason = verdictOf(a, settings.IPv6Enabled(), set, q, ifErr)
+	a.Verdict, a.Reason = verdictOf(a, settings.IPv6Enabled(), q, ifErr)
 
 	for _, fam := range families(dp) {
 		if fam.name != a.Family {
@@ -201,7 +203,7 @@ func explain(dp *loader.Datapath, q explainQuery) (explainAnswer, error) {
 }
 
 // verdictOf decides as the datapath does for the first packet of a new flow.
-func verdictOf(a explainAnswer, ipv6 bool, set maps.CIDRSet, q explainQuery, ifErr error) (string, string) {
+func verdictOf(a explainAnswer, ipv6 bool, q explainQuery, ifErr error) (string, string) {
 	switch {
 	case q.src.Is6() && !ipv6:
 		return "keep", "IPv6 is not masqueraded: the agent runs without --enable-ipv6"
@@ -210,7 +212,7 @@ func verdictOf(a explainAnswer, ipv6 bool, set maps.CIDRSet, q explainQuery, ifE
 	case a.SourceIsNode:
 		return "keep", "the source is an address of the node: host traffic keeps its address (its tuple is reserved so no pod mapping takes it)"
 	}
-	if a.DecidedBy != nil && set[netip.MustParsePrefix(a.DecidedBy.Prefix)] != maps.Masquerade {
+	if a.DecidedBy != nil && !a.DecidedBy.masquerade {
 		return "keep", fmt.Sprintf("the destination is in %s of %s, its longest matching prefix", a.DecidedBy.Prefix, a.DecidedBy.List)
 	}
 	why := "no non-masquerade prefix contains the destination"

@@ -38,8 +38,6 @@ func TestParseExplainArgs(t *testing.T) {
 
 // The verdict follows the datapath's order for a new flow.
 func TestExplainVerdict(t *testing.T) {
-	p := netip.MustParsePrefix
-	set := maps.CIDRSet{p("10.0.0.0/8"): maps.Configured, p("10.20.0.0/16"): maps.Masquerade}
 	addr := "172.31.0.2"
 	managed := &explainInterface{Name: "eth0", Managed: true, MasqueradeAddress: &addr}
 	q4 := explainQuery{src: netip.MustParseAddr("10.244.1.2"), dst: netip.MustParseAddr("10.20.0.7")}
@@ -53,9 +51,9 @@ func TestExplainVerdict(t *testing.T) {
 		want string
 		why  string
 	}{
-		{"exception", explainAnswer{Interface: managed, DecidedBy: &explainPrefix{"10.20.0.0/16", "masqueradeCIDRs"},
-			Overrides: &explainPrefix{"10.0.0.0/8", "nonMasqueradeCIDRs"}}, false, q4, "masquerade", "wins over the shorter 10.0.0.0/8"},
-		{"non-masquerade", explainAnswer{Interface: managed, DecidedBy: &explainPrefix{"10.0.0.0/8", "nonMasqueradeCIDRs"}}, false, q4, "keep", "10.0.0.0/8 of nonMasqueradeCIDRs"},
+		{"exception", explainAnswer{Interface: managed, DecidedBy: &explainPrefix{"10.20.0.0/16", "masqueradeCIDRs", true},
+			Overrides: &explainPrefix{"10.0.0.0/8", "nonMasqueradeCIDRs", false}}, false, q4, "masquerade", "wins over the shorter 10.0.0.0/8"},
+		{"non-masquerade", explainAnswer{Interface: managed, DecidedBy: &explainPrefix{"10.0.0.0/8", "nonMasqueradeCIDRs", false}}, false, q4, "keep", "10.0.0.0/8 of nonMasqueradeCIDRs"},
 		{"no prefix", explainAnswer{Interface: managed}, false, q4, "masquerade", "no non-masquerade prefix"},
 		{"ipv6 off", explainAnswer{Interface: managed}, false, q6, "keep", "--enable-ipv6"},
 		{"ipv6 on", explainAnswer{Interface: managed}, true, q6, "masquerade", "leaves eth0 as 172.31.0.2"},
@@ -66,7 +64,7 @@ func TestExplainVerdict(t *testing.T) {
 		{"no address", explainAnswer{Interface: &explainInterface{Name: "eth0", Managed: true}}, false, q4, "drop", "dropped"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, why := verdictOf(tc.a, tc.ipv6, set, tc.q, nil)
+			got, why := verdictOf(tc.a, tc.ipv6, tc.q, nil)
 			if got != tc.want || !strings.Contains(why, tc.why) {
 				t.Errorf("verdict %s (%s), want %s mentioning %q", got, why, tc.want, tc.why)
 			}
