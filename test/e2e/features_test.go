@@ -357,3 +357,35 @@ func TestSourceCIDRs(t *testing.T) {
 		}
 	})
 }
+
+// TestMasqueradeExceptionIPv6: the same for IPv6 (the trie decides): an
+// exception inside fd00::/8 is masqueraded to the node's IPv6 address, its
+// neighbour keeps the pod address, live.
+func TestMasqueradeExceptionIPv6(t *testing.T) {
+	forEachMode(t, func(t *testing.T, mode string) {
+		tp, a := startAgent6(t, mode)
+		ds := tp.V6
+		neighbour := netip.MustParseAddr("fd00:100::11")
+		ds.VPC.IP(t, "-6", "addr", "add", neighbour.String()+"/64", "dev", "eth0", "nodad")
+		dst := netip.AddrPortFrom(neighbour, TCPPort)
+		ds.VPC.ListenTCP(t, dst)
+		if err := waitPeer(ds.Pod1, dst, Pod1IP6, ConfigEffectTimeout); err != nil {
+			t.Fatal(err)
+		}
+		WriteConfigRename(t, a.ConfigPath, cfg6+"masqueradeCIDRs:\n  - 'fd00:100::11/128'\n")
+		if err := waitPeer(ds.Pod1, dst, Node6, ConfigEffectTimeout); err != nil {
+			t.Fatal(err)
+		}
+		if err := waitPeer(ds.Pod1, netip.AddrPortFrom(VPC6, TCPPort), Pod1IP6, ConfigEffectTimeout); err != nil {
+			t.Fatal(err)
+		}
+		if e := explainAgent(t, a, Pod1IP6.String(), neighbour.String(), "tcp", "8080"); e.Verdict != "masquerade" ||
+			e.DecidedBy == nil || e.DecidedBy.Prefix != "fd00:100::11/128" || e.Overrides == nil || e.Overrides.Prefix != "fd00::/8" {
+			t.Errorf("explain: %+v", e)
+		}
+		WriteConfigRename(t, a.ConfigPath, cfg6)
+		if err := waitPeer(ds.Pod1, dst, Pod1IP6, ConfigEffectTimeout); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
