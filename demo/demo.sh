@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds a small cluster node out of network namespaces, runs the agent on
 # its uplink and shows what a remote server sees: the node address for the
-# internet, the pod address for the VPC. Cleans up everything on exit.
+# internet, the pod address for the VPC; then the NAT table as `ip-masq-agent
+# debug` prints it, and raw from bpftool. Cleans up everything on exit.
 #
 #   pod (10.244.1.2) --cni0-- node (172.31.0.2, eth0) --- router --- internet 203.0.113.10
 #                                                                \-- vpc      10.100.0.10
@@ -98,7 +99,11 @@ mv "$work/ip-masq-agent.new" "$work/ip-masq-agent"
 sleep 1
 echo "pod -> vpc      sees: $(ask 10.100.0.10)"
 
-step "NAT table (bpftool map dump pinned $work/bpf/ip-masq-agent/ipm_nat4 | head)"
+step "What the datapath holds (ip-masq-agent debug --pin-path=$work/bpf/ip-masq-agent)"
+# In the node's namespace, where the interface indexes in the maps belong.
+ns node "$agent" debug --pin-path="$work/bpf/ip-masq-agent"
+
+step "The same NAT table raw, with the field names the maps carry (bpftool map dump pinned .../ipm_nat4 | head)"
 bpftool map dump pinned "$work/bpf/ip-masq-agent/ipm_nat4" >"$work/nat.json"
 head -24 "$work/nat.json"
 
