@@ -52,10 +52,12 @@ image: build ## Build the container image from bin/ into an OCI archive (buildah
 	@echo "image $(IMAGE):$(VERSION), also in $(IMAGE_ARCHIVE); push it with: $(BUILDAH) push $(IMAGE):$(VERSION) docker://REGISTRY/$(IMAGE):$(VERSION)"
 
 .PHONY: lint
-lint: ## gofmt, go vet and clang-format checks.
+lint: ## gofmt, go vet, clang-format, and no citations of documents outside the repository.
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); echo 'gofmt: files above need formatting'; exit 1)
 	$(GO) vet ./...
 	clang-format-19 --dry-run -Werror bpf/*.c bpf/*.h
+	@# The repository stands on its own: cite docs/ or give the reason, never an outside brief or a ticket number.
+	@! git grep -nIE 'SPEC [0-9]|[Ii]ssue [0-9]' -- . || (echo 'lint: cite docs/ (e.g. docs/behaviour.md §4) instead of the lines above'; exit 1)
 
 .PHONY: test
 test: ## All test tiers (root): unit, BPF program runs, netns end to end in both attach modes, short fuzz pass.

@@ -1,6 +1,6 @@
 // Command ipm-bench measures the eBPF ip-masq-agent side by side with the
 // iptables rules of upstream ip-masq-agent and with no NAT at all, in one
-// run, on the same network-namespace topology (SPEC 6, issue 6). It is a
+// run, on the same network-namespace topology (docs/performance.md). It is a
 // benchmark, not a test: it reports numbers and never fails on a timing.
 //
 //	sudo bin/ipm-bench -agent bin/ip-masq-agent -out bench/out   (make bench)

@@ -19,7 +19,7 @@ import (
 )
 
 // Nanoseconds per packet of each datapath path, from BPF_PROG_TEST_RUN
-// repeats on the real object (SPEC 6). A test run repeats the program on the
+// repeats on the real object (docs/performance.md). A test run repeats the program on the
 // same buffer, so a translated packet would take another path on the second
 // repeat; each path below is set up so that every repeat takes it, and the
 // datapath's own counters prove it: after each sample exactly one counter

@@ -235,7 +235,7 @@ func (r *Results) Targets(w io.Writer) {
 		}
 		return "**no**"
 	}
-	p("| target (issue 6) | this run | holds |\n|---|---|---|\n")
+	p("| target | this run | holds |\n|---|---|---|\n")
 	if len(r.Throughput) > 0 {
 		a, n, i := med(r.Throughput, Agent), med(r.Throughput, NoNAT), med(r.Throughput, IPTables)
 		p("| throughput ≥ 0.95 × no NAT | %s | %s |\n", ratio(a, n), yes(a >= 0.95*n))

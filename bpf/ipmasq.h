@@ -192,7 +192,7 @@ enum ipm_block_verdict {
 	IPM_BLOCK_NOMASQ = 1,
 	IPM_BLOCK_TRIE = 2, /* longer CIDRs of another verdict reach into it: ask the trie */
 	/* Covered as NOMASQ, but flows masqueraded before a config change made
-	 * it so may still hold mappings, which they keep (SPEC 3.2): look the
+	 * it so may still hold mappings, which they keep (docs/behaviour.md §4): look the
 	 * flow up first. The agent settles it to NOMASQ once none is left. */
 	IPM_BLOCK_NOMASQ_MAPPED = 3,
 };

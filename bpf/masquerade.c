@@ -216,7 +216,7 @@ static __always_inline int egress_flow(struct __sk_buff *skb, struct ipm_counter
 	}
 	if (f->proto == IPPROTO_UDP && bpf_map_lookup_elem(&ipm_inbound4, &k)) {
 		/* A reply of a UDP flow an outside host opened: it expects
-		 * the pod address (SPEC 3.5). */
+		 * the pod address (docs/behaviour.md §7). */
 		COUNT(c, egress_inbound);
 		return TC_ACT_UNSPEC;
 	}

@@ -84,7 +84,7 @@ type Flags struct {
 	ToPorts                 string
 
 	// RemoveIPTablesChain removes the --masq-chain chain and its POSTROUTING
-	// jump that an earlier iptables agent left, on start (SPEC 3.9).
+	// jump that an earlier iptables agent left, on start (docs/behaviour.md §12).
 	RemoveIPTablesChain bool
 
 	// Flags of this project.

@@ -15,7 +15,7 @@ import (
 
 // pollInterval is how often Watch looks for a missing directory, and checks
 // that the watched directory is still the one at the path. Half a second keeps
-// a new directory noticed within the second the SPEC allows.
+// a new directory noticed within the second docs/behaviour.md §2.6 allows.
 const pollInterval = 500 * time.Millisecond
 
 // maxDelay bounds the debounce: a file rewritten without pause still gives a

@@ -10,7 +10,7 @@ import (
 )
 
 // Deadlines are generous so that a loaded machine does not fail the tests;
-// the SPEC's one second is what Watch itself aims at.
+// the one second promised in docs/behaviour.md §2.6 is what Watch itself aims at.
 const (
 	seenWithin = 5 * time.Second
 	quietFor   = 1200 * time.Millisecond // longer than maxDelay plus a poll

@@ -13,7 +13,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 )
 
-// The kernel floor is 5.10 (SPEC 3.10). This test reads the embedded object
+// The kernel floor is 5.10 (docs/behaviour.md §16). This test reads the embedded object
 // without loading it (no privileges) and fails on anything the object uses
 // that 5.10 does not have. It is a static check; `make test-kernels` proves
 // the same by loading and running the object on a real 5.10.
@@ -27,7 +27,7 @@ const lastHelper510 = asm.FnRedirectPeer
 // (BPF_MAP_TYPE_INODE_STORAGE, 28); task storage (29) is 5.11.
 const lastMapType510 = ebpf.InodeStorage
 
-// newerHelpers names the helpers that SPEC 3.10 warns about and the kernel
+// newerHelpers names the helpers that docs/behaviour.md §16 warns about and the kernel
 // that added them, for a clearer message than "newer than 5.10".
 var newerHelpers = map[asm.BuiltinFunc]string{
 	asm.FnCheckMtu:         "5.12",

@@ -9,7 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// preparePinDir makes dir a directory on a bpffs (SPEC 3.8). It never mounts
+// preparePinDir makes dir a directory on a bpffs (docs/behaviour.md §10). It never mounts
 // over or inside an existing bpffs: when the nearest existing ancestor is a
 // bpffs it only creates directories. Only when no ancestor is a bpffs does it
 // mount one at dir's parent; it then returns a warning, because a mount made

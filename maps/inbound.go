@@ -9,7 +9,7 @@ import (
 )
 
 // Inbound is ipm_inbound4 or ipm_inbound6: UDP flows that outside hosts opened towards pods,
-// whose replies keep the pod address (SPEC 3.5). The map is an LRU, so a
+// whose replies keep the pod address (docs/behaviour.md §7). The map is an LRU, so a
 // flood of them cannot grow it; Collect removes the idle ones so that a
 // stale entry cannot exempt a later pod-initiated flow on the same tuple.
 type Inbound struct{ m *ebpf.Map }

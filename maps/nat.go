@@ -28,7 +28,7 @@ const (
 )
 
 // Timeouts are how long a flow is kept after its last packet, by state
-// (SPEC 3.7).
+// (docs/behaviour.md §9).
 type Timeouts struct {
 	TCPSyn, TCPEstablished, TCPFin, TCPRst time.Duration
 	UDP, UDPStream, ICMP                   time.Duration
@@ -131,7 +131,7 @@ func (f Flow) String() string {
 }
 
 // Reservation is a tuple held for a host socket or a flow netfilter NATed to
-// the node address (SPEC 3.6), keyed as the reply would arrive; they live in
+// the node address (docs/behaviour.md §8), keyed as the reply would arrive; they live in
 // ipm_hostres4/6, LRU maps apart from the mappings.
 type Reservation struct {
 	Proto    uint8

@@ -3,7 +3,7 @@
 // in the nat table, for IPv4 and IPv6, whether it wrote them with
 // iptables-nft (an nf_tables table "nat") or iptables-legacy (the x_tables
 // "nat" table). Netfilter runs before tc egress, so a stale chain would
-// decide before the eBPF datapath does (SPEC 3.9).
+// decide before the eBPF datapath does (docs/behaviour.md §12).
 //
 // Both backends are pure Go and run no binaries, so a node (or an image)
 // without iptables works: nf_tables is read and changed over netlink, the

@@ -12,7 +12,7 @@ import (
 	"github.com/ipmasq-ebpf/ip-masq-agent/maps"
 )
 
-// configDebounce lets a writer finish a file before it is read (SPEC 3.9):
+// configDebounce lets a writer finish a file before it is read (docs/behaviour.md §2.6):
 // the directory must have been quiet this long. A writer that truncates and
 // rewrites in place sends an event per write, and a file found empty is read
 // again after emptyRecheck (configsync.go), so this can stay short: it is
@@ -54,7 +54,7 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 		return err
 	}
 
-	// The maps are filled before our programs take over (SPEC 3.8).
+	// The maps are filled before our programs take over (docs/behaviour.md §10).
 	nonMasq := maps.NewNonMasq(dp, settings)
 	cfg := newConfigSync(f.ConfigPath, f.Options(), nonMasq)
 	cfg.report = obs.configSynced

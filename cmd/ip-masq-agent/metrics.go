@@ -32,7 +32,7 @@ type syncResult struct {
 	applied maps.CIDRSet // the set now in force, when one was written
 }
 
-// agentMetrics are the agent's Prometheus metrics (SPEC 5). Datapath
+// agentMetrics are the agent's Prometheus metrics (docs/behaviour.md §14). Datapath
 // counters and the NAT table are read from the maps at every scrape; the
 // config sync metrics are pushed by the sync loop.
 type agentMetrics struct {

@@ -8,7 +8,7 @@ import (
 )
 
 // removeIPTablesChain removes the --masq-chain chain and its POSTROUTING
-// jump that an earlier iptables ip-masq-agent left (SPEC 3.9); package
+// jump that an earlier iptables ip-masq-agent left (docs/behaviour.md §12); package
 // migrate logs every rule it removes.
 //
 // runAgent calls it once our programs are attached: until then the old

@@ -327,7 +327,7 @@ func TestHostTraffic(t *testing.T) {
 }
 
 // TestHostPortCollision: a pod mapping never takes a tuple that a host
-// connection uses and never hijacks one, in both orders (SPEC 3.6). With
+// connection uses and never hijacks one, in both orders (docs/behaviour.md §8). With
 // --random-fully=false the agent wants to keep the pod's port, so the
 // collision is certain.
 func TestHostPortCollision(t *testing.T) {

@@ -224,7 +224,7 @@ func runCleanup(a *Agent) (string, error) {
 // after the agent stopped it removes every tc filter, tcx link and pin of
 // ours, so that the kernel frees our programs and maps, while a foreign
 // clsact qdisc, foreign cls_bpf filters and foreign tcx links on the same
-// interface survive and pod traffic is no longer translated (SPEC 3.8).
+// interface survive and pod traffic is no longer translated (docs/behaviour.md §10).
 func TestCleanup(t *testing.T) {
 	forEachMode(t, func(t *testing.T, mode string) {
 		requireAgent(t)

@@ -129,7 +129,7 @@ func TestDebugCommand(t *testing.T) {
 }
 
 // TestBPFToolNamedFields: every map pinned under --pin-path carries BTF, so
-// `bpftool map dump pinned` prints named fields (SPEC 5): every entry of a
+// `bpftool map dump pinned` prints named fields (docs/behaviour.md §14): every entry of a
 // non-empty map is shown "formatted", with its key and value as objects of
 // named fields.
 func TestBPFToolNamedFields(t *testing.T) {

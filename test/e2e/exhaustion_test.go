@@ -23,8 +23,7 @@ const (
 // (the internet host, which drops private sources, sees nothing); the first
 // ten keep working; a flow to another destination still gets a port; and
 // once the ten are closed (TCP) or idle (UDP), their ports stay held for the
-// hold time and then serve new flows. TCP and UDP. (SPEC 3.7, issue 3
-// item 5.)
+// hold time and then serve new flows. TCP and UDP. (docs/behaviour.md §4.5, §9.4.)
 func TestPortExhaustion(t *testing.T) {
 	forEachMode(t, func(t *testing.T, mode string) {
 		hold := HoldTime.String()

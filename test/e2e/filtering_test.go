@@ -24,7 +24,7 @@ const quietTime = 500 * time.Millisecond
 // link-local host, the router) reach the node unchanged and never the pod;
 // ICMP errors about the flows do reach it, from the remote itself and from
 // the router on the path, while ICMP errors whose quote is not exactly the
-// flow's do not. (SPEC 3.4, issue 3 item 6.)
+// flow's do not. (docs/behaviour.md §6.1.)
 func TestExactMatchFiltering(t *testing.T) {
 	forEachMode(t, func(t *testing.T, mode string) {
 		tp, a := startAgent(t, AgentOptions{Mode: mode, Config: cfgPrivate})

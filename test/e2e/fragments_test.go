@@ -133,8 +133,8 @@ func bigUDPExchange(n *Netns, dst netip.AddrPort, localPort uint16, reqSize, res
 // translated both ways, the server sees the node address and gets the whole
 // request, the pod gets the whole reply, every checksum verifies (the
 // receivers reassemble and check the UDP checksum over the whole datagram),
-// and no fragment counts as an orphan. Also a fragmented ping. (SPEC 3.3,
-// issue 3 item 2.)
+// and no fragment counts as an orphan. Also a fragmented ping. (docs/behaviour.md
+// §5.5.)
 func TestFragments(t *testing.T) {
 	forEachMode(t, func(t *testing.T, mode string) {
 		tp, a := startAgent(t, AgentOptions{Mode: mode, Config: cfgPrivate})

@@ -1,6 +1,6 @@
 package e2e
 
-// Helpers of the hard-case tests (issue 3): datapath counters, a persistent
+// Helpers of the hard-case tests (docs/behaviour.md §4-§9): datapath counters, a persistent
 // UDP client, and hand-built packets sent from any namespace.
 
 import (

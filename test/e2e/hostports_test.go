@@ -7,8 +7,8 @@ import (
 
 // TestHostPortCollisionUDP is TestHostPortCollision for UDP: host sockets
 // bound to explicit ports and pod flows share the node address, in both
-// orders, and neither takes the other's tuple or replies (SPEC 3.6, issue 3
-// item 4). With --random-fully=false the agent wants the pod's own port, so
+// orders, and neither takes the other's tuple or replies (docs/behaviour.md §8).
+// With --random-fully=false the agent wants the pod's own port, so
 // the collision is certain.
 func TestHostPortCollisionUDP(t *testing.T) {
 	forEachMode(t, func(t *testing.T, mode string) {
@@ -82,7 +82,7 @@ func TestHostPortCollisionUDP(t *testing.T) {
 // same server: the pod's flow is dropped and counted (never given the host's
 // tuple, never sent with the pod address), the host's flow is undisturbed,
 // and a pod flow to another server port gets the port (uniqueness is per
-// remote endpoint). TCP and UDP. (SPEC 3.6 and 3.7.)
+// remote endpoint). TCP and UDP. (docs/behaviour.md §8, §9.)
 func TestHostHoldsOnlyPort(t *testing.T) {
 	const port = 46500
 	const otherTCPPort = 8090

@@ -11,8 +11,8 @@ import (
 // own address, as VPC-native networking allows. They work, the pod sees the
 // VPC host's real address and port, and the VPC host gets the replies from
 // the pod address: a reply sent from the node address would not match its
-// socket (TCP would get a RST, UDP an answer from the wrong peer). (SPEC 3.5,
-// issue 3 item 3.)
+// socket (TCP would get a RST, UDP an answer from the wrong peer). (docs/behaviour.md
+// §7.)
 func TestInboundFlows(t *testing.T) {
 	forEachMode(t, func(t *testing.T, mode string) {
 		tp, a := startAgent(t, AgentOptions{Mode: mode, Config: cfgMasqAll})

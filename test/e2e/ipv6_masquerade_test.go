@@ -13,7 +13,7 @@ import (
 )
 
 // TestIPv6TopologySelfCheck proves the dual-stack harness without any agent
-// (issue 4, item 4): the internet and far hosts really drop unique-local
+// (docs/behaviour.md §5.7): the internet and far hosts really drop unique-local
 // sources on arrival (no socket sees them, Ip6InNoRoutes counts them), the
 // VPC host answers the pods' own addresses, and the node's global address
 // reaches everything; IPv4 is as in the single-stack topology.
@@ -53,7 +53,7 @@ func TestIPv6TopologySelfCheck(t *testing.T) {
 // with the pod's own; the node's own traffic keeps its address and ports;
 // IPv4 is masqueraded as before next to it. Pod offloads are on
 // (CHECKSUM_PARTIAL through the NAT), the router completes checksums in
-// software, and no receiver counts a checksum error (issue 4, items 3-4).
+// software, and no receiver counts a checksum error (docs/behaviour.md §5.7).
 func TestIPv6Masquerade(t *testing.T) {
 	forEachMode(t, func(t *testing.T, mode string) {
 		tp, a := startAgent6(t, mode)

@@ -20,7 +20,7 @@ import (
 // "packet too big, MTU 1280" sent to the node's address, and only an error
 // translated back to the pod (outer destination and quote, ICMPv6 checksum
 // over the new pseudo-header) lets the pod learn the path MTU; without it a
-// 4 MB upload black-holes (issue 4, item 4).
+// 4 MB upload black-holes (docs/behaviour.md §5.7).
 func TestIPv6PMTUDiscovery(t *testing.T) {
 	forEachMode(t, func(t *testing.T, mode string) {
 		tp, a := startAgent6(t, mode, WithLowMTUHop())

@@ -16,7 +16,7 @@ import (
 	"github.com/ipmasq-ebpf/ip-masq-agent/migrate"
 )
 
-// Migration from the iptables agent (SPEC 3.9): the node namespace gets the
+// Migration from the iptables agent (docs/behaviour.md §12): the node namespace gets the
 // chain and POSTROUTING jump that kubernetes-sigs/ip-masq-agent v2.12
 // programs, written with iptables-nft or iptables-legacy (Debian's iptables
 // package ships both), and then the agent starts. These tests run in one

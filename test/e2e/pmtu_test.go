@@ -29,7 +29,7 @@ const (
 // Linux default). The router answers the pods' 1500-byte packets with
 // "fragmentation needed, MTU 1280" sent to the node address; only an error
 // translated back to the pod (outer destination and quote) lets the pod learn
-// the path MTU (SPEC 3.3, issue 3 item 1).
+// the path MTU (docs/behaviour.md §5.4).
 func TestPMTUDiscovery(t *testing.T) {
 	forEachMode(t, func(t *testing.T, mode string) {
 		requireAgent(t)

@@ -42,7 +42,7 @@ func TestTopologySelfCheck(t *testing.T) {
 	t.Run("MASQUERADE stand-in", func(t *testing.T) { checkMasqueradeStandIn(t, tps[0]) })
 }
 
-// checkOffloads checks the offload settings that SPEC 7.3 relies on.
+// checkOffloads checks the offload settings that docs/development.md relies on.
 func checkOffloads(t *testing.T, tp *Topology) {
 	txCsum := func(n *Netns, dev string) string {
 		out := n.MustExec(t, "ethtool", "-k", dev)

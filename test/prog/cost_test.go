@@ -9,7 +9,7 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-// Cost of each datapath path in nanoseconds per packet (SPEC 6), measured
+// Cost of each datapath path in nanoseconds per packet (docs/performance.md), measured
 // with BPF_PROG_TEST_RUN repeats. These are measurements, logged, not timing
 // assertions. A test run repeats on the same buffer, so each path is set up
 // so that every repeat takes it, and the counters prove it did: exactly one

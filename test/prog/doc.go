@@ -1,9 +1,9 @@
-// Package prog holds the tier-2 tests of the datapath (SPEC 7.2 and 7.4): the
+// Package prog holds the tier-2 tests of the datapath (docs/development.md): the
 // eBPF programs run on crafted Ethernet frames through BPF_PROG_TEST_RUN
 // ((*ebpf.Program).Run), each against its own freshly loaded maps on a
 // throwaway bpffs, and every checksum of every output is recomputed from
 // scratch in the assertion. It also holds the fuzz targets and the
-// per-path cost measurements (SPEC 6).
+// per-path cost measurements (docs/performance.md).
 //
 // Everything here needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN for
 // the bpffs mount) and skips with a message otherwise, except the checksum

@@ -18,7 +18,7 @@ func (e *env) inRanges(port uint16) bool {
 	return false
 }
 
-// masquerade runs p through egress and requires the translation SPEC 3.3
+// masquerade runs p through egress and requires the translation docs/behaviour.md §5
 // describes: the source becomes the node address and a node port from the
 // configured ranges (an ICMP echo identifier from the 16-bit space), every
 // other byte stays, every checksum is right (a UDP checksum of 0 stays 0). It
@@ -103,7 +103,7 @@ func (e *env) requireMapping(t testing.TB, orig tuple, nodePort uint16, since ti
 
 // TestEgressMasquerade: the first packet of a flow from a pod to a
 // masqueraded destination creates a mapping and leaves with the node address
-// and a node port (SPEC 3.2, 3.3); both halves are in the NAT table.
+// and a node port (docs/behaviour.md §4, §5); both halves are in the NAT table.
 func TestEgressMasquerade(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -177,7 +177,7 @@ func TestEgressReusesMapping(t *testing.T) {
 }
 
 // TestEgressPassUnchanged: packets of pods that are not masqueraded leave
-// byte for byte as they came, create no state, and count why (SPEC 3.2). The
+// byte for byte as they came, create no state, and count why (docs/behaviour.md §4). The
 // node's own traffic is in TestHostTraffic.
 func TestEgressPassUnchanged(t *testing.T) {
 	for _, tc := range []struct {
@@ -231,7 +231,7 @@ func TestEgressNoInterfaceAddress(t *testing.T) {
 }
 
 // TestEgressConfigChange: the masquerade decision is made on a flow's first
-// packet and kept (SPEC 3.2): a masqueraded flow stays masqueraded when its
+// packet and kept (docs/behaviour.md §4): a masqueraded flow stays masqueraded when its
 // destination joins the non-masquerade set, a connection opened unmasqueraded
 // is not rewritten mid-stream when its destination leaves it, and new flows
 // follow the new set.
@@ -273,7 +273,7 @@ func TestEgressConfigChange(t *testing.T) {
 }
 
 // TestEntryFlags: FIN and RST are recorded in the half of the direction that
-// carried them, which decides the flow's timeout (SPEC 3.7).
+// carried them, which decides the flow's timeout (docs/behaviour.md §9).
 func TestEntryFlags(t *testing.T) {
 	e := newEnv(t, config{keepPorts: true})
 	syn := tcpPkt(podA, 40000, remote, 443, "S")

@@ -66,7 +66,7 @@ func requireFragment(t testing.TB, got, want []byte) {
 
 // TestFirstFragment: the first fragment of a masqueraded datagram carries the
 // UDP header and is translated like a whole datagram, its checksum updated
-// for the whole datagram; its reply's first fragment comes back (SPEC 3.3).
+// for the whole datagram; its reply's first fragment comes back (docs/behaviour.md §5).
 func TestFirstFragment(t *testing.T) {
 	e := newEnv(t, config{})
 	p := bigUDP(udpPkt(podA, 40000, remote, 53))
@@ -88,7 +88,7 @@ func TestFirstFragment(t *testing.T) {
 
 // TestLaterFragments: every fragment of a masqueraded datagram is translated,
 // in both directions, the later ones too once their first fragment passed
-// (SPEC 3.3). Otherwise they leave with the pod address (which the
+// (docs/behaviour.md §5). Otherwise they leave with the pod address (which the
 // destination cannot reassemble with the first fragment) and the replies'
 // later fragments never reach the pod: large DNS answers over UDP fail.
 func TestLaterFragments(t *testing.T) {
@@ -125,7 +125,7 @@ func TestLaterFragments(t *testing.T) {
 }
 
 // TestOrphanFragments: a non-first fragment seen before (or without) its
-// first fragment cannot be mapped without buffering (SPEC 3.3). On egress it
+// first fragment cannot be mapped without buffering (docs/behaviour.md §5). On egress it
 // is dropped and counted when its datagram may be masqueraded (leaving with
 // the pod address would leak it), and passes unchanged when it cannot be (a
 // node source, a non-masquerade destination). On ingress it passes to the
@@ -169,7 +169,7 @@ func TestOrphanFragments(t *testing.T) {
 }
 
 // TestFragmentsOfOtherProtocols: the datapath passes other protocols
-// unchanged (SPEC 3.3: "address-only translation or pass"), so every
+// unchanged (docs/behaviour.md §5: "address-only translation or pass"), so every
 // fragment of their datagrams must pass too: a first fragment that passed
 // decides for the rest, as for TCP, UDP and ICMP.
 func TestFragmentsOfOtherProtocols(t *testing.T) {

@@ -9,7 +9,7 @@ import (
 	"github.com/ipmasq-ebpf/ip-masq-agent/maps"
 )
 
-// The fuzz targets feed arbitrary frames to the programs (SPEC 7.4) and check
+// The fuzz targets feed arbitrary frames to the programs (docs/development.md) and check
 // each run against an oracle written from the specification, not from the C:
 // parseFrame says what the packet is, and that decides which counter must
 // move and whether and how the packet must be translated. Properties:
@@ -48,7 +48,7 @@ type parsed struct {
 	udpCsum0 bool
 }
 
-// parseFrame reads a frame as SPEC 3.2-3.4 and 4 say the datapath must:
+// parseFrame reads a frame as docs/behaviour.md §4 to §6 and §13 say the datapath must:
 // IPv4 by EtherType; version 4, IHL at least 5 and tot_len at least IHL
 // (tot_len 0 is BIG TCP's, legal only on GSO packets, which a test run never
 // has), else malformed; a non-first fragment has no L4
@@ -121,7 +121,7 @@ type quote struct {
 	whole   bool // the quote holds the whole quoted packet
 }
 
-// parseQuote reads the quote of ICMP error p as SPEC 3.3 describes it: an
+// parseQuote reads the quote of ICMP error p as docs/behaviour.md §5 describes it: an
 // IPv4 header (not of a non-first fragment) and at least 8 bytes of its
 // TCP, UDP or ICMP echo header, all within the ICMP message; a TCP checksum
 // is in the quote only when 18 bytes of TCP header are.

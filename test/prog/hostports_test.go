@@ -7,7 +7,7 @@ import (
 // TestHostPortsShared: host sockets, and flows netfilter already NATed to the
 // node address, share the node's ports with pod mappings. A pod mapping must
 // never take a tuple such a connection uses, and such a connection must never
-// be hijacked by a pod mapping, whichever came first (SPEC 3.6). Here the
+// be hijacked by a pod mapping, whichever came first (docs/behaviour.md §8). Here the
 // host's connection is node:40000 -> remote:443 and the pod's podA:40000 ->
 // remote:443 without --random-fully, so both want node port 40000.
 //
@@ -63,7 +63,7 @@ func TestHostPortsShared(t *testing.T) {
 // node address) leaves with its address and port, byte for byte, and its
 // tuple is reserved in the NAT table (kind "host", keyed like a reply) so
 // that no pod mapping takes it later; the replies reach the host unchanged
-// and mark the reservation as answered (SPEC 3.2, 3.6).
+// and mark the reservation as answered (docs/behaviour.md §4, §8).
 func TestHostTraffic(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -128,7 +128,7 @@ func TestHostTraffic(t *testing.T) {
 // TestHostFlowMoved: a new host connection on a tuple a pod mapping holds is
 // moved to another node port, and its replies come back to the host's port;
 // a running host connection (TCP without SYN) cannot be moved and passes
-// (SPEC 3.6).
+// (docs/behaviour.md §8).
 func TestHostFlowMoved(t *testing.T) {
 	e := newEnv(t, config{keepPorts: true})
 	e.masquerade(t, tcpPkt(podA, 40000, remote, 443, "S")) // node port 40000

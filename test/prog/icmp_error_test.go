@@ -68,7 +68,7 @@ func requireQuoteChecksums(t testing.TB, frame []byte, whole bool) {
 // router on the path, is translated back to the pod: outer destination and
 // the quoted packet (source address and port, identifier), with every
 // checksum the packet carries right, also for quotes of only 8 bytes of L4
-// header (SPEC 3.3, 3.4). Fragmentation-needed must reach the pod for PMTU
+// header (docs/behaviour.md §5, §6). Fragmentation-needed must reach the pod for PMTU
 // discovery to work through the NAT.
 func TestIngressICMPError(t *testing.T) {
 	for _, tc := range []struct {
@@ -108,7 +108,7 @@ func TestIngressICMPError(t *testing.T) {
 }
 
 // TestIngressICMPErrorMismatch: an ICMP error whose quote matches no mapping
-// passes unchanged (SPEC 3.4).
+// passes unchanged (docs/behaviour.md §6).
 func TestIngressICMPErrorMismatch(t *testing.T) {
 	e := newEnv(t, config{keepPorts: true})
 	e.masquerade(t, tcpPkt(podA, 40000, remote, 443, "S"))
@@ -137,7 +137,7 @@ func TestIngressICMPErrorMismatch(t *testing.T) {
 // pod's flow (outer source the node, quoting the remote's packet to the
 // pod, for example fragmentation needed on the way to the pod) leaves with
 // the quote translated to the node address and port, so the remote can
-// match it (SPEC 3.3).
+// match it (docs/behaviour.md §5).
 func TestEgressICMPErrorFromNode(t *testing.T) {
 	e := newEnv(t, config{})
 	out := tcpPkt(podA, 40000, remote, 443, "S")
@@ -162,7 +162,7 @@ func TestEgressICMPErrorFromNode(t *testing.T) {
 
 // TestEgressICMPErrorFromPod: a pod's own ICMP error about a translated reply
 // (port unreachable for the remote's datagram) leaves from the node address,
-// quoting the datagram as the remote sent it (SPEC 3.3).
+// quoting the datagram as the remote sent it (docs/behaviour.md §5).
 func TestEgressICMPErrorFromPod(t *testing.T) {
 	e := newEnv(t, config{})
 	out := udpPkt(podA, 40001, remote, 53)
@@ -189,7 +189,7 @@ func TestEgressICMPErrorFromPod(t *testing.T) {
 // not part of the ICMP error. A quote of 8 bytes of TCP has no TCP checksum
 // whatever follows, and a quote whose L4 header lies beyond tot_len is too
 // short to match anything. The trailer must stay as it was and the ICMP
-// checksum, which covers only the IP packet, right (SPEC 3.3, 4).
+// checksum, which covers only the IP packet, right (docs/behaviour.md §5, §13).
 func TestICMPErrorWithTrailer(t *testing.T) {
 	trailer := []byte{0xde, 0xad, 0xbe, 0xef, 0xde, 0xad, 0xbe, 0xef, 0xde, 0xad, 0xbe, 0xef}
 	t.Run("8 bytes of tcp quoted", func(t *testing.T) {

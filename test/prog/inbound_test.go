@@ -8,7 +8,7 @@ import (
 // TestInboundFlows: where pod addresses are routable, a flow opened by an
 // outside host towards a pod keeps working: the pod's replies leave with the
 // pod address even though the outside host is not in the non-masquerade set
-// (SPEC 3.5). The outside host's packets pass ingress unchanged (they are
+// (docs/behaviour.md §7). The outside host's packets pass ingress unchanged (they are
 // not for the node) and the pod's answers pass egress unchanged, creating no
 // NAT mapping.
 func TestInboundFlows(t *testing.T) {
@@ -77,7 +77,7 @@ func TestInboundToTheNode(t *testing.T) {
 }
 
 // TestInboundFloodBounded: state created by inbound packets is bounded, so
-// outside hosts cannot fill the tables (SPEC 3.5): UDP from many outside
+// outside hosts cannot fill the tables (docs/behaviour.md §7): UDP from many outside
 // endpoints to pods never touches the NAT table, and pods' own flows are
 // still masqueraded afterwards.
 func TestInboundFloodBounded(t *testing.T) {
@@ -102,7 +102,7 @@ func TestInboundFloodBounded(t *testing.T) {
 // SYN-ACK or RST to an inbound SYN, a UDP reply of a node service, an echo
 // reply) is state triggered by inbound packets, which must be bounded so
 // that outside hosts cannot fill the tables and stop the pods' new flows
-// (SPEC 3.5, 3.7). Here the NAT table holds 64 entries, and outside hosts
+// (docs/behaviour.md §7, §9). Here the NAT table holds 64 entries, and outside hosts
 // make the node answer 64 times.
 func TestHostRepliesDoNotFillTheTable(t *testing.T) {
 	for _, tc := range []struct {

@@ -37,7 +37,7 @@ func replyTo(p pkt, nodePort uint16) pkt {
 }
 
 // TestIngressReply: a reply that matches a mapping exactly is translated
-// back to the pod's address and port (SPEC 3.3, 3.4).
+// back to the pod's address and port (docs/behaviour.md §5, §6).
 func TestIngressReply(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -80,7 +80,7 @@ func TestIngressReply(t *testing.T) {
 
 // TestIngressMismatch: anything that does not match a mapping exactly
 // (protocol, remote address and port, node address and port) reaches the
-// host byte for byte as it came (SPEC 3.4).
+// host byte for byte as it came (docs/behaviour.md §6).
 func TestIngressMismatch(t *testing.T) {
 	e := newEnv(t, config{keepPorts: true})
 	// Known node ports: the pods' own (free) ports.

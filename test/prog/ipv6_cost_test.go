@@ -32,7 +32,7 @@ func requireAlternation6(t *testing.T, prog *ebpf.Program, in []byte, want pkt6)
 }
 
 // TestIPv6EstablishedEgressCost: established-flow IPv6 egress, every repeat
-// a real translation of the source address and port (SPEC 6, issue 4).
+// a real translation of the source address and port (docs/performance.md, docs/behaviour.md §5.7).
 func TestIPv6EstablishedEgressCost(t *testing.T) {
 	e := newEnv6(t, config6{})
 	a, b, d := cost6A, cost6B, cost6D

@@ -16,7 +16,7 @@ import (
 // port (identifier), behind any extension headers (hop-by-hop, routing,
 // destination options, an atomic fragment header); both halves of the
 // mapping are in ipm_nat6; the reply is translated back to the pod; later
-// packets reuse the mapping (issue 4, items 2 and 4).
+// packets reuse the mapping (docs/behaviour.md §5.7).
 func TestIPv6Masquerade(t *testing.T) {
 	envs := newEnvCache(t)
 	for _, tc := range []struct {
@@ -164,7 +164,7 @@ func TestIPv6NotMasqueraded(t *testing.T) {
 // TestIPv6HostTraffic: a packet from one of the node's own IPv6 addresses
 // (global or link-local) leaves unchanged, and its tuple is reserved in
 // ipm_nat6 as the reply would arrive; the reply reaches the host unchanged
-// (SPEC 3.6 for IPv6).
+// (docs/behaviour.md §8 for IPv6).
 func TestIPv6HostTraffic(t *testing.T) {
 	envs := newEnvCache(t)
 	for _, tc := range []struct {
@@ -222,7 +222,7 @@ func TestIPv6HostTraffic(t *testing.T) {
 // TestIPv6HostPortCollision: a pod mapping never takes a tuple a host flow
 // uses, and a new host flow on a tuple a pod mapping holds moves to another
 // node port whose replies come back to the host's own port: both orders
-// (SPEC 3.6), with --random-fully=false so the collision is certain.
+// (docs/behaviour.md §8), with --random-fully=false so the collision is certain.
 func TestIPv6HostPortCollision(t *testing.T) {
 	t.Run("host first", func(t *testing.T) {
 		e := newEnv6(t, config6{config: config{keepPorts: true}})
@@ -266,7 +266,7 @@ func TestIPv6HostPortCollision(t *testing.T) {
 }
 
 // TestIPv6IngressMiss: only a reply that matches a mapping exactly is
-// translated (SPEC 3.4): another remote port, remote address, node port or
+// translated (docs/behaviour.md §6): another remote port, remote address, node port or
 // protocol reaches the host unchanged and is counted as a miss.
 func TestIPv6IngressMiss(t *testing.T) {
 	e := newEnv6(t, config6{})
@@ -303,8 +303,8 @@ func TestIPv6IngressMiss(t *testing.T) {
 }
 
 // TestIPv6Inbound: a UDP flow an outside host opens towards a pod's IPv6
-// address (routable pod IPs) keeps the pod address in its replies (SPEC
-// 3.5 for IPv6).
+// address (routable pod IPs) keeps the pod address in its replies
+// (docs/behaviour.md §7, for IPv6).
 func TestIPv6Inbound(t *testing.T) {
 	e := newEnv6(t, config6{})
 	in := udp6(remote6, 5000, pod6A, 53).frame(t)
@@ -326,8 +326,8 @@ func TestIPv6Inbound(t *testing.T) {
 }
 
 // TestIPv6NoInterfaceAddress: a new IPv6 flow through an interface without
-// a global IPv6 address is dropped, never sent with the pod address (SPEC
-// 3.7 fail closed); IPv4 on the same interface is unaffected.
+// a global IPv6 address is dropped, never sent with the pod address
+// (docs/behaviour.md §4.5, fail closed); IPv4 on the same interface is unaffected.
 func TestIPv6NoInterfaceAddress(t *testing.T) {
 	e := newEnv6(t, config6{noIface6: true})
 	in := tcp6(pod6A, 40000, remote6, 443, "S").frame(t)
@@ -424,7 +424,7 @@ func ndFrames(t testing.TB) map[string][]byte {
 
 // TestIPv6NeighbourDiscovery: neighbour discovery, router solicitation and
 // advertisement and MLD are never touched, in either direction, whatever
-// their addresses (issue 4, item 2): byte-identical, "other", and no state.
+// their addresses (docs/behaviour.md §5.7): byte-identical, "other", and no state.
 func TestIPv6NeighbourDiscovery(t *testing.T) {
 	e := newEnv6(t, config6{config: config{nonMasq: []netip.Prefix{}}, nonMasq6: []netip.Prefix{}, masqLinkLocal6: true})
 	for name, in := range ndFrames(t) {
@@ -456,7 +456,7 @@ func TestIPv6NeighbourDiscovery(t *testing.T) {
 
 // TestIPv6Malformed: truncated and malformed IPv6 packets pass both
 // programs byte for byte and are counted as malformed, also when a
-// well-formed packet of the same flow is translated (SPEC 4, as
+// well-formed packet of the same flow is translated (docs/behaviour.md §13, as
 // TestMalformed does for IPv4: a transport header must be whole, within
 // the packet and within its payload length).
 func TestIPv6Malformed(t *testing.T) {

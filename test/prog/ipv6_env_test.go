@@ -234,7 +234,7 @@ func (e *env) putEntry6(t testing.TB, k nat6Key, kind loader.BPFIpmKind, addr ne
 // --- masquerade and its reply -------------------------------------------
 
 // masquerade6 runs p (from a pod) through egress and requires the
-// translation of issue 4: the source becomes the node's global IPv6 address
+// translation of docs/behaviour.md §5.7: the source becomes the node's global IPv6 address
 // and a node port from the configured ranges (an ICMPv6 echo identifier
 // from the 16-bit space), every other byte stays, every checksum is right.
 // It returns the node port or identifier.

@@ -52,7 +52,7 @@ func (e *env) runFragments(t *testing.T, ingress bool, frags [][]byte, counters 
 }
 
 // TestIPv6Fragments: every fragment of a masqueraded datagram is translated
-// in both directions (issue 4, item 2): the first like a whole datagram (its
+// in both directions (docs/behaviour.md §5.7): the first like a whole datagram (its
 // transport checksum, which covers the whole datagram, updated), the later
 // ones, which carry no ports, by the address the first got; reassembled,
 // each direction's datagram is the translated datagram with every checksum

@@ -9,7 +9,7 @@ import (
 	"github.com/ipmasq-ebpf/ip-masq-agent/maps"
 )
 
-// IPv6 fuzz targets (SPEC 7.4, issue 4): arbitrary IPv6 frames through the
+// IPv6 fuzz targets (docs/development.md, docs/behaviour.md §5.7): arbitrary IPv6 frames through the
 // programs with --enable-ipv6, checked against an oracle written from the
 // specification (parse6Frame, the oracles below), not from the C. The
 // properties are those of fuzz_test.go for IPv4:
@@ -52,7 +52,7 @@ type parsed6 struct {
 	first    bool // first fragment (offset 0, more fragments)
 }
 
-// parse6Frame reads an IPv6 frame as issue 4 and SPEC 4 say the datapath
+// parse6Frame reads an IPv6 frame as docs/behaviour.md §5.7 and §13 say the datapath
 // must: version 6, else malformed; a payload length of 0 (without GSO, as
 // here) leaves no room for a transport header: malformed; hop-by-hop,
 // routing, destination options and fragment headers walked (each whole

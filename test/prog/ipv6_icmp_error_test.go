@@ -46,7 +46,7 @@ func protoName6(p uint8) string {
 // have got without the NAT, with every checksum right: the outer ICMPv6
 // checksum over its pseudo-header and the whole quote, and the quoted
 // transport checksum (over the quoted packet's own pseudo-header) where the
-// quote holds it (issue 4, items 2 and 4). Packet too big must reach the pod
+// quote holds it (docs/behaviour.md §5.7). Packet too big must reach the pod
 // for path MTU discovery.
 func TestIPv6IngressICMPError(t *testing.T) {
 	for _, flow := range errorFlows() {
@@ -81,7 +81,7 @@ func TestIPv6IngressICMPError(t *testing.T) {
 // translated on ingress leaves with the quote as the reply arrived (node
 // address and port), whether the pod sent it (its source becomes the
 // node's too) or the node did about a pod's flow (its source stays), every
-// checksum right (issue 4, items 2 and 4; SPEC 3.3).
+// checksum right (docs/behaviour.md §5.7; docs/behaviour.md §5).
 func TestIPv6EgressICMPError(t *testing.T) {
 	for _, flow := range errorFlows() {
 		t.Run(protoName6(flow.proto), func(t *testing.T) {

@@ -13,7 +13,7 @@ import (
 	"github.com/google/gopacket/layers"
 )
 
-// IPv6 frames for the program tests (issue 4): built with gopacket, the
+// IPv6 frames for the program tests (docs/behaviour.md §5.7): built with gopacket, the
 // extension headers and fragments assembled by hand, and every checksum
 // recomputed from scratch over the IPv6 pseudo-header (RFC 8200 8.1) by the
 // checker here, which shares no code with the builder.

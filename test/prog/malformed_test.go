@@ -93,14 +93,14 @@ func arpFrame(t testing.TB) []byte {
 }
 
 // ipv6Counted says whether an IPv6 frame that passed moved the IPv4
-// counters as SPEC 3.2 allows: "other" in the IPv4 counters, or nothing
+// counters as docs/behaviour.md §4 allows: "other" in the IPv4 counters, or nothing
 // there (counted with the IPv6 family, once the datapath has one).
 func ipv6Counted(moved map[string]uint64, dir string) bool {
 	return len(moved) == 0 || (len(moved) == 1 && moved[dir+"_other"] == 1)
 }
 
 // TestMalformed: malformed, truncated and odd packets pass byte for byte
-// unchanged and are counted, in both directions (SPEC 4), even when a
+// unchanged and are counted, in both directions (docs/behaviour.md §13), even when a
 // well-formed packet of the same flow is translated. Fragments are in
 // fragment_test.go.
 func TestMalformed(t *testing.T) {

@@ -12,7 +12,7 @@ import (
 )
 
 // TestNonMasqueradeFastPath: a /24 that a config change makes
-// non-masquerade keeps translating the flows masqueraded before (SPEC 3.2)
+// non-masquerade keeps translating the flows masqueraded before (docs/behaviour.md §4)
 // while they hold mappings; once the agent's NAT table read shows none is
 // left (SettleDir), pod packets into it pass without their flow being looked
 // up, and the host's own packets still get their tuples reserved.

@@ -10,7 +10,7 @@ import (
 
 // TestPortKeep: with --random-fully=false the node port (ICMP identifier) is
 // the pod's own when that tuple is free, another one when it is taken, and
-// one from --to-ports when the pod's port is outside them (SPEC 3.3).
+// one from --to-ports when the pod's port is outside them (docs/behaviour.md §5).
 func TestPortKeep(t *testing.T) {
 	t.Run("tcp", func(t *testing.T) {
 		e := newEnv(t, config{keepPorts: true})
@@ -47,7 +47,7 @@ func TestPortKeep(t *testing.T) {
 	t.Run("host reservation", func(t *testing.T) {
 		// A host socket (or a flow netfilter NATed) uses node:40000 with
 		// remote:443, reserved in the NAT table: no pod mapping may take
-		// it (SPEC 3.6), and its replies are not translated.
+		// it (docs/behaviour.md §8), and its replies are not translated.
 		e := newEnv(t, config{keepPorts: true})
 		e.putEntry(t, natKey(dirIngress, protoTCP, remote, nodeAddr, 443, 40000), kindHost, nodeAddr, 40000)
 		if got := e.masquerade(t, tcpPkt(podA, 40000, remote, 443, "S")); got == 40000 {
@@ -64,7 +64,7 @@ func TestPortKeep(t *testing.T) {
 
 // TestPortRangeExhaustion: a 10-port --to-ports range carries 10 concurrent
 // flows to one remote endpoint; the 11th fails closed, dropped and counted
-// (SPEC 3.7), while the existing flows and flows to other endpoints go on.
+// (docs/behaviour.md §9), while the existing flows and flows to other endpoints go on.
 func TestPortRangeExhaustion(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -149,7 +149,7 @@ func TestPortRanges(t *testing.T) {
 }
 
 // TestTableFull: when the NAT table has no room, a new flow is dropped and
-// counted, no half-made mapping stays, and existing flows go on (SPEC 3.7).
+// counted, no half-made mapping stays, and existing flows go on (docs/behaviour.md §9).
 func TestTableFull(t *testing.T) {
 	// 5 entries: two flows take 4; the third gets its reply half into the
 	// last slot and then fails on its egress half, which must give the
