@@ -33,6 +33,8 @@ const (
 	BPFKernMapIpmLocal6      = "ipm_local6"
 	BPFKernMapIpmNat4        = "ipm_nat4"
 	BPFKernMapIpmNat6        = "ipm_nat6"
+	BPFKernMapIpmNomasqTcp4  = "ipm_nomasq_tcp4"
+	BPFKernMapIpmNomasqTcp6  = "ipm_nomasq_tcp6"
 	BPFKernMapIpmScratch     = "ipm_scratch"
 	BPFKernMapIpmSettings    = "ipm_settings"
 	BPFKernMapIpmStats       = "ipm_stats"
@@ -109,6 +111,8 @@ type BPFKernMapSpecs struct {
 	IpmLocal6      *ebpf.MapSpec `ebpf:"ipm_local6"`
 	IpmNat4        *ebpf.MapSpec `ebpf:"ipm_nat4"`
 	IpmNat6        *ebpf.MapSpec `ebpf:"ipm_nat6"`
+	IpmNomasqTcp4  *ebpf.MapSpec `ebpf:"ipm_nomasq_tcp4"`
+	IpmNomasqTcp6  *ebpf.MapSpec `ebpf:"ipm_nomasq_tcp6"`
 	IpmScratch     *ebpf.MapSpec `ebpf:"ipm_scratch"`
 	IpmSettings    *ebpf.MapSpec `ebpf:"ipm_settings"`
 	IpmStats       *ebpf.MapSpec `ebpf:"ipm_stats"`
@@ -157,6 +161,8 @@ type BPFKernMaps struct {
 	IpmLocal6      *ebpf.Map `ebpf:"ipm_local6"`
 	IpmNat4        *ebpf.Map `ebpf:"ipm_nat4"`
 	IpmNat6        *ebpf.Map `ebpf:"ipm_nat6"`
+	IpmNomasqTcp4  *ebpf.Map `ebpf:"ipm_nomasq_tcp4"`
+	IpmNomasqTcp6  *ebpf.Map `ebpf:"ipm_nomasq_tcp6"`
 	IpmScratch     *ebpf.Map `ebpf:"ipm_scratch"`
 	IpmSettings    *ebpf.Map `ebpf:"ipm_settings"`
 	IpmStats       *ebpf.Map `ebpf:"ipm_stats"`
@@ -181,6 +187,8 @@ func (m *BPFKernMaps) Close() error {
 		m.IpmLocal6,
 		m.IpmNat4,
 		m.IpmNat6,
+		m.IpmNomasqTcp4,
+		m.IpmNomasqTcp6,
 		m.IpmScratch,
 		m.IpmSettings,
 		m.IpmStats,
