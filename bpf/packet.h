@@ -277,6 +277,9 @@ static __always_inline int store_port(struct __sk_buff *skb, __u32 off, __be16 p
 	 * compare's bound when clang checks a copy of the register. */
 	if (off > ETH_HLEN + 60 + 2)
 		return -1;
+	/* The empty asm keeps clang from dropping the mask, which it may
+	 * prove redundant after the compare. */
+	asm volatile("" : "+r"(off));
 	off &= 0x7f;
 	p = data + off;
 	if ((void *)(p + 1) > data_end)
@@ -308,6 +311,7 @@ static __always_inline int rewrite_l4_inline(struct __sk_buff *skb, const struct
 	 * checksum's offset), spelled out for the verifier. */
 	if (csum_off > ETH_HLEN + 60 + 16)
 		return -1;
+	asm volatile("" : "+r"(csum_off));
 	csum_off &= 0x7f; /* as in store_port */
 	check = data + csum_off;
 	if ((void *)(check + 1) > data_end)
