@@ -1,8 +1,8 @@
 package prog
 
 import (
-	"cmp"
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"fmt"
 	"net"
