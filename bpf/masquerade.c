@@ -176,6 +176,22 @@ static __noinline void note_nomasq_syn(const struct ipm_settings *s, const struc
 	record_exempt(&ipm_nomasq_tcp4, &k, ipm_clock(s));
 }
 
+/* The key of the other half of a TCP mapping, in direction dir, from the
+ * remote's address and port and the half in hand's translation (addr,
+ * port: the node side of an egress half, the pod side of an ingress one). */
+static __always_inline void tcp_other_half(struct ipm_nat_key *k, enum ipm_dir dir, __be32 remote,
+					   __be16 remote_port, __be32 addr, __be16 port)
+{
+	bool in = dir == IPM_DIR_INGRESS;
+
+	k->saddr = in ? remote : addr;
+	k->daddr = in ? addr : remote;
+	k->sport = in ? remote_port : port;
+	k->dport = in ? port : remote_port;
+	k->proto = IPPROTO_TCP;
+	k->dir = dir;
+}
+
 /* The TCP state a pod's segment on mapping e carries: a SYN may start the
  * mapping afresh, any other segment tells the pod's receive window. */
 static __noinline void egress_tcp_restart(struct __sk_buff *skb, const struct flow4 *f,
@@ -184,12 +200,7 @@ static __noinline void egress_tcp_restart(struct __sk_buff *skb, const struct fl
 	struct ipm_nat_key rk = {};
 	struct ipm_nat_entry *in;
 
-	rk.saddr = f->daddr;
-	rk.daddr = e->addr;
-	rk.sport = f->dport;
-	rk.dport = e->port;
-	rk.proto = IPPROTO_TCP;
-	rk.dir = IPM_DIR_INGRESS;
+	tcp_other_half(&rk, IPM_DIR_INGRESS, f->daddr, f->dport, e->addr, e->port);
 	in = bpf_map_lookup_elem(&ipm_nat4, &rk);
 	restart_on_syn(e, in, now, syn_wscale(skb, f->l4_off));
 }
@@ -542,12 +553,7 @@ static __always_inline bool remote_close_ok(const struct flow4 *f, const struct 
 	struct ipm_nat_key k = {};
 	struct ipm_nat_entry *eg;
 
-	k.saddr = in->addr;
-	k.daddr = f->saddr;
-	k.sport = in->port;
-	k.dport = f->sport;
-	k.proto = IPPROTO_TCP;
-	k.dir = IPM_DIR_EGRESS;
+	tcp_other_half(&k, IPM_DIR_EGRESS, f->saddr, f->sport, in->addr, in->port);
 	eg = bpf_map_lookup_elem(&ipm_nat4, &k);
 	return remote_close_plausible(eg, f->tcp_seq, f->tcp_flags & TCP_FLAG_RST);
 }

@@ -196,18 +196,27 @@ static __noinline void note_nomasq_syn6(const struct ipm_settings *s, const stru
 	record_exempt(&ipm_nomasq_tcp6, &k, ipm_clock(s));
 }
 
+static __always_inline void tcp_other_half6(struct ipm_nat6_key *k, enum ipm_dir dir,
+					    const __be32 *remote, __be16 remote_port,
+					    const __be32 *addr, __be16 port)
+{
+	bool in = dir == IPM_DIR_INGRESS;
+
+	addr6_copy(k->saddr, in ? remote : addr);
+	addr6_copy(k->daddr, in ? addr : remote);
+	k->sport = in ? remote_port : port;
+	k->dport = in ? port : remote_port;
+	k->proto = IPPROTO_TCP;
+	k->dir = dir;
+}
+
 static __noinline void egress_tcp_restart6(struct __sk_buff *skb, const struct flow6 *f,
 					   struct ipm_nat6_entry *e, __u64 now)
 {
 	struct ipm_nat6_key rk = {};
 	struct ipm_nat6_entry *in;
 
-	addr6_copy(rk.saddr, f->daddr);
-	addr6_copy(rk.daddr, e->addr);
-	rk.sport = f->dport;
-	rk.dport = e->port;
-	rk.proto = IPPROTO_TCP;
-	rk.dir = IPM_DIR_INGRESS;
+	tcp_other_half6(&rk, IPM_DIR_INGRESS, f->daddr, f->dport, e->addr, e->port);
 	in = bpf_map_lookup_elem(&ipm_nat6, &rk);
 	restart_on_syn(e, in, now, syn_wscale(skb, f->l4_off));
 }
@@ -617,12 +626,7 @@ static __always_inline bool remote_close_ok6(const struct flow6 *f, const struct
 	struct ipm_nat6_key k = {};
 	struct ipm_nat6_entry *eg;
 
-	addr6_copy(k.saddr, in->addr);
-	addr6_copy(k.daddr, f->saddr);
-	k.sport = in->port;
-	k.dport = f->sport;
-	k.proto = IPPROTO_TCP;
-	k.dir = IPM_DIR_EGRESS;
+	tcp_other_half6(&k, IPM_DIR_EGRESS, f->saddr, f->sport, in->addr, in->port);
 	eg = bpf_map_lookup_elem(&ipm_nat6, &k);
 	return remote_close_plausible(eg, f->tcp_seq, f->tcp_flags & TCP_FLAG_RST);
 }
