@@ -200,12 +200,7 @@ func TestEgressPassUnchanged(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, tc.cfg)
-			in := tc.p.frame(t)
-			before := e.readCounters(t)
-			r := e.egress(t, in)
-			requireVerdict(t, r, actPass)
-			requireUnchanged(t, r.out, in)
-			e.expectCounters(t, before, map[string]uint64{tc.counter: 1})
+			e.requireEgressUnchanged(t, tc.p, tc.counter)
 			if n := len(e.natEntries(t)); n != 0 {
 				t.Errorf("NAT table has %d entries, want none", n)
 			}

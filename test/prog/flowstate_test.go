@@ -56,6 +56,18 @@ func requireResetFor(t testing.TB, out []byte, p pkt, in []byte) {
 	requireChecksums(t, out[:54])
 }
 
+// requireEgressUnchanged runs p through egress and requires it passed
+// byte for byte, counted once as counter.
+func (e *env) requireEgressUnchanged(t testing.TB, p pkt, counter string) {
+	t.Helper()
+	in := p.frame(t)
+	before := e.readCounters(t)
+	r := e.egress(t, in)
+	requireVerdict(t, r, actPass)
+	requireUnchanged(t, r.out, in)
+	e.expectCounters(t, before, map[string]uint64{counter: 1})
+}
+
 // TestUnknownMidStreamReset: a pod's TCP segment without SYN and without a
 // mapping, towards a masqueraded destination (its mapping expired, was
 // evicted or lost), never leaves with the pod address: it becomes a RST
@@ -121,12 +133,7 @@ func TestExemptTCPPasses(t *testing.T) {
 		{tcpPkt(podB, 40000, inCluster, 443, "PA"), "egress_tcp_no_map"},
 		{tcpPkt(podB, 40001, trie, 443, "PA"), "egress_tcp_no_map"},
 	} {
-		in := tc.p.frame(t)
-		before := e.readCounters(t)
-		r := e.egress(t, in)
-		requireVerdict(t, r, actPass)
-		requireUnchanged(t, r.out, in)
-		e.expectCounters(t, before, map[string]uint64{tc.counter: 1})
+		e.requireEgressUnchanged(t, tc.p, tc.counter)
 	}
 	unknown := tcpPkt(podA, 80, remote2, 51000, "SA")
 	in := unknown.frame(t)
