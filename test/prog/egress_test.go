@@ -263,7 +263,7 @@ func TestEgressConfigChange(t *testing.T) {
 }
 
 // TestEntryFlags: FIN and RST are recorded in the half of the direction that
-// carried them, which decides the flow's timeout (SPEC 3.7). A connection is
+// carried them, which decides the flow's timeout (docs/flow-state.md). A connection is
 // closing once both sides sent a FIN (one FIN is a half-close, which may go
 // on carrying data); the remote's FIN and RST count only inside the pod's
 // window (TestOutOfWindowReset).
