@@ -400,7 +400,14 @@ func measurePaths(o progOptions, many []netip.Prefix) ([]pathResult, error) {
 	}
 
 	// Non-masquerade egress, 3 CIDRs then the large set.
-	if err := sampleOf(&pathResult{Name: "non-masquerade egress, 3 CIDRs", Detail: "TCP SYN to 10.0.3.4 (in 10.0.0.0/8); 3 CIDRs + link-local, decided by the /24 table", Counter: "egress_nomasq"},
+	// A running connection's segments, the per-packet cost; a SYN also
+	// records its connection (so a config change does not reset it), once
+	// per connection.
+	if err := sampleOf(&pathResult{Name: "non-masquerade egress, 3 CIDRs", Detail: "TCP ACK+PSH, 64 B payload, to 10.0.3.4 (in 10.0.0.0/8); 3 CIDRs + link-local, decided by the /24 table", Counter: "egress_nomasq"},
+		eg, tcpFrame(a, netip.AddrPortFrom(netip.MustParseAddr("10.0.3.4"), 443), tcpACK, 64), o.Repeats, nil); err != nil {
+		return nil, err
+	}
+	if err := sampleOf(&pathResult{Name: "non-masquerade SYN, 3 CIDRs", Detail: "TCP SYN to 10.0.3.4 (in 10.0.0.0/8), recorded in ipm_nomasq_tcp4; decided by the /24 table", Counter: "egress_nomasq"},
 		eg, tcpFrame(a, netip.AddrPortFrom(netip.MustParseAddr("10.0.3.4"), 443), tcpSYN, 0), o.Repeats, nil); err != nil {
 		return nil, err
 	}
@@ -420,9 +427,9 @@ func measurePaths(o progOptions, many []netip.Prefix) ([]pathResult, error) {
 			continue
 		}
 		if err := sampleOf(&pathResult{Name: fmt.Sprintf("non-masquerade egress, %d CIDRs, in a /%d", len(many), dst.Bits()),
-			Detail:  fmt.Sprintf("TCP SYN to %s (in %s); %d CIDRs + link-local; %s", dst.Addr().Next(), dst, len(many), nm.how),
+			Detail:  fmt.Sprintf("TCP ACK+PSH, 64 B payload, to %s (in %s); %d CIDRs + link-local; %s", dst.Addr().Next(), dst, len(many), nm.how),
 			Counter: "egress_nomasq", Target: nm.target},
-			eg, tcpFrame(a, netip.AddrPortFrom(dst.Addr().Next(), 443), tcpSYN, 0), o.Repeats, nil); err != nil {
+			eg, tcpFrame(a, netip.AddrPortFrom(dst.Addr().Next(), 443), tcpACK, 64), o.Repeats, nil); err != nil {
 			return nil, err
 		}
 	}

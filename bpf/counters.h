@@ -26,4 +26,13 @@ static __always_inline struct ipm_counters *get_counters(__u32 family)
 			(c)->field++;                                                              \
 	} while (0)
 
+/* Not a verdict: counted besides the packet's verdict counter (packet.h,
+ * udp_csum_is_full). */
+static __always_inline void count_csum_ambiguous(__u32 family)
+{
+	struct ipm_counters *c = get_counters(family);
+
+	COUNT(c, egress_csum_ambiguous);
+}
+
 #endif /* IPMASQ_COUNTERS_H */

@@ -33,10 +33,12 @@ enum csum_state {
 
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
 
-/* The one field of the kernel's struct sk_buff we read; CO-RE matches it by
+/* The fields of the kernel's struct sk_buff we read; CO-RE matches them by
  * name ("___ipm" is a flavour suffix, ignored when matching). */
 struct sk_buff___ipm {
 	__u8 ip_summed : 2;
+	__u16 csum_start; /* CHECKSUM_PARTIAL: where the summing starts, from head */
+	__u16 mac_header; /* from head */
 } __attribute__((preserve_access_index));
 
 /* Kinds of __builtin_preserve_field_info, as in libbpf's bpf_core_read.h. */
@@ -58,11 +60,31 @@ static __always_inline enum csum_state skb_csum_state(struct __sk_buff *skb)
 	return (enum csum_state)v;
 }
 
+/*
+ * Whether a CHECKSUM_PARTIAL skb's pending checksum is the one of the
+ * transport header at l4_off (from the Ethernet header, where the program's
+ * data starts on both hooks). It need not be: a pod's UDP tunnel (VXLAN,
+ * Geneve) with outer UDP checksums offloads the inner TCP checksum, and then
+ * the outer UDP checksum is a full one that a rewrite must update as such.
+ */
+static __always_inline bool csum_partial_is_l4(struct __sk_buff *skb, __u32 l4_off)
+{
+	struct sk_buff___ipm *k = bpf_cast_to_kern_ctx(skb);
+
+	return k->csum_start == (__u16)(k->mac_header + l4_off);
+}
+
 #else
 
 static __always_inline enum csum_state skb_csum_state(struct __sk_buff *skb)
 {
 	return CSUM_UNKNOWN;
+}
+
+/* Never asked: this build does not know the state (see rewrite_endpoint). */
+static __always_inline bool csum_partial_is_l4(struct __sk_buff *skb, __u32 l4_off)
+{
+	return true;
 }
 
 #endif /* IPM_KERN_CTX */

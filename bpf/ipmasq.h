@@ -21,7 +21,7 @@ typedef _Bool bool;
 #endif
 
 /* Version of every pinned map's layout, stored in ipm_settings. */
-#define IPM_LAYOUT_VERSION 1
+#define IPM_LAYOUT_VERSION 2
 
 /* How many node IPv4 addresses ipm_settings carries inline. */
 #define IPM_LOCAL4_INLINE 4
@@ -51,6 +51,11 @@ enum ipm_entry_flags : __u8 {
 	IPM_F_FIN = 1 << 0,	/* a FIN was seen in this direction */
 	IPM_F_RST = 1 << 1,	/* a RST was seen in this direction */
 	IPM_F_REPLIED = 1 << 2, /* host reservation: a packet came back */
+	/* TCP, egress half: tcp_ack and tcp_win hold the pod's last ACK. */
+	IPM_F_ACK = 1 << 3,
+	/* TCP, egress half: tcp_wscale was read from the pod's SYN (without
+	 * it, a window is judged with the largest scale, 14). */
+	IPM_F_WSCALE = 1 << 4,
 };
 
 /*
@@ -82,7 +87,16 @@ struct ipm_nat_entry {
 	enum ipm_kind kind;
 	enum ipm_entry_flags flags; /* bits seen in this direction */
 	__u32 ifindex;		    /* interface the flow leaves through */
-	__u32 pad;
+	/* TCP, written in the egress half only (docs/flow-state.md): the
+	 * pod's receive window as its last segment announced it, against
+	 * which a RST or FIN from the remote is judged. tcp_ack is the pod's
+	 * last acknowledgement number (host order, valid with IPM_F_ACK),
+	 * tcp_win the window field of that segment (unscaled), tcp_wscale
+	 * the window scale of the pod's SYN (valid with IPM_F_WSCALE). */
+	__u32 tcp_ack;
+	__u16 tcp_win;
+	__u8 tcp_wscale;
+	__u8 pad[5];
 };
 
 /* Key of ipm_frag4: the fragments of one datagram, as they travel in one
@@ -104,7 +118,9 @@ struct ipm_frag_entry {
 };
 
 /* Value of ipm_inbound4, keyed by the egress ipm_nat_key of the replies of a
- * UDP flow that an outside host opened towards a pod. */
+ * UDP or TCP flow that an outside host opened towards a pod; also of
+ * ipm_nomasq_tcp4, keyed by the egress key of a TCP connection that opened
+ * while its remote was not masqueraded. */
 struct ipm_inbound {
 	__u64 created_ns;
 	__u64 last_seen_ns;
@@ -131,6 +147,10 @@ struct ipm_nat6_entry {
 	enum ipm_kind kind;
 	enum ipm_entry_flags flags;
 	__u32 ifindex;
+	__u32 tcp_ack;
+	__u16 tcp_win;
+	__u8 tcp_wscale;
+	__u8 pad;
 };
 
 struct ipm_frag6_key {
@@ -290,6 +310,22 @@ struct ipm_counters {
 	__u64 ingress_other;	 /* not IPv4, other protocol or ICMP type: passed */
 	__u64 ingress_malformed; /* truncated or malformed: passed */
 	__u64 egress_not_source; /* source outside --source-cidrs (routed, not a pod): passed */
+	/* TCP without SYN, without mapping and not known to be exempt, towards
+	 * a masqueraded destination (its mapping expired, was evicted or lost):
+	 * dropped, and a RST sent back to the pod so the connection fails at
+	 * once instead of leaking the pod address or hanging. */
+	__u64 egress_tcp_reset;
+	/* The same, but the segment is a RST itself (never answered with a
+	 * reset) or no reset could be built: dropped. */
+	__u64 egress_tcp_unknown_drop;
+	/* A RST or FIN from the remote outside the pod's receive window:
+	 * translated, but the mapping's lifetime is left as it was. */
+	__u64 ingress_tcp_implausible;
+	/* Helpers build only (it cannot read the skb's checksum state): a
+	 * UDP checksum equal to its own pseudo-header seed, rewritten as an
+	 * offloaded checksum of this header; wrong only if it is the full
+	 * checksum of a tunnel whose inner packet is offloaded (README). */
+	__u64 egress_csum_ambiguous;
 };
 
 #endif /* IPMASQ_H */

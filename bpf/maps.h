@@ -95,15 +95,30 @@ struct {
 } ipm_frag4 SEC(".maps");
 
 /* Key: struct ipm_nat_key (egress direction). Value: struct ipm_inbound.
- * UDP flows opened from outside towards a pod, whose replies must keep the
- * pod address. Created by outside hosts, so bounded apart from the NAT table:
- * a flood evicts the oldest of these and never touches a mapping. */
+ * UDP flows and TCP connections opened from outside towards a pod, whose
+ * replies must keep the pod address. Created by outside hosts, so bounded
+ * apart from the NAT table: a flood evicts the oldest of these and never
+ * touches a mapping. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct ipm_nat_key);
 	__type(value, struct ipm_inbound);
 	__uint(max_entries, 65536);
 } ipm_inbound4 SEC(".maps");
+
+/* Key: struct ipm_nat_key (egress direction). Value: struct ipm_inbound.
+ * TCP connections that opened (a pod's SYN out, or a SYN in from an
+ * in-cluster remote) while the remote was not masqueraded: if a config
+ * change masquerades the remote later, their mid-stream segments still
+ * pass unchanged instead of being reset (docs/flow-state.md). Written on
+ * SYNs only, never read on the non-masquerade path; apart from
+ * ipm_inbound4 so that outside hosts cannot evict these. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ipm_nat_key);
+	__type(value, struct ipm_inbound);
+	__uint(max_entries, 65536);
+} ipm_nomasq_tcp4 SEC(".maps");
 
 /* Key: 0. Value: struct ipm_settings. */
 struct {
@@ -214,6 +229,14 @@ struct {
 	__type(value, struct ipm_inbound);
 	__uint(max_entries, 65536);
 } ipm_inbound6 SEC(".maps");
+
+/* Key: struct ipm_nat6_key (egress direction). Value: struct ipm_inbound. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ipm_nat6_key);
+	__type(value, struct ipm_inbound);
+	__uint(max_entries, 65536);
+} ipm_nomasq_tcp6 SEC(".maps");
 
 /*
  * Inserts key/value into map only when key is absent: 0, -EEXIST or another

@@ -22,6 +22,7 @@
 #include <bpf/bpf_helpers.h>
 
 #include "counters.h"
+#include "exempt.h"
 #include "frag.h"
 #include "icmp_error.h"
 #include "ipmasq.h"
@@ -29,20 +30,24 @@
 #include "masquerade6.h"
 #include "nat.h"
 #include "packet.h"
+#include "reset.h"
+#include "tcp_state.h"
 
 /* Creates both halves of a mapping for flow f and returns the egress half's
  * translation in to_addr/to_port; any verdict but TC_ACT_UNSPEC means the
- * packet must not leave. */
+ * packet must not leave. keep_source: a host flow moved to another port
+ * keeps its own address, which need not be the interface's primary. */
 static __always_inline int new_mapping(struct __sk_buff *skb, struct ipm_counters *c,
 				       const struct ipm_settings *s, const struct flow4 *f,
-				       const struct ipm_nat_key *k, __u64 now, __be32 *to_addr,
-				       __be16 *to_port)
+				       const struct ipm_nat_key *k, __u64 now, bool keep_source,
+				       __be32 *to_addr, __be16 *to_port)
 {
 	struct ipm_nat_key rk = {};
 	struct ipm_nat_entry ev = {};
 	struct ipm_nat_entry *e;
 	struct ipm_iface *iface;
 	__u32 ifindex = skb->ifindex;
+	__be32 node;
 	int err;
 
 	iface = bpf_map_lookup_elem(&ipm_ifaces, &ifindex);
@@ -53,8 +58,9 @@ static __always_inline int new_mapping(struct __sk_buff *skb, struct ipm_counter
 		COUNT(c, egress_no_iface);
 		return TC_ACT_SHOT;
 	}
+	node = keep_source ? f->saddr : iface->addr4;
 
-	switch (reserve_reply_half(s, f, iface->addr4, ifindex, now, &rk)) {
+	switch (reserve_reply_half(s, f, node, ifindex, now, &rk)) {
 	case ALLOC_OK:
 		break;
 	case ALLOC_NO_PORT:
@@ -69,10 +75,15 @@ static __always_inline int new_mapping(struct __sk_buff *skb, struct ipm_counter
 
 	ev.created_ns = now;
 	ev.last_seen_ns = now;
-	ev.addr = iface->addr4;
+	ev.addr = node;
 	ev.port = rk.dport;
 	ev.kind = IPM_KIND_MASQ;
 	ev.ifindex = ifindex;
+	if (f->proto == IPPROTO_TCP) {
+		/* Opened by a SYN: its window scale judges later RSTs. */
+		ev.flags = IPM_F_WSCALE;
+		ev.tcp_wscale = syn_wscale(skb, f->l4_off);
+	}
 	err = insert_new(&ipm_nat4, k, &ev);
 	if (!err) {
 		*to_addr = ev.addr;
@@ -141,6 +152,95 @@ static __always_inline int host_egress(struct __sk_buff *skb, struct ipm_counter
 	return TC_ACT_UNSPEC;
 }
 
+/* The egress key of a packet leaving as f, or of the replies to a packet
+ * arriving as f (reply = true). */
+static __always_inline void egress_key(const struct flow4 *f, bool reply, struct ipm_nat_key *k)
+{
+	k->saddr = reply ? f->daddr : f->saddr;
+	k->daddr = reply ? f->saddr : f->daddr;
+	k->sport = reply ? f->dport : f->sport;
+	k->dport = reply ? f->sport : f->dport;
+	k->proto = f->proto;
+	k->dir = IPM_DIR_EGRESS;
+	k->pad = 0;
+}
+
+/* A pod's SYN towards a destination that is not masqueraded: recorded, so
+ * that its connection keeps passing unchanged if a config change
+ * masquerades the destination later. */
+static __noinline void note_nomasq_syn(const struct ipm_settings *s, const struct flow4 *f)
+{
+	struct ipm_nat_key k = {};
+
+	egress_key(f, false, &k);
+	record_exempt(&ipm_nomasq_tcp4, &k, ipm_clock(s));
+}
+
+/* The key of the other half of a TCP mapping, in direction dir, from the
+ * remote's address and port and the half in hand's translation (addr,
+ * port: the node side of an egress half, the pod side of an ingress one). */
+static __always_inline void tcp_other_half(struct ipm_nat_key *k, enum ipm_dir dir, __be32 remote,
+					   __be16 remote_port, __be32 addr, __be16 port)
+{
+	bool in = dir == IPM_DIR_INGRESS;
+
+	k->saddr = in ? remote : addr;
+	k->daddr = in ? addr : remote;
+	k->sport = in ? remote_port : port;
+	k->dport = in ? port : remote_port;
+	k->proto = IPPROTO_TCP;
+	k->dir = dir;
+}
+
+/* The TCP state a pod's segment on mapping e carries: a SYN may start the
+ * mapping afresh, any other segment tells the pod's receive window. */
+static __noinline void egress_tcp_restart(struct __sk_buff *skb, const struct flow4 *f,
+					  struct ipm_nat_entry *e, __u64 now)
+{
+	struct ipm_nat_key rk = {};
+	struct ipm_nat_entry *in;
+
+	tcp_other_half(&rk, IPM_DIR_INGRESS, f->daddr, f->dport, e->addr, e->port);
+	in = bpf_map_lookup_elem(&ipm_nat4, &rk);
+	restart_on_syn(e, in, now, syn_wscale(skb, f->l4_off));
+}
+
+/*
+ * A pod's TCP segment without SYN and without mapping, towards a masqueraded
+ * destination. It passes unchanged only when its connection is known to be
+ * exempt: opened from outside, or opened while the destination was not
+ * masqueraded. Otherwise leaving would leak the pod address (its mapping
+ * expired, was evicted or was lost) and dropping alone would leave the
+ * application hanging: the segment becomes a RST back to the pod.
+ */
+static __noinline int egress_tcp_unknown(struct __sk_buff *skb, struct ipm_counters *c,
+					 const struct ipm_settings *s, const struct flow4 *f,
+					 const struct ipm_nat_key *k)
+{
+	__u64 now = ipm_clock(s);
+
+	if (refresh_exempt(&ipm_inbound4, k, now)) {
+		/* A reply of a connection an outside host opened. */
+		COUNT(c, egress_inbound);
+		return TC_ACT_UNSPEC;
+	}
+	if (refresh_exempt(&ipm_nomasq_tcp4, k, now)) {
+		/* Opened non-masqueraded: rewriting it now would break it. */
+		COUNT(c, egress_tcp_no_map);
+		return TC_ACT_UNSPEC;
+	}
+	if (!(f->tcp_flags & TCP_FLAG_RST) && !reset_pod4(skb, f)) {
+		COUNT(c, egress_tcp_reset);
+		/* The segment, now a RST from the remote, goes to this
+		 * interface's ingress and from there to the pod. */
+		return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
+	}
+	/* A RST is never answered with a reset; a segment we could not turn
+	 * into one is dropped all the same: it must not leak. */
+	COUNT(c, egress_tcp_unknown_drop);
+	return TC_ACT_SHOT;
+}
+
 /*
  * Decides a parsed, unfragmented or first-fragment egress packet and applies
  * the decision. *left_as is the source address it leaves with, which later
@@ -166,6 +266,8 @@ static __always_inline int egress_flow(struct __sk_buff *skb, struct ipm_counter
 	 * masqueraded and holds no mapping needs neither its flow nor any
 	 * state (the host's packets go on: their tuples are reserved). */
 	if (block_verdict(s, f->daddr) == IPM_BLOCK_NOMASQ && !is_local4(s, f->saddr)) {
+		if (f->proto == IPPROTO_TCP && tcp_is_syn(f->tcp_flags))
+			note_nomasq_syn(s, f);
 		COUNT(c, egress_nomasq);
 		return TC_ACT_UNSPEC;
 	}
@@ -180,7 +282,12 @@ static __always_inline int egress_flow(struct __sk_buff *skb, struct ipm_counter
 	/* A known flow keeps the decision made on its first packet. */
 	e = bpf_map_lookup_elem(&ipm_nat4, &k);
 	if (e && e->kind == IPM_KIND_MASQ) {
-		touch_entry(e, ipm_clock(s), f, 0);
+		now = ipm_clock(s);
+		touch_entry(e, now, f, 0);
+		if (f->proto == IPPROTO_TCP && !tcp_is_syn(f->tcp_flags))
+			track_pod_window(e, f);
+		else if (f->proto == IPPROTO_TCP)
+			egress_tcp_restart(skb, f, e, now);
 		if (rewrite_endpoint(skb, f, true, e->addr, e->port)) {
 			/* Half-rewritten: sending it would be worse. */
 			COUNT(c, egress_malformed);
@@ -200,36 +307,36 @@ static __always_inline int egress_flow(struct __sk_buff *skb, struct ipm_counter
 		goto map;
 	}
 	if (is_nomasq_dest(s, f->daddr)) {
+		if (f->proto == IPPROTO_TCP && tcp_is_syn(f->tcp_flags))
+			note_nomasq_syn(s, f);
 		COUNT(c, egress_nomasq);
-		return TC_ACT_UNSPEC;
-	}
-	if (!opens(f)) {
-		/* A mid-stream TCP segment of a connection that was not
-		 * masqueraded when it opened (the config changed since, or it
-		 * was opened from outside), or an echo reply to an outside
-		 * ping: rewriting it now would break it for sure. */
-		if (f->proto == IPPROTO_TCP)
-			COUNT(c, egress_tcp_no_map);
-		else
-			COUNT(c, egress_inbound);
-		return TC_ACT_UNSPEC;
-	}
-	if (f->proto == IPPROTO_UDP && bpf_map_lookup_elem(&ipm_inbound4, &k)) {
-		/* A reply of a UDP flow an outside host opened: it expects
-		 * the pod address (docs/behaviour.md §7). */
-		COUNT(c, egress_inbound);
 		return TC_ACT_UNSPEC;
 	}
 	if (!is_masq_source(s, f->saddr)) {
 		/* Routed from behind the node (a VM, a VPN client), not a pod
-		 * (--source-cidrs): leaves as it is. */
+		 * (--source-cidrs): leaves as it is, mid-stream or not. */
 		COUNT(c, egress_not_source);
 		return TC_ACT_UNSPEC;
 	}
+	if (!opens(f)) {
+		if (f->proto == IPPROTO_TCP)
+			return egress_tcp_unknown(skb, c, s, f, &k);
+		/* An echo reply to an outside ping: it expects the pod
+		 * address. */
+		COUNT(c, egress_inbound);
+		return TC_ACT_UNSPEC;
+	}
 	now = ipm_clock(s);
+	if (f->proto == IPPROTO_UDP && refresh_exempt(&ipm_inbound4, &k, now)) {
+		/* A reply of a UDP flow an outside host opened: it expects
+		 * the pod address, and while the pod answers the flow is
+		 * alive, however quiet the remote. */
+		COUNT(c, egress_inbound);
+		return TC_ACT_UNSPEC;
+	}
 
 map:
-	verdict = new_mapping(skb, c, s, f, &k, now, &to_addr, &to_port);
+	verdict = new_mapping(skb, c, s, f, &k, now, is_local, &to_addr, &to_port);
 	if (verdict != TC_ACT_UNSPEC)
 		return verdict;
 	if (rewrite_endpoint(skb, f, true, to_addr, to_port)) {
@@ -354,31 +461,33 @@ int ipm_egress(struct __sk_buff *skb)
 	return verdict;
 }
 
-/* A UDP datagram from outside to a pod address without a mapping: a flow
- * opened from outside (VPC-native pod IPs). Its replies must keep the pod
- * address even when the remote is outside the non-masquerade set. Returns
- * whether the datagram was for a pod (and so recorded). */
-static __always_inline bool note_inbound(const struct flow4 *f, __u64 now)
+/* A UDP datagram or a TCP SYN from outside to a pod address without a
+ * mapping: a flow opened from outside (VPC-native pod IPs). Its replies must
+ * keep the pod address even when the remote is outside the non-masquerade
+ * set. A UDP flow from a remote in that set needs no record (its replies are
+ * not masqueraded anyway); a TCP connection from there is recorded apart,
+ * as opened non-masqueraded, so a config change does not reset it. Returns
+ * whether the packet was for a pod and recorded. */
+static __always_inline bool note_inbound(const struct ipm_settings *s, const struct flow4 *f,
+					 __u64 now)
 {
 	struct ipm_nat_key rk = {};
-	struct ipm_inbound v = { .created_ns = now, .last_seen_ns = now };
-	struct ipm_inbound *e;
 
-	if (bpf_map_lookup_elem(&ipm_local4, &f->daddr))
+	if (!s || bpf_map_lookup_elem(&ipm_local4, &f->daddr))
 		return false; /* for the host itself */
-	rk.saddr = f->daddr;
-	rk.daddr = f->saddr;
-	rk.sport = f->dport;
-	rk.dport = f->sport;
-	rk.proto = f->proto;
-	rk.dir = IPM_DIR_EGRESS;
-	e = bpf_map_lookup_elem(&ipm_inbound4, &rk);
-	if (e) {
-		if (now - e->last_seen_ns > IPM_TOUCH_NS)
-			e->last_seen_ns = now;
+	egress_key(f, true, &rk);
+	if (is_nomasq_dest(s, f->saddr)) {
+		if (f->proto != IPPROTO_TCP)
+			return false;
+		record_exempt(&ipm_nomasq_tcp4, &rk, now);
 		return true;
 	}
-	bpf_map_update_elem(&ipm_inbound4, &rk, &v, BPF_NOEXIST);
+	if (f->proto == IPPROTO_TCP) {
+		record_exempt(&ipm_inbound4, &rk, now);
+		return true;
+	}
+	if (!refresh_exempt(&ipm_inbound4, &rk, now))
+		record_exempt(&ipm_inbound4, &rk, now);
 	return true;
 }
 
@@ -411,6 +520,7 @@ static __always_inline int ingress_icmp_error(struct __sk_buff *skb, struct ipm_
 	struct ipm_nat_key k = {};
 	struct ipm_nat_entry *e;
 	struct quote4 q = {};
+	enum quote_outer outer;
 
 	if (!parse_quote(skb, f, &q)) {
 		COUNT(c, ingress_other);
@@ -429,13 +539,30 @@ static __always_inline int ingress_icmp_error(struct __sk_buff *skb, struct ipm_
 		COUNT(c, ingress_miss);
 		return TC_ACT_UNSPEC;
 	}
-	if (rewrite_quote(skb, f, &q, true, e->addr, e->port,
-			  f->daddr == q.saddr ? OUTER_DEST : OUTER_KEEP)) {
+	outer = f->daddr == q.saddr ? OUTER_DEST : OUTER_KEEP;
+	if (rewrite_quote(skb, f, &q, true, e->addr, e->port, outer)) {
 		COUNT(c, ingress_malformed);
 		return TC_ACT_SHOT;
 	}
+	/* A large error (a quote of a full packet) may come in fragments:
+	 * the later ones carry no quote and follow this one. */
+	if (f->frag == FRAG_FIRST)
+		remember_first_fragment(f, IPM_DIR_INGRESS,
+					outer == OUTER_DEST ? e->addr : f->daddr, ipm_now());
 	COUNT(c, ingress_icmp_error);
 	return TC_ACT_UNSPEC;
+}
+
+/* Whether the remote's RST or FIN f, which hit ingress half in, lies in the
+ * pod's receive window, recorded in the mapping's egress half. */
+static __always_inline bool remote_close_ok(const struct flow4 *f, const struct ipm_nat_entry *in)
+{
+	struct ipm_nat_key k = {};
+	struct ipm_nat_entry *eg;
+
+	tcp_other_half(&k, IPM_DIR_EGRESS, f->saddr, f->sport, in->addr, in->port);
+	eg = bpf_map_lookup_elem(&ipm_nat4, &k);
+	return remote_close_plausible(eg, f->tcp_seq, f->tcp_flags & TCP_FLAG_RST);
 }
 
 SEC("tc")
@@ -449,6 +576,8 @@ int ipm_ingress(struct __sk_buff *skb)
 	struct ipm_nat_entry *e;
 	struct ipm_nat_key k = {};
 	struct flow4 f = {};
+	bool implausible = false;
+	__u8 tcp_flags;
 	__u64 now;
 
 	switch (parse_ipv4(skb, &f)) {
@@ -483,7 +612,9 @@ int ipm_ingress(struct __sk_buff *skb)
 			/* A reply to the host: refresh its reservation. */
 			touch_entry(e, ipm_clock(s), &f, IPM_F_REPLIED);
 			COUNT(c, ingress_host);
-		} else if (f.proto == IPPROTO_UDP && note_inbound(&f, ipm_clock(s))) {
+		} else if ((f.proto == IPPROTO_UDP ||
+			    (f.proto == IPPROTO_TCP && tcp_is_syn(f.tcp_flags))) &&
+			   note_inbound(s, &f, ipm_clock(s))) {
 			COUNT(c, ingress_inbound);
 		} else {
 			COUNT(c, ingress_miss);
@@ -491,14 +622,24 @@ int ipm_ingress(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC;
 	}
 	now = ipm_clock(s);
-	touch_entry(e, now, &f, 0);
+	tcp_flags = f.proto == IPPROTO_TCP ? f.tcp_flags : 0;
+	if ((tcp_flags & (TCP_FLAG_RST | TCP_FLAG_FIN)) && !remote_close_ok(&f, e)) {
+		/* Out of the pod's window: a blind spoofed RST or FIN must
+		 * not shorten the mapping's life. The pod judges it too. */
+		tcp_flags &= ~(TCP_FLAG_RST | TCP_FLAG_FIN);
+		implausible = true;
+	}
+	touch_fields(&e->last_seen_ns, &e->flags, now, tcp_flags, 0);
 	if (rewrite_endpoint(skb, &f, false, e->addr, e->port)) {
 		COUNT(c, ingress_malformed);
 		return TC_ACT_SHOT;
 	}
 	if (f.frag == FRAG_FIRST)
 		remember_first_fragment(&f, IPM_DIR_INGRESS, e->addr, ipm_now());
-	COUNT(c, ingress_translated);
+	if (implausible)
+		COUNT(c, ingress_tcp_implausible);
+	else
+		COUNT(c, ingress_translated);
 	return TC_ACT_UNSPEC;
 }
 

@@ -14,12 +14,15 @@
 #include <bpf/bpf_helpers.h>
 
 #include "counters.h"
+#include "exempt.h"
 #include "frag.h"
 #include "icmp_error.h"
 #include "ipmasq.h"
 #include "maps.h"
 #include "nat.h"
 #include "packet6.h"
+#include "reset.h"
+#include "tcp_state.h"
 
 static __always_inline void nat6_key(const struct flow6 *f, enum ipm_dir dir,
 				     struct ipm_nat6_key *k)
@@ -88,8 +91,8 @@ static __always_inline bool addr6_is_zero(const __be32 *a)
 
 static __always_inline int new_mapping6(struct __sk_buff *skb, struct ipm_counters *c,
 					const struct ipm_settings *s, const struct flow6 *f,
-					const struct ipm_nat6_key *k, __u64 now, __be32 *to_addr,
-					__be16 *to_port)
+					const struct ipm_nat6_key *k, __u64 now, bool keep_source,
+					__be32 *to_addr, __be16 *to_port)
 {
 	struct ipm_nat6_key rk = {};
 	struct ipm_nat6_entry rv = {}, ev = {};
@@ -98,6 +101,7 @@ static __always_inline int new_mapping6(struct __sk_buff *skb, struct ipm_counte
 	struct ipm_scratch *sc;
 	__u32 ifindex = skb->ifindex;
 	bool icmp = f->proto == IPPROTO_ICMPV6;
+	const __be32 *node;
 	int err;
 	int alloc;
 
@@ -107,9 +111,10 @@ static __always_inline int new_mapping6(struct __sk_buff *skb, struct ipm_counte
 		COUNT(c, egress_no_iface);
 		return TC_ACT_SHOT;
 	}
+	node = keep_source ? f->saddr : iface->addr6;
 
 	addr6_copy(rk.saddr, f->daddr);
-	addr6_copy(rk.daddr, iface->addr6);
+	addr6_copy(rk.daddr, node);
 	rk.sport = icmp ? 0 : f->dport;
 	rk.proto = f->proto;
 	rk.dir = IPM_DIR_INGRESS;
@@ -138,10 +143,14 @@ static __always_inline int new_mapping6(struct __sk_buff *skb, struct ipm_counte
 
 	ev.created_ns = now;
 	ev.last_seen_ns = now;
-	addr6_copy(ev.addr, iface->addr6);
+	addr6_copy(ev.addr, node);
 	ev.port = rk.dport;
 	ev.kind = IPM_KIND_MASQ;
 	ev.ifindex = ifindex;
+	if (f->proto == IPPROTO_TCP) {
+		ev.flags = IPM_F_WSCALE;
+		ev.tcp_wscale = syn_wscale(skb, f->l4_off);
+	}
 	err = insert_new(&ipm_nat6, k, &ev);
 	if (!err) {
 		addr6_copy(to_addr, ev.addr);
@@ -194,6 +203,61 @@ static __always_inline int host_egress6(struct __sk_buff *skb, struct ipm_counte
 	return TC_ACT_UNSPEC;
 }
 
+static __noinline void note_nomasq_syn6(const struct ipm_settings *s, const struct flow6 *f)
+{
+	struct ipm_nat6_key k = {};
+
+	nat6_key(f, IPM_DIR_EGRESS, &k);
+	record_exempt(&ipm_nomasq_tcp6, &k, ipm_clock(s));
+}
+
+static __always_inline void tcp_other_half6(struct ipm_nat6_key *k, enum ipm_dir dir,
+					    const __be32 *remote, __be16 remote_port,
+					    const __be32 *addr, __be16 port)
+{
+	bool in = dir == IPM_DIR_INGRESS;
+
+	addr6_copy(k->saddr, in ? remote : addr);
+	addr6_copy(k->daddr, in ? addr : remote);
+	k->sport = in ? remote_port : port;
+	k->dport = in ? port : remote_port;
+	k->proto = IPPROTO_TCP;
+	k->dir = dir;
+}
+
+static __noinline void egress_tcp_restart6(struct __sk_buff *skb, const struct flow6 *f,
+					   struct ipm_nat6_entry *e, __u64 now)
+{
+	struct ipm_nat6_key rk = {};
+	struct ipm_nat6_entry *in;
+
+	tcp_other_half6(&rk, IPM_DIR_INGRESS, f->daddr, f->dport, e->addr, e->port);
+	in = bpf_map_lookup_elem(&ipm_nat6, &rk);
+	restart_on_syn(e, in, now, syn_wscale(skb, f->l4_off));
+}
+
+static __noinline int egress_tcp_unknown6(struct __sk_buff *skb, struct ipm_counters *c,
+					  const struct ipm_settings *s, const struct flow6 *f,
+					  const struct ipm_nat6_key *k)
+{
+	__u64 now = ipm_clock(s);
+
+	if (refresh_exempt(&ipm_inbound6, k, now)) {
+		COUNT(c, egress_inbound);
+		return TC_ACT_UNSPEC;
+	}
+	if (refresh_exempt(&ipm_nomasq_tcp6, k, now)) {
+		COUNT(c, egress_tcp_no_map);
+		return TC_ACT_UNSPEC;
+	}
+	if (!(f->tcp_flags & TCP_FLAG_RST) && !reset_pod6(skb, f)) {
+		COUNT(c, egress_tcp_reset);
+		return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
+	}
+	COUNT(c, egress_tcp_unknown_drop);
+	return TC_ACT_SHOT;
+}
+
 static __always_inline int egress_flow6(struct __sk_buff *skb, struct ipm_counters *c,
 					const struct ipm_settings *s, const struct flow6 *f,
 					__be32 *left_as)
@@ -209,7 +273,12 @@ static __always_inline int egress_flow6(struct __sk_buff *skb, struct ipm_counte
 	nat6_key(f, IPM_DIR_EGRESS, &k);
 	e = bpf_map_lookup_elem(&ipm_nat6, &k);
 	if (e && e->kind == IPM_KIND_MASQ) {
-		touch_entry(e, ipm_clock(s), f, 0);
+		now = ipm_clock(s);
+		touch_entry(e, now, f, 0);
+		if (f->proto == IPPROTO_TCP && !tcp_is_syn(f->tcp_flags))
+			track_pod_window(e, f);
+		else if (f->proto == IPPROTO_TCP)
+			egress_tcp_restart6(skb, f, e, now);
 		if (rewrite_endpoint6(skb, f, true, e->addr, e->port)) {
 			COUNT(c, egress_malformed);
 			return TC_ACT_SHOT;
@@ -227,29 +296,31 @@ static __always_inline int egress_flow6(struct __sk_buff *skb, struct ipm_counte
 		goto map;
 	}
 	if (is_nomasq_dest6(s, f->daddr)) {
+		if (f->proto == IPPROTO_TCP && tcp_is_syn(f->tcp_flags))
+			note_nomasq_syn6(s, f);
 		COUNT(c, egress_nomasq);
+		return TC_ACT_UNSPEC;
+	}
+	if (!is_masq_source6(s, f->saddr)) {
+		/* Routed from behind the node, not a pod: leaves as it is,
+		 * mid-stream or not. */
+		COUNT(c, egress_not_source);
 		return TC_ACT_UNSPEC;
 	}
 	if (!opens(f)) {
 		if (f->proto == IPPROTO_TCP)
-			COUNT(c, egress_tcp_no_map);
-		else
-			COUNT(c, egress_inbound);
-		return TC_ACT_UNSPEC;
-	}
-	if (f->proto == IPPROTO_UDP && bpf_map_lookup_elem(&ipm_inbound6, &k)) {
+			return egress_tcp_unknown6(skb, c, s, f, &k);
 		COUNT(c, egress_inbound);
 		return TC_ACT_UNSPEC;
 	}
-	if (!is_masq_source6(s, f->saddr)) {
-		/* Routed from behind the node, not a pod: leaves as it is. */
-		COUNT(c, egress_not_source);
+	now = ipm_clock(s);
+	if (f->proto == IPPROTO_UDP && refresh_exempt(&ipm_inbound6, &k, now)) {
+		COUNT(c, egress_inbound);
 		return TC_ACT_UNSPEC;
 	}
-	now = ipm_clock(s);
 
 map:
-	verdict = new_mapping6(skb, c, s, f, &k, now, left_as, &to_port);
+	verdict = new_mapping6(skb, c, s, f, &k, now, is_local, left_as, &to_port);
 	if (verdict != TC_ACT_UNSPEC)
 		return verdict;
 	if (rewrite_endpoint6(skb, f, true, left_as, to_port)) {
@@ -490,11 +561,10 @@ static __always_inline int egress6(struct __sk_buff *skb)
 	return verdict;
 }
 
-static __always_inline bool note_inbound6(const struct flow6 *f, __u64 now)
+static __always_inline bool note_inbound6(const struct ipm_settings *s, const struct flow6 *f,
+					  __u64 now)
 {
 	struct ipm_nat6_key rk = {};
-	struct ipm_inbound v = { .created_ns = now, .last_seen_ns = now };
-	struct ipm_inbound *e;
 
 	if (is_local6(f->daddr))
 		return false;
@@ -504,13 +574,18 @@ static __always_inline bool note_inbound6(const struct flow6 *f, __u64 now)
 	rk.dport = f->sport;
 	rk.proto = f->proto;
 	rk.dir = IPM_DIR_EGRESS;
-	e = bpf_map_lookup_elem(&ipm_inbound6, &rk);
-	if (e) {
-		if (now - e->last_seen_ns > IPM_TOUCH_NS)
-			e->last_seen_ns = now;
+	if (is_nomasq_dest6(s, f->saddr)) {
+		if (f->proto != IPPROTO_TCP)
+			return false;
+		record_exempt(&ipm_nomasq_tcp6, &rk, now);
 		return true;
 	}
-	bpf_map_update_elem(&ipm_inbound6, &rk, &v, BPF_NOEXIST);
+	if (f->proto == IPPROTO_TCP) {
+		record_exempt(&ipm_inbound6, &rk, now);
+		return true;
+	}
+	if (!refresh_exempt(&ipm_inbound6, &rk, now))
+		record_exempt(&ipm_inbound6, &rk, now);
 	return true;
 }
 
@@ -537,6 +612,7 @@ static __always_inline int ingress_icmp_error6(struct __sk_buff *skb, struct ipm
 	struct ipm_nat6_key k = {};
 	struct ipm_nat6_entry *e;
 	struct quote6 q = {};
+	enum quote_outer outer;
 
 	if (!parse_quote6(skb, f, &q)) {
 		COUNT(c, ingress_other);
@@ -554,13 +630,26 @@ static __always_inline int ingress_icmp_error6(struct __sk_buff *skb, struct ipm
 		COUNT(c, ingress_miss);
 		return TC_ACT_UNSPEC;
 	}
-	if (rewrite_quote6(skb, f, &q, true, e->addr, e->port,
-			   addr6_eq(f->daddr, q.f.saddr) ? OUTER_DEST : OUTER_KEEP)) {
+	outer = addr6_eq(f->daddr, q.f.saddr) ? OUTER_DEST : OUTER_KEEP;
+	if (rewrite_quote6(skb, f, &q, true, e->addr, e->port, outer)) {
 		COUNT(c, ingress_malformed);
 		return TC_ACT_SHOT;
 	}
+	if (f->frag == FRAG_FIRST)
+		remember_first_fragment6(f, IPM_DIR_INGRESS,
+					 outer == OUTER_DEST ? e->addr : f->daddr, ipm_now());
 	COUNT(c, ingress_icmp_error);
 	return TC_ACT_UNSPEC;
+}
+
+static __always_inline bool remote_close_ok6(const struct flow6 *f, const struct ipm_nat6_entry *in)
+{
+	struct ipm_nat6_key k = {};
+	struct ipm_nat6_entry *eg;
+
+	tcp_other_half6(&k, IPM_DIR_EGRESS, f->saddr, f->sport, in->addr, in->port);
+	eg = bpf_map_lookup_elem(&ipm_nat6, &k);
+	return remote_close_plausible(eg, f->tcp_seq, f->tcp_flags & TCP_FLAG_RST);
 }
 
 static __always_inline int ingress6(struct __sk_buff *skb)
@@ -570,6 +659,8 @@ static __always_inline int ingress6(struct __sk_buff *skb)
 	struct ipm_nat6_entry *e;
 	struct ipm_nat6_key k = {};
 	struct flow6 f = {};
+	bool implausible = false;
+	__u8 tcp_flags;
 	__u64 now;
 
 	if (!s || !s->enable_ipv6) {
@@ -597,7 +688,9 @@ static __always_inline int ingress6(struct __sk_buff *skb)
 		if (e) {
 			touch_entry(e, ipm_clock(s), &f, IPM_F_REPLIED);
 			COUNT(c, ingress_host);
-		} else if (f.proto == IPPROTO_UDP && note_inbound6(&f, ipm_clock(s))) {
+		} else if ((f.proto == IPPROTO_UDP ||
+			    (f.proto == IPPROTO_TCP && tcp_is_syn(f.tcp_flags))) &&
+			   note_inbound6(s, &f, ipm_clock(s))) {
 			COUNT(c, ingress_inbound);
 		} else {
 			COUNT(c, ingress_miss);
@@ -605,14 +698,22 @@ static __always_inline int ingress6(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC;
 	}
 	now = ipm_clock(s);
-	touch_entry(e, now, &f, 0);
+	tcp_flags = f.proto == IPPROTO_TCP ? f.tcp_flags : 0;
+	if ((tcp_flags & (TCP_FLAG_RST | TCP_FLAG_FIN)) && !remote_close_ok6(&f, e)) {
+		tcp_flags &= ~(TCP_FLAG_RST | TCP_FLAG_FIN);
+		implausible = true;
+	}
+	touch_fields(&e->last_seen_ns, &e->flags, now, tcp_flags, 0);
 	if (rewrite_endpoint6(skb, &f, false, e->addr, e->port)) {
 		COUNT(c, ingress_malformed);
 		return TC_ACT_SHOT;
 	}
 	if (f.frag == FRAG_FIRST)
 		remember_first_fragment6(&f, IPM_DIR_INGRESS, e->addr, ipm_now());
-	COUNT(c, ingress_translated);
+	if (implausible)
+		COUNT(c, ingress_tcp_implausible);
+	else
+		COUNT(c, ingress_translated);
 	return TC_ACT_UNSPEC;
 }
 

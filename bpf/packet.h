@@ -15,6 +15,7 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
+#include "counters.h"
 #include "csum_state.h"
 #include "ipmasq.h"
 
@@ -53,6 +54,11 @@ struct flow4 {
 	__u16 pad;
 	__u32 l4_off; /* from the start of the Ethernet header */
 	__u32 end;    /* end of the IP packet: bytes after it (padding) are not ours */
+	/* TCP: sequence and acknowledgement numbers and window, as sent. */
+	__be32 tcp_seq;
+	__be32 tcp_ack;
+	__be16 tcp_win;
+	__u16 pad2;
 };
 
 enum frag_kind {
@@ -148,6 +154,9 @@ static __always_inline enum parse_result parse_ipv4(struct __sk_buff *skb, struc
 		f->sport = th->source;
 		f->dport = th->dest;
 		f->tcp_flags = ((__u8 *)th)[13];
+		f->tcp_seq = th->seq;
+		f->tcp_ack = th->ack_seq;
+		f->tcp_win = th->window;
 		return PARSE_OK;
 	}
 	case IPPROTO_UDP: {
@@ -204,6 +213,18 @@ static __always_inline __u16 csum_fold32(__u32 sum)
 	return sum;
 }
 
+/* One's complement sum of the 16-bit words of a buffer of constant size. */
+static __always_inline __u32 sum_words(const void *buf, __u32 bytes)
+{
+	const __u16 *w = buf;
+	__u32 sum = 0;
+
+#pragma unroll
+	for (__u32 i = 0; i < bytes / 2; i++)
+		sum += w[i];
+	return sum;
+}
+
 /* Updates a checksum field that covers a 32-bit word changing from `from` to
  * `to` (RFC 1624: HC' = ~(~HC + ~m + m')). Right for the IPv4 header
  * checksum, which is never offloaded; not for transport checksums, whose
@@ -256,6 +277,9 @@ static __always_inline int store_port(struct __sk_buff *skb, __u32 off, __be16 p
 	 * compare's bound when clang checks a copy of the register. */
 	if (off > ETH_HLEN + 60 + 2)
 		return -1;
+	/* The empty asm keeps clang from dropping the mask, which it may
+	 * prove redundant after the compare. */
+	asm volatile("" : "+r"(off));
 	off &= 0x7f;
 	p = data + off;
 	if ((void *)(p + 1) > data_end)
@@ -287,6 +311,7 @@ static __always_inline int rewrite_l4_inline(struct __sk_buff *skb, const struct
 	 * checksum's offset), spelled out for the verifier. */
 	if (csum_off > ETH_HLEN + 60 + 16)
 		return -1;
+	asm volatile("" : "+r"(csum_off));
 	csum_off &= 0x7f; /* as in store_port */
 	check = data + csum_off;
 	if ((void *)(check + 1) > data_end)
@@ -310,6 +335,39 @@ static __always_inline int rewrite_l4_inline(struct __sk_buff *skb, const struct
 	return from_port == to_port ? 0 : store_port(skb, port_off, to_port);
 }
 
+/* The seed a CHECKSUM_PARTIAL transport header of length len (network
+ * order) would carry: its pseudo-header sum, folded, not complemented. */
+static __always_inline __u16 pseudo_seed4(__be32 saddr, __be32 daddr, __u8 proto, __be16 len)
+{
+	return csum_fold32((saddr & 0xffff) + (saddr >> 16) + (daddr & 0xffff) + (daddr >> 16) +
+			   bpf_htons(proto) + len);
+}
+
+/*
+ * For a build that cannot read the skb's checksum state: whether a leaving
+ * UDP datagram's checksum field holds a full checksum, told apart from the
+ * seed of an offload pending on this very header by its value. A full
+ * checksum is what it holds when the datagram is not offloaded, and also when
+ * it is the outer header of a pod's tunnel whose inner packet is (the
+ * offload then is the inner checksum's): either way plain arithmetic is
+ * right, and the helpers would treat the second case as a seed. A full
+ * checksum that happens to equal the seed (1 in 65536) is left to the
+ * helpers and counted (egress_csum_ambiguous): right unless it is a tunnel.
+ */
+static __always_inline bool udp_csum_is_full(struct __sk_buff *skb, const struct flow4 *f,
+					     bool *ambiguous)
+{
+	__be16 hdr[4];
+
+	*ambiguous = false;
+	if (bpf_skb_load_bytes(skb, f->l4_off, hdr, sizeof(hdr)) || !hdr[3])
+		return false;
+	if (hdr[3] != pseudo_seed4(f->saddr, f->daddr, IPPROTO_UDP, hdr[2]))
+		return true;
+	*ambiguous = true;
+	return false;
+}
+
 /*
  * Rewrites the source (egress) or destination (ingress) address and port of a
  * parsed packet. Checksums are updated incrementally so that they are right
@@ -331,6 +389,7 @@ static __always_inline int rewrite_endpoint(struct __sk_buff *skb, const struct 
 	enum csum_state state = skb_csum_state(skb);
 	__u32 csum_off, port_off;
 	__u64 zero_flag = 0;
+	bool ambiguous = false;
 
 	switch (f->proto) {
 	case IPPROTO_TCP:
@@ -350,6 +409,16 @@ static __always_inline int rewrite_endpoint(struct __sk_buff *skb, const struct 
 		break;
 	}
 
+	/* An offloaded checksum that is not this header's (a pod's UDP
+	 * tunnel): this header's field is a full checksum. */
+	if (state == CSUM_PARTIAL && !csum_partial_is_l4(skb, f->l4_off))
+		state = CSUM_NONE;
+	if (state == CSUM_UNKNOWN && source && f->proto == IPPROTO_UDP) {
+		if (udp_csum_is_full(skb, f, &ambiguous))
+			state = CSUM_NONE;
+		else if (ambiguous)
+			count_csum_ambiguous(FAMILY_IPV4);
+	}
 	if (state == CSUM_NONE || state == CSUM_UNNECESSARY ||
 	    (state == CSUM_PARTIAL && f->proto != IPPROTO_ICMP)) {
 		/* ICMP is never offloaded; a partial one would be odd enough

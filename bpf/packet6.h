@@ -47,6 +47,10 @@ struct flow6 {
 	__be32 fragid; /* identification of the fragment header */
 	__u32 l4_off;
 	__u32 end; /* end of the IP packet: bytes after it (padding) are not ours */
+	__be32 tcp_seq;
+	__be32 tcp_ack;
+	__be16 tcp_win;
+	__u16 pad2;
 };
 
 static __always_inline bool is_icmp6_error(__u8 type)
@@ -160,6 +164,9 @@ transport:
 		f->sport = *(__be16 *)&th[0];
 		f->dport = *(__be16 *)&th[2];
 		f->tcp_flags = th[13];
+		f->tcp_seq = *(__be32 *)&th[4];
+		f->tcp_ack = *(__be32 *)&th[8];
+		f->tcp_win = *(__be16 *)&th[14];
 		return PARSE_OK;
 	}
 	case IPPROTO_UDP: {
@@ -220,6 +227,68 @@ static __always_inline __u32 port_offset6(__u8 proto, __u32 l4_off, bool source)
 }
 
 /*
+ * Whether the transport checksum field of f holds a full checksum although
+ * the helpers would take it for an offload's seed: a CHECKSUM_PARTIAL skb
+ * whose pending checksum is an inner header's (a pod's UDP tunnel; the
+ * kern-ctx build reads csum_start), or, where the state cannot be read, a
+ * leaving UDP datagram whose field is not its own pseudo-header seed (see
+ * udp_csum_is_full in packet.h).
+ */
+static __always_inline bool csum_full_despite_offload6(struct __sk_buff *skb, const struct flow6 *f,
+						       bool source)
+{
+	enum csum_state state = skb_csum_state(skb);
+	__be16 hdr[4];
+	__u32 len;
+
+	if (state == CSUM_PARTIAL)
+		return !csum_partial_is_l4(skb, f->l4_off);
+	if (state != CSUM_UNKNOWN || !source || f->proto != IPPROTO_UDP)
+		return false;
+	if (bpf_skb_load_bytes(skb, f->l4_off, hdr, sizeof(hdr)) || !hdr[3])
+		return false;
+	len = sum_words(f->saddr, 16) + sum_words(f->daddr, 16) + bpf_htons(IPPROTO_UDP) + hdr[2];
+	if (hdr[3] != csum_fold32(len))
+		return true;
+	count_csum_ambiguous(FAMILY_IPV6);
+	return false;
+}
+
+/* rewrite_endpoint6 for a field that holds a full checksum, with plain
+ * arithmetic (RFC 1624) over the address and port changes. */
+static __always_inline int rewrite_full6(struct __sk_buff *skb, const struct flow6 *f, bool source,
+					 const __be32 *to_addr, __be16 to_port, __u32 csum_off)
+{
+	const __be32 *from = source ? f->saddr : f->daddr;
+	__be16 from_port = source ? f->sport : f->dport;
+	__be32 to[4];
+	__u16 check;
+	__u32 sum;
+
+	addr6_copy(to, to_addr);
+	if (bpf_skb_load_bytes(skb, csum_off, &check, sizeof(check)))
+		return -1;
+	sum = (__u16)~check;
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		sum += (__u16) ~(from[i] & 0xffff) + (__u16) ~(from[i] >> 16);
+		sum += (to[i] & 0xffff) + (to[i] >> 16);
+	}
+	sum += (__u16)~from_port + to_port;
+	check = ~csum_fold32(sum);
+	if (f->proto == IPPROTO_UDP && !check)
+		check = 0xffff;
+	if (bpf_skb_store_bytes(skb, csum_off, &check, sizeof(check), 0))
+		return -1;
+	if (from_port != to_port &&
+	    bpf_skb_store_bytes(skb, port_offset6(f->proto, f->l4_off, source), &to_port,
+				sizeof(to_port), 0))
+		return -1;
+	return bpf_skb_store_bytes(skb, ETH_HLEN + (source ? IPV6_SADDR_OFF : IPV6_DADDR_OFF), to,
+				   sizeof(to), BPF_F_RECOMPUTE_CSUM);
+}
+
+/*
  * Rewrites the source (egress) or destination (ingress) address and port of
  * a parsed IPv6 packet. The address change reaches the transport checksum
  * through the pseudo-header (BPF_F_PSEUDO_HDR, so that CHECKSUM_PARTIAL
@@ -237,6 +306,8 @@ static __always_inline int rewrite_endpoint6(struct __sk_buff *skb, const struct
 	__be32 from[4], to[4];
 	__s64 diff;
 
+	if (csum_full_despite_offload6(skb, f, source))
+		return rewrite_full6(skb, f, source, to_addr, to_port, csum_off);
 	addr6_copy(from, from_addr);
 	addr6_copy(to, to_addr);
 	diff = bpf_csum_diff(from, sizeof(from), to, sizeof(to), 0);

@@ -55,33 +55,37 @@ type BPFIpmClockSample struct {
 }
 
 type BPFIpmCounters struct {
-	_                 structs.HostLayout
-	EgressTranslated  uint64
-	EgressNewFlow     uint64
-	EgressNomasq      uint64
-	EgressHost        uint64
-	EgressHostMoved   uint64
-	EgressTcpNoMap    uint64
-	EgressInbound     uint64
-	EgressNoIface     uint64
-	EgressNoPort      uint64
-	EgressTableFull   uint64
-	EgressRace        uint64
-	EgressFragment    uint64
-	EgressFragOrphan  uint64
-	EgressIcmpError   uint64
-	EgressOther       uint64
-	EgressMalformed   uint64
-	IngressTranslated uint64
-	IngressHost       uint64
-	IngressMiss       uint64
-	IngressFragment   uint64
-	IngressFragOrphan uint64
-	IngressIcmpError  uint64
-	IngressInbound    uint64
-	IngressOther      uint64
-	IngressMalformed  uint64
-	EgressNotSource   uint64
+	_                     structs.HostLayout
+	EgressTranslated      uint64
+	EgressNewFlow         uint64
+	EgressNomasq          uint64
+	EgressHost            uint64
+	EgressHostMoved       uint64
+	EgressTcpNoMap        uint64
+	EgressInbound         uint64
+	EgressNoIface         uint64
+	EgressNoPort          uint64
+	EgressTableFull       uint64
+	EgressRace            uint64
+	EgressFragment        uint64
+	EgressFragOrphan      uint64
+	EgressIcmpError       uint64
+	EgressOther           uint64
+	EgressMalformed       uint64
+	IngressTranslated     uint64
+	IngressHost           uint64
+	IngressMiss           uint64
+	IngressFragment       uint64
+	IngressFragOrphan     uint64
+	IngressIcmpError      uint64
+	IngressInbound        uint64
+	IngressOther          uint64
+	IngressMalformed      uint64
+	EgressNotSource       uint64
+	EgressTcpReset        uint64
+	EgressTcpUnknownDrop  uint64
+	IngressTcpImplausible uint64
+	EgressCsumAmbiguous   uint64
 }
 
 type BPFIpmDir uint8
@@ -97,6 +101,8 @@ const (
 	BPFIpmEntryFlagsIPM_F_FIN     BPFIpmEntryFlags = 1
 	BPFIpmEntryFlagsIPM_F_RST     BPFIpmEntryFlags = 2
 	BPFIpmEntryFlagsIPM_F_REPLIED BPFIpmEntryFlags = 4
+	BPFIpmEntryFlagsIPM_F_ACK     BPFIpmEntryFlags = 8
+	BPFIpmEntryFlagsIPM_F_WSCALE  BPFIpmEntryFlags = 16
 )
 
 type BPFIpmFrag6Entry struct {
@@ -164,6 +170,10 @@ type BPFIpmNat6Entry struct {
 	Kind       BPFIpmKind
 	Flags      BPFIpmEntryFlags
 	Ifindex    uint32
+	TcpAck     uint32
+	TcpWin     uint16
+	TcpWscale  uint8
+	Pad        uint8
 }
 
 type BPFIpmNat6Key struct {
@@ -186,7 +196,10 @@ type BPFIpmNatEntry struct {
 	Kind       BPFIpmKind
 	Flags      BPFIpmEntryFlags
 	Ifindex    uint32
-	Pad        uint32
+	TcpAck     uint32
+	TcpWin     uint16
+	TcpWscale  uint8
+	Pad        [5]uint8
 }
 
 type BPFIpmNatKey struct {
@@ -250,6 +263,8 @@ const (
 	BPFMapIpmLocal6      = "ipm_local6"
 	BPFMapIpmNat4        = "ipm_nat4"
 	BPFMapIpmNat6        = "ipm_nat6"
+	BPFMapIpmNomasqTcp4  = "ipm_nomasq_tcp4"
+	BPFMapIpmNomasqTcp6  = "ipm_nomasq_tcp6"
 	BPFMapIpmScratch     = "ipm_scratch"
 	BPFMapIpmSettings    = "ipm_settings"
 	BPFMapIpmSrc4        = "ipm_src4"
@@ -328,6 +343,8 @@ type BPFMapSpecs struct {
 	IpmLocal6      *ebpf.MapSpec `ebpf:"ipm_local6"`
 	IpmNat4        *ebpf.MapSpec `ebpf:"ipm_nat4"`
 	IpmNat6        *ebpf.MapSpec `ebpf:"ipm_nat6"`
+	IpmNomasqTcp4  *ebpf.MapSpec `ebpf:"ipm_nomasq_tcp4"`
+	IpmNomasqTcp6  *ebpf.MapSpec `ebpf:"ipm_nomasq_tcp6"`
 	IpmScratch     *ebpf.MapSpec `ebpf:"ipm_scratch"`
 	IpmSettings    *ebpf.MapSpec `ebpf:"ipm_settings"`
 	IpmSrc4        *ebpf.MapSpec `ebpf:"ipm_src4"`
@@ -378,6 +395,8 @@ type BPFMaps struct {
 	IpmLocal6      *ebpf.Map `ebpf:"ipm_local6"`
 	IpmNat4        *ebpf.Map `ebpf:"ipm_nat4"`
 	IpmNat6        *ebpf.Map `ebpf:"ipm_nat6"`
+	IpmNomasqTcp4  *ebpf.Map `ebpf:"ipm_nomasq_tcp4"`
+	IpmNomasqTcp6  *ebpf.Map `ebpf:"ipm_nomasq_tcp6"`
 	IpmScratch     *ebpf.Map `ebpf:"ipm_scratch"`
 	IpmSettings    *ebpf.Map `ebpf:"ipm_settings"`
 	IpmSrc4        *ebpf.Map `ebpf:"ipm_src4"`
@@ -404,6 +423,8 @@ func (m *BPFMaps) Close() error {
 		m.IpmLocal6,
 		m.IpmNat4,
 		m.IpmNat6,
+		m.IpmNomasqTcp4,
+		m.IpmNomasqTcp6,
 		m.IpmScratch,
 		m.IpmSettings,
 		m.IpmSrc4,

@@ -33,6 +33,8 @@ const (
 	BPFKernMapIpmLocal6      = "ipm_local6"
 	BPFKernMapIpmNat4        = "ipm_nat4"
 	BPFKernMapIpmNat6        = "ipm_nat6"
+	BPFKernMapIpmNomasqTcp4  = "ipm_nomasq_tcp4"
+	BPFKernMapIpmNomasqTcp6  = "ipm_nomasq_tcp6"
 	BPFKernMapIpmScratch     = "ipm_scratch"
 	BPFKernMapIpmSettings    = "ipm_settings"
 	BPFKernMapIpmSrc4        = "ipm_src4"
@@ -111,6 +113,8 @@ type BPFKernMapSpecs struct {
 	IpmLocal6      *ebpf.MapSpec `ebpf:"ipm_local6"`
 	IpmNat4        *ebpf.MapSpec `ebpf:"ipm_nat4"`
 	IpmNat6        *ebpf.MapSpec `ebpf:"ipm_nat6"`
+	IpmNomasqTcp4  *ebpf.MapSpec `ebpf:"ipm_nomasq_tcp4"`
+	IpmNomasqTcp6  *ebpf.MapSpec `ebpf:"ipm_nomasq_tcp6"`
 	IpmScratch     *ebpf.MapSpec `ebpf:"ipm_scratch"`
 	IpmSettings    *ebpf.MapSpec `ebpf:"ipm_settings"`
 	IpmSrc4        *ebpf.MapSpec `ebpf:"ipm_src4"`
@@ -161,6 +165,8 @@ type BPFKernMaps struct {
 	IpmLocal6      *ebpf.Map `ebpf:"ipm_local6"`
 	IpmNat4        *ebpf.Map `ebpf:"ipm_nat4"`
 	IpmNat6        *ebpf.Map `ebpf:"ipm_nat6"`
+	IpmNomasqTcp4  *ebpf.Map `ebpf:"ipm_nomasq_tcp4"`
+	IpmNomasqTcp6  *ebpf.Map `ebpf:"ipm_nomasq_tcp6"`
 	IpmScratch     *ebpf.Map `ebpf:"ipm_scratch"`
 	IpmSettings    *ebpf.Map `ebpf:"ipm_settings"`
 	IpmSrc4        *ebpf.Map `ebpf:"ipm_src4"`
@@ -187,6 +193,8 @@ func (m *BPFKernMaps) Close() error {
 		m.IpmLocal6,
 		m.IpmNat4,
 		m.IpmNat6,
+		m.IpmNomasqTcp4,
+		m.IpmNomasqTcp6,
 		m.IpmScratch,
 		m.IpmSettings,
 		m.IpmSrc4,

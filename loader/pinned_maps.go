@@ -12,13 +12,13 @@ import (
 
 // Layout is the version of the pinned maps' layout that this build reads
 // and writes (IPM_LAYOUT_VERSION in bpf/ipmasq.h).
-const Layout = 1
+const Layout = 2
 
 // stateMaps hold what a restart must not lose; a pinned one that no longer
 // fits the spec (a new size from a flag) is replaced, which resets the flows
 // in it, so that case is logged as a warning.
 var stateMaps = map[string]bool{"ipm_nat4": true, "ipm_nat6": true, "ipm_inbound4": true, "ipm_inbound6": true,
-	"ipm_hostres4": true, "ipm_hostres6": true}
+	"ipm_hostres4": true, "ipm_hostres6": true, "ipm_nomasq_tcp4": true, "ipm_nomasq_tcp6": true}
 
 // reusePinnedMaps opens the maps pinned in dir that this spec can use as they
 // are. A map pinned by a build with another layout version is not used: all

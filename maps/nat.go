@@ -225,11 +225,25 @@ func makeFlow(k tuple, out, in half, hasIn bool) Flow {
 		Pod:      netip.AddrPortFrom(k.Src, k.Sport),
 		Remote:   netip.AddrPortFrom(k.Dst, k.Dport),
 		Node:     netip.AddrPortFrom(out.Addr, out.Port),
-		Flags:    out.Flags | in.Flags,
+		Flags:    flowFlags(k.Proto, out.Flags, in.Flags),
 		Replied:  in.LastSeen != 0,
 		HasIn:    hasIn,
 		LastSeen: max(out.LastSeen, in.LastSeen, out.Created),
 	}
+}
+
+// flowFlags are the flags that decide a flow's state, from both halves: the
+// datapath sets FIN and RST only when plausible (a remote's in the pod's
+// window) and clears them when a SYN starts the tuple afresh. A TCP
+// connection is closing only once both sides sent their FIN: a half-closed
+// connection still carries data the other way, for as long as it likes, and
+// keeps the established timeout.
+func flowFlags(proto uint8, out, in Flags) Flags {
+	f := out | in
+	if proto == unix.IPPROTO_TCP && (out&flagFin == 0 || in&flagFin == 0) {
+		f &^= flagFin
+	}
+	return f
 }
 
 func makeReservation(k tuple, e half) Reservation {

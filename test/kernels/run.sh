@@ -44,6 +44,10 @@ SERIES=("$@")
 # a node). tc's clsact and cls_bpf are never requested by name by a netlink
 # user that could autoload them, so they are here.
 MODULES=(veth bridge sch_ingress cls_bpf)
+# Drivers besides veth that the tests create (a pod's VXLAN tunnel), copied
+# into the image and loaded on demand. A cached kernel whose image was made
+# with another list is unpacked again.
+EXTRA_DRIVERS=(vxlan)
 # Host programs copied into the VM with their libraries: what the e2e tests
 # exec (ip, tc, ethtool, iptables-legacy and -nft, ping, bpftool, and
 # util-linux's setpriv, whose options busybox's lacks) and kmod for
@@ -104,7 +108,8 @@ fetch_kernel() {
 	[ -n "$KPKG" ] || die "linux-image-amd64=$KVER: no kernel package in its Depends"
 	local abi=${KPKG#linux-image-}
 	KDIR=$CACHE/kernels/$abi
-	if [ -f "$KDIR/modules.cpio" ] && [ -f "$KDIR/vmlinuz" ]; then
+	if [ -f "$KDIR/modules.cpio" ] && [ -f "$KDIR/vmlinuz" ] &&
+		[ "$(cat "$KDIR/drivers" 2>/dev/null)" = "${EXTRA_DRIVERS[*]}" ]; then
 		return
 	fi
 	deb=$(ls "$CACHE/debs/${KPKG}_"*.deb 2>/dev/null | head -1 || true)
@@ -128,13 +133,19 @@ fetch_kernel() {
 	mkdir -p "$stage/kernel/drivers/net"
 	cp -r "$moddir"/kernel/{net,lib,crypto} "$stage/kernel/"
 	cp "$moddir"/kernel/drivers/net/veth.ko* "$stage/kernel/drivers/net/"
+	local d
+	for d in "${EXTRA_DRIVERS[@]}"; do
+		# vxlan.ko* on 5.10 and 6.1, a vxlan/ directory on 6.12.
+		cp -r "$moddir"/kernel/drivers/net/"$d"* "$stage/kernel/drivers/net/" ||
+			die "$KPKG: driver $d is missing"
+	done
 	cp "$moddir"/modules.{order,builtin} "$stage/" 2>/dev/null || true
 	[ ! -f "$moddir/modules.builtin.modinfo" ] || cp "$moddir/modules.builtin.modinfo" "$stage/"
 	# Decompressed here: the VM's kmod would hand the kernel an .xz file.
 	find "$stage" -name '*.ko.xz' -exec xz -d {} +
 	depmod -b "$KDIR.tmp/stage" "$abi" || die "$KPKG: depmod failed"
 	local m
-	for m in "${MODULES[@]}"; do
+	for m in "${MODULES[@]}" "${EXTRA_DRIVERS[@]}"; do
 		modprobe -d "$KDIR.tmp/stage" -S "$abi" --show-depends "$m" >/dev/null ||
 			die "$KPKG: module $m is missing"
 	done
@@ -143,6 +154,7 @@ fetch_kernel() {
 	(cd "$KDIR.tmp/root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet) >"$KDIR.tmp/modules.cpio"
 	rm -rf "$KDIR.tmp/x" "$KDIR.tmp/stage" "$KDIR.tmp/root"
 	echo "$KPKG $KVER" >"$KDIR.tmp/package"
+	echo "${EXTRA_DRIVERS[*]}" >"$KDIR.tmp/drivers"
 	mv "$KDIR.tmp" "$KDIR"
 }
 

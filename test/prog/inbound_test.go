@@ -21,7 +21,7 @@ func TestInboundFlows(t *testing.T) {
 	}{
 		{"tcp", []pkt{tcpPkt(remote, 51000, podA, 80, "S"), tcpPkt(remote, 51000, podA, 80, "A")},
 			[]pkt{tcpPkt(podA, 80, remote, 51000, "SA"), tcpPkt(podA, 80, remote, 51000, "PA")},
-			map[string]uint64{"ingress_miss": 1}, "egress_tcp_no_map", 0},
+			map[string]uint64{"ingress_inbound": 1}, "egress_inbound", 1},
 		{"udp", []pkt{udpPkt(remote, 51000, podA, 53), udpPkt(remote, 51000, podA, 53)},
 			[]pkt{udpPkt(podA, 53, remote, 51000), udpPkt(podA, 53, remote, 51000)},
 			map[string]uint64{"ingress_inbound": 1}, "egress_inbound", 1},

@@ -136,8 +136,6 @@ func TestIPv6NotMasqueraded(t *testing.T) {
 		{"echo to a link-local peer", config6{}, echo6(pod6A, ll6, 1), "egress_nomasq"},
 		{"link-local stays unmasqueraded with an empty list", config6{nonMasq6: []netip.Prefix{}}, tcp6(pod6A, 40000, ll6, 80, "S"), "egress_nomasq"},
 		{"a global destination in the configured list", config6{nonMasq6: []netip.Prefix{netip.MustParsePrefix("2001:db8:100::/48")}}, udp6(pod6A, 40000, remote6, 53), "egress_nomasq"},
-		{"tcp ack without a mapping", config6{}, tcp6(pod6A, 40000, remote6, 443, "A"), "egress_tcp_no_map"},
-		{"tcp syn-ack without a mapping", config6{}, tcp6(pod6A, 40000, remote6, 443, "SA"), "egress_tcp_no_map"},
 		{"echo reply to an outside ping", config6{}, echoReply6(pod6A, remote6, 3), "egress_inbound"},
 		{"another protocol (GRE)", config6{}, pkt6{tuple: tuple{47, pod6A, remote6, 0, 0}, payload: make([]byte, 24)}, "egress_other"},
 		{"no next header", config6{}, pkt6{tuple: tuple{noNextHeader, pod6A, remote6, 0, 0}, payload: make([]byte, 8)}, "egress_other"},

@@ -352,7 +352,7 @@ func (e *env) requireMapping6(t testing.TB, orig tuple, nodePort uint16, since t
 
 // ipv6State are the IPv6 maps that packets write (the NAT table, host
 // reservations, fragments, inbound flows), by generated field name.
-var ipv6State = map[string]bool{"IpmNat6": true, "IpmHostres6": true, "IpmFrag6": true, "IpmInbound6": true}
+var ipv6State = map[string]bool{"IpmNat6": true, "IpmHostres6": true, "IpmFrag6": true, "IpmInbound6": true, "IpmNomasqTcp6": true}
 
 // reset6 empties the IPv6 maps that packets write so that one loaded
 // datapath serves many subtests. The maps are found by name, so that

@@ -2,6 +2,7 @@ package prog
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"fmt"
 	"net"
@@ -78,6 +79,7 @@ type pkt6 struct {
 	body      []byte  // ICMPv6 other than echo: everything after type, code and checksum
 	exts      []uint8 // extension headers between the IPv6 and the transport header, in order
 	noUDPCsum bool
+	seq       uint32 // TCP sequence number; 0: 0x01020304
 }
 
 func tcp6(src netip.Addr, sport uint16, dst netip.Addr, dport uint16, flags string) pkt6 {
@@ -163,7 +165,7 @@ func (p pkt6) transport(t testing.TB) []byte {
 	switch p.proto {
 	case protoTCP:
 		tcp := &layers.TCP{
-			SrcPort: layers.TCPPort(p.sport), DstPort: layers.TCPPort(p.dport), Seq: 0x01020304, Window: 64800,
+			SrcPort: layers.TCPPort(p.sport), DstPort: layers.TCPPort(p.dport), Seq: cmp.Or(p.seq, 0x01020304), Window: 64800,
 			SYN: strings.Contains(p.flags, "S"), ACK: strings.Contains(p.flags, "A"), FIN: strings.Contains(p.flags, "F"),
 			RST: strings.Contains(p.flags, "R"), PSH: strings.Contains(p.flags, "P"),
 		}

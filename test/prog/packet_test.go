@@ -1,6 +1,7 @@
 package prog
 
 import (
+	"cmp"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
@@ -61,6 +62,11 @@ type pkt struct {
 	noUDPCsum  bool
 	ipFlags    layers.IPv4Flag
 	fragOffset uint16 // in 8-byte units
+	// TCP sequence and acknowledgement numbers and window; 0: the
+	// defaults 0x01020304, 0x0a0b0c0d and 64240.
+	seq, ack uint32
+	win      uint16
+	wscale   uint8 // a SYN's window scale option is value-1; 0: none
 }
 
 func tcpPkt(src netip.Addr, sport uint16, dst netip.Addr, dport uint16, flags string) pkt {
@@ -110,15 +116,19 @@ func (p pkt) frame(t testing.TB) []byte {
 	switch p.proto {
 	case protoTCP:
 		tcp := &layers.TCP{
-			SrcPort: layers.TCPPort(p.sport), DstPort: layers.TCPPort(p.dport), Seq: 0x01020304, Window: 64240,
+			SrcPort: layers.TCPPort(p.sport), DstPort: layers.TCPPort(p.dport), Seq: cmp.Or(p.seq, 0x01020304), Window: cmp.Or(p.win, 64240),
 			SYN: strings.Contains(p.flags, "S"), ACK: strings.Contains(p.flags, "A"), FIN: strings.Contains(p.flags, "F"),
 			RST: strings.Contains(p.flags, "R"), PSH: strings.Contains(p.flags, "P"),
 		}
 		if tcp.ACK {
-			tcp.Ack = 0x0a0b0c0d
+			tcp.Ack = cmp.Or(p.ack, 0x0a0b0c0d)
 		}
 		if tcp.SYN {
 			tcp.Options = []layers.TCPOption{{OptionType: layers.TCPOptionKindMSS, OptionLength: 4, OptionData: []byte{0x05, 0xb4}}}
+			if p.wscale > 0 {
+				tcp.Options = append(tcp.Options, layers.TCPOption{OptionType: layers.TCPOptionKindNop},
+					layers.TCPOption{OptionType: layers.TCPOptionKindWindowScale, OptionLength: 3, OptionData: []byte{p.wscale - 1}})
+			}
 		}
 		tcp.SetNetworkLayerForChecksum(ip)
 		l4 = tcp
