@@ -128,7 +128,10 @@ static __always_inline int new_mapping6(struct __sk_buff *skb, struct ipm_counte
 	ev.kind = IPM_KIND_MASQ;
 	ev.ifindex = ifindex;
 	err = insert_new(&ipm_nat6, k, &ev);
+	if (err && err != -EEXIST && ipm_early_drop(FAMILY_IPV6))
+		err = insert_new(&ipm_nat6, k, &ev);
 	if (!err) {
+		remember_new6(k, now);
 		addr6_copy(to_addr, ev.addr);
 		*to_port = ev.port;
 		return TC_ACT_UNSPEC;

@@ -14,7 +14,9 @@
 #include "ipmasq.h"
 #include "maps.h"
 #include "clock.h"
+#include "early_drop.h"
 #include "packet.h"
+#include "reclaim.h"
 
 #ifndef EEXIST
 #define EEXIST 17
@@ -149,6 +151,30 @@ static __always_inline bool port_in_ranges(const struct ipm_settings *s, __u16 p
 }
 
 /*
+ * Inserts the reply half key/value of family into map (ipm_nat4 or
+ * ipm_nat6) unless reserved (ipm_hostres4/6) holds key: 0, -EEXIST (taken)
+ * or another error (table full). A holder that has expired is reclaimed
+ * first (reclaim.h); a full table first drops flows that never got a reply
+ * (early_drop.h). key and value are this CPU's ipm_scratch, which both read.
+ */
+static __always_inline int claim_tuple(__u32 family, void *map, void *reserved, void *key,
+				       const void *value)
+{
+	int err;
+
+	if (bpf_map_lookup_elem(reserved, key) && !ipm_reclaim(family))
+		return -EEXIST;
+	err = insert_new(map, key, value);
+	if (err == -EEXIST) {
+		if (ipm_reclaim(family))
+			err = insert_new(map, key, value);
+	} else if (err && ipm_early_drop(family)) {
+		err = insert_new(map, key, value);
+	}
+	return err;
+}
+
+/*
  * Claims a node port (or ICMP identifier) for the reply half of a new
  * mapping: writes candidates into *port (a field of key) and inserts
  * key/value into map (ipm_nat4 or ipm_nat6) with BPF_NOEXIST until an insert
@@ -156,9 +182,9 @@ static __always_inline bool port_in_ranges(const struct ipm_settings *s, __u16 p
  * reservations, so the claimed (proto, remote, remote port, node, node port)
  * is unique. pod_port is what --random-fully=false tries first.
  */
-static __always_inline enum alloc_result claim_node_port(const struct ipm_settings *s, void *map,
-							 void *reserved, void *key, __be16 *port,
-							 const void *value, bool icmp,
+static __always_inline enum alloc_result claim_node_port(__u32 family, const struct ipm_settings *s,
+							 void *map, void *reserved, void *key,
+							 __be16 *port, const void *value, bool icmp,
 							 __be16 pod_port)
 {
 	__u32 ri = 0, p = 0, count = icmp ? IPM_ICMP_IDS : s->port_count;
@@ -170,7 +196,7 @@ static __always_inline enum alloc_result claim_node_port(const struct ipm_settin
 		/* MASQUERADE without --random-fully keeps the pod's own port
 		 * (identifier) when that tuple is free. */
 		*port = pod_port;
-		if (!bpf_map_lookup_elem(reserved, key) && !insert_new(map, key, value))
+		if (!claim_tuple(family, map, reserved, key, value))
 			return ALLOC_OK;
 	}
 
@@ -190,13 +216,11 @@ static __always_inline enum alloc_result claim_node_port(const struct ipm_settin
 		*port = bpf_htons(p);
 		/* A host reservation is checked first; one made between the
 		 * check and the insert (microseconds) is not seen. */
-		if (!bpf_map_lookup_elem(reserved, key)) {
-			err = insert_new(map, key, value);
-			if (!err)
-				return ALLOC_OK;
-			if (err != -EEXIST)
-				return ALLOC_TABLE_FULL;
-		}
+		err = claim_tuple(family, map, reserved, key, value);
+		if (!err)
+			return ALLOC_OK;
+		if (err != -EEXIST)
+			return ALLOC_TABLE_FULL;
 		/* Next port, wrapping into the next range. */
 		if (icmp) {
 			p = (p + 1) & 0xffff;
@@ -229,10 +253,10 @@ __attribute__((noinline)) int ipm_claim_port(__u32 family, __u32 icmp, __u32 pod
 	if (!sc || !s)
 		return ALLOC_NO_PORT;
 	if (family)
-		return claim_node_port(s, &ipm_nat6, &ipm_hostres6, &sc->key6, &sc->key6.dport,
+		return claim_node_port(1, s, &ipm_nat6, &ipm_hostres6, &sc->key6, &sc->key6.dport,
 				       &sc->value6, icmp, pod_port);
-	return claim_node_port(s, &ipm_nat4, &ipm_hostres4, &sc->key4, &sc->key4.dport, &sc->value4,
-			       icmp, pod_port);
+	return claim_node_port(0, s, &ipm_nat4, &ipm_hostres4, &sc->key4, &sc->key4.dport,
+			       &sc->value4, icmp, pod_port);
 }
 
 /* This CPU's scratch space for ipm_claim_port. */

@@ -29,7 +29,7 @@ type Options struct {
 
 // ipv6StateMaps are the preallocated IPv6 maps SmallIPv6 shrinks; the IPv6
 // tries allocate per prefix and cost nothing empty.
-var ipv6StateMaps = []string{"ipm_nat6", "ipm_hostres6", "ipm_inbound6", "ipm_frag6"}
+var ipv6StateMaps = []string{"ipm_nat6", "ipm_hostres6", "ipm_inbound6", "ipm_frag6", "ipm_recent6"}
 
 // smallIPv6Entries is the token size: enough for an LRU map's per-CPU lists
 // on any machine this runs on.
@@ -147,24 +147,27 @@ func (d *Datapath) loadVariant(o Options, v Variant) error {
 // their BPF name. ipm_scratch is per-packet scratch space and not pinned.
 func mapsByName(m *BPFMaps) map[string]*ebpf.Map {
 	return map[string]*ebpf.Map{
-		"ipm_nat4":      m.IpmNat4,
-		"ipm_nat6":      m.IpmNat6,
-		"ipm_cidr4_0":   m.IpmCidr40,
-		"ipm_cidr4_1":   m.IpmCidr41,
-		"ipm_cidr4_dir": m.IpmCidr4Dir,
-		"ipm_cidr6_0":   m.IpmCidr60,
-		"ipm_cidr6_1":   m.IpmCidr61,
-		"ipm_frag4":     m.IpmFrag4,
-		"ipm_frag6":     m.IpmFrag6,
-		"ipm_inbound4":  m.IpmInbound4,
-		"ipm_inbound6":  m.IpmInbound6,
-		"ipm_hostres4":  m.IpmHostres4,
-		"ipm_hostres6":  m.IpmHostres6,
-		"ipm_settings":  m.IpmSettings,
-		"ipm_ifaces":    m.IpmIfaces,
-		"ipm_local4":    m.IpmLocal4,
-		"ipm_local6":    m.IpmLocal6,
-		"ipm_stats":     m.IpmStats,
+		"ipm_nat4":       m.IpmNat4,
+		"ipm_nat6":       m.IpmNat6,
+		"ipm_cidr4_0":    m.IpmCidr40,
+		"ipm_cidr4_1":    m.IpmCidr41,
+		"ipm_cidr4_dir":  m.IpmCidr4Dir,
+		"ipm_cidr6_0":    m.IpmCidr60,
+		"ipm_cidr6_1":    m.IpmCidr61,
+		"ipm_frag4":      m.IpmFrag4,
+		"ipm_frag6":      m.IpmFrag6,
+		"ipm_inbound4":   m.IpmInbound4,
+		"ipm_inbound6":   m.IpmInbound6,
+		"ipm_hostres4":   m.IpmHostres4,
+		"ipm_hostres6":   m.IpmHostres6,
+		"ipm_settings":   m.IpmSettings,
+		"ipm_ifaces":     m.IpmIfaces,
+		"ipm_local4":     m.IpmLocal4,
+		"ipm_local6":     m.IpmLocal6,
+		"ipm_stats":      m.IpmStats,
+		"ipm_recent4":    m.IpmRecent4,
+		"ipm_recent6":    m.IpmRecent6,
+		"ipm_recent_pos": m.IpmRecentPos,
 	}
 }
 

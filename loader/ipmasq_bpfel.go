@@ -80,6 +80,8 @@ type BPFIpmCounters struct {
 	IngressInbound    uint64
 	IngressOther      uint64
 	IngressMalformed  uint64
+	NatEarlyDrop      uint64
+	NatReclaimed      uint64
 }
 
 type BPFIpmDir uint8
@@ -198,12 +200,34 @@ type BPFIpmNatKey struct {
 	Pad   uint16
 }
 
+type BPFIpmRecent4Slot struct {
+	_         structs.HostLayout
+	Key       BPFIpmNatKey
+	CreatedNs uint64
+}
+
+type BPFIpmRecent6Slot struct {
+	_         structs.HostLayout
+	Key       BPFIpmNat6Key
+	CreatedNs uint64
+}
+
+type BPFIpmRecentPos struct {
+	_    structs.HostLayout
+	Head uint64
+	Tail uint64
+}
+
 type BPFIpmScratch struct {
-	_      structs.HostLayout
-	Key4   BPFIpmNatKey
-	Value4 BPFIpmNatEntry
-	Key6   BPFIpmNat6Key
-	Value6 BPFIpmNat6Entry
+	_          structs.HostLayout
+	Key4       BPFIpmNatKey
+	Value4     BPFIpmNatEntry
+	Key6       BPFIpmNat6Key
+	Value6     BPFIpmNat6Entry
+	Drop4      BPFIpmNatKey
+	DropReply4 BPFIpmNatKey
+	Drop6      BPFIpmNat6Key
+	DropReply6 BPFIpmNat6Key
 }
 
 type BPFIpmSettings struct {
@@ -218,13 +242,20 @@ type BPFIpmSettings struct {
 		First uint16
 		Last  uint16
 	}
-	EnableIpv6       uint32
-	Local4Count      uint32
-	Local4           [4]uint32
-	_                [4]byte
-	ClockBaseNs      uint64
-	ClockBaseJiffies uint64
-	NsPerJiffy       uint64
+	EnableIpv6              uint32
+	Local4Count             uint32
+	Local4                  [4]uint32
+	_                       [4]byte
+	ClockBaseNs             uint64
+	ClockBaseJiffies        uint64
+	NsPerJiffy              uint64
+	TimeoutTcpSynNs         uint64
+	TimeoutTcpEstablishedNs uint64
+	TimeoutTcpFinNs         uint64
+	TimeoutTcpRstNs         uint64
+	TimeoutUdpNs            uint64
+	TimeoutUdpStreamNs      uint64
+	TimeoutIcmpNs           uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -248,6 +279,9 @@ const (
 	BPFMapIpmLocal6      = "ipm_local6"
 	BPFMapIpmNat4        = "ipm_nat4"
 	BPFMapIpmNat6        = "ipm_nat6"
+	BPFMapIpmRecent4     = "ipm_recent4"
+	BPFMapIpmRecent6     = "ipm_recent6"
+	BPFMapIpmRecentPos   = "ipm_recent_pos"
 	BPFMapIpmScratch     = "ipm_scratch"
 	BPFMapIpmSettings    = "ipm_settings"
 	BPFMapIpmStats       = "ipm_stats"
@@ -324,6 +358,9 @@ type BPFMapSpecs struct {
 	IpmLocal6      *ebpf.MapSpec `ebpf:"ipm_local6"`
 	IpmNat4        *ebpf.MapSpec `ebpf:"ipm_nat4"`
 	IpmNat6        *ebpf.MapSpec `ebpf:"ipm_nat6"`
+	IpmRecent4     *ebpf.MapSpec `ebpf:"ipm_recent4"`
+	IpmRecent6     *ebpf.MapSpec `ebpf:"ipm_recent6"`
+	IpmRecentPos   *ebpf.MapSpec `ebpf:"ipm_recent_pos"`
 	IpmScratch     *ebpf.MapSpec `ebpf:"ipm_scratch"`
 	IpmSettings    *ebpf.MapSpec `ebpf:"ipm_settings"`
 	IpmStats       *ebpf.MapSpec `ebpf:"ipm_stats"`
@@ -372,6 +409,9 @@ type BPFMaps struct {
 	IpmLocal6      *ebpf.Map `ebpf:"ipm_local6"`
 	IpmNat4        *ebpf.Map `ebpf:"ipm_nat4"`
 	IpmNat6        *ebpf.Map `ebpf:"ipm_nat6"`
+	IpmRecent4     *ebpf.Map `ebpf:"ipm_recent4"`
+	IpmRecent6     *ebpf.Map `ebpf:"ipm_recent6"`
+	IpmRecentPos   *ebpf.Map `ebpf:"ipm_recent_pos"`
 	IpmScratch     *ebpf.Map `ebpf:"ipm_scratch"`
 	IpmSettings    *ebpf.Map `ebpf:"ipm_settings"`
 	IpmStats       *ebpf.Map `ebpf:"ipm_stats"`
@@ -396,6 +436,9 @@ func (m *BPFMaps) Close() error {
 		m.IpmLocal6,
 		m.IpmNat4,
 		m.IpmNat6,
+		m.IpmRecent4,
+		m.IpmRecent6,
+		m.IpmRecentPos,
 		m.IpmScratch,
 		m.IpmSettings,
 		m.IpmStats,

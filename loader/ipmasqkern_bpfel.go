@@ -33,6 +33,9 @@ const (
 	BPFKernMapIpmLocal6      = "ipm_local6"
 	BPFKernMapIpmNat4        = "ipm_nat4"
 	BPFKernMapIpmNat6        = "ipm_nat6"
+	BPFKernMapIpmRecent4     = "ipm_recent4"
+	BPFKernMapIpmRecent6     = "ipm_recent6"
+	BPFKernMapIpmRecentPos   = "ipm_recent_pos"
 	BPFKernMapIpmScratch     = "ipm_scratch"
 	BPFKernMapIpmSettings    = "ipm_settings"
 	BPFKernMapIpmStats       = "ipm_stats"
@@ -109,6 +112,9 @@ type BPFKernMapSpecs struct {
 	IpmLocal6      *ebpf.MapSpec `ebpf:"ipm_local6"`
 	IpmNat4        *ebpf.MapSpec `ebpf:"ipm_nat4"`
 	IpmNat6        *ebpf.MapSpec `ebpf:"ipm_nat6"`
+	IpmRecent4     *ebpf.MapSpec `ebpf:"ipm_recent4"`
+	IpmRecent6     *ebpf.MapSpec `ebpf:"ipm_recent6"`
+	IpmRecentPos   *ebpf.MapSpec `ebpf:"ipm_recent_pos"`
 	IpmScratch     *ebpf.MapSpec `ebpf:"ipm_scratch"`
 	IpmSettings    *ebpf.MapSpec `ebpf:"ipm_settings"`
 	IpmStats       *ebpf.MapSpec `ebpf:"ipm_stats"`
@@ -157,6 +163,9 @@ type BPFKernMaps struct {
 	IpmLocal6      *ebpf.Map `ebpf:"ipm_local6"`
 	IpmNat4        *ebpf.Map `ebpf:"ipm_nat4"`
 	IpmNat6        *ebpf.Map `ebpf:"ipm_nat6"`
+	IpmRecent4     *ebpf.Map `ebpf:"ipm_recent4"`
+	IpmRecent6     *ebpf.Map `ebpf:"ipm_recent6"`
+	IpmRecentPos   *ebpf.Map `ebpf:"ipm_recent_pos"`
 	IpmScratch     *ebpf.Map `ebpf:"ipm_scratch"`
 	IpmSettings    *ebpf.Map `ebpf:"ipm_settings"`
 	IpmStats       *ebpf.Map `ebpf:"ipm_stats"`
@@ -181,6 +190,9 @@ func (m *BPFKernMaps) Close() error {
 		m.IpmLocal6,
 		m.IpmNat4,
 		m.IpmNat6,
+		m.IpmRecent4,
+		m.IpmRecent6,
+		m.IpmRecentPos,
 		m.IpmScratch,
 		m.IpmSettings,
 		m.IpmStats,

@@ -50,6 +50,15 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 	if err := settings.SetIPv6(f.EnableIPv6); err != nil {
 		return err
 	}
+	timeouts := maps.Timeouts{
+		TCPSyn: f.TCPSynTimeout, TCPEstablished: f.TCPEstablishedTimeout, TCPFin: f.TCPFinTimeout,
+		TCPRst: f.TCPRstTimeout, UDP: f.UDPTimeout, UDPStream: f.UDPStreamTimeout, ICMP: f.ICMPTimeout,
+	}
+	// Before the programs take over: they reclaim expired flows at port
+	// allocation by these, also while no agent runs.
+	if err := settings.SetTimeouts(timeouts); err != nil {
+		return err
+	}
 
 	// The maps are filled before our programs take over (SPEC 3.8).
 	nonMasq := maps.NewNonMasq(dp, settings)
@@ -77,10 +86,6 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 	}
 	nats := []*maps.NATTable{maps.NewNATTable(dp), maps.NewNAT6Table(dp)}
 	inbounds := []*maps.Inbound{maps.NewInbound(dp), maps.NewInbound6(dp)}
-	timeouts := maps.Timeouts{
-		TCPSyn: f.TCPSynTimeout, TCPEstablished: f.TCPEstablishedTimeout, TCPFin: f.TCPFinTimeout,
-		TCPRst: f.TCPRstTimeout, UDP: f.UDPTimeout, UDPStream: f.UDPStreamTimeout, ICMP: f.ICMPTimeout,
-	}
 	resync := time.NewTimer(cfg.interval())
 	defer resync.Stop()
 	gc := time.NewTicker(f.GCInterval)
