@@ -70,6 +70,12 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 	if err := ifaces.reconcile(); err != nil {
 		return err
 	}
+	// Our programs have taken over: maps carried over from incompatible
+	// pins (a new --nat-max-entries, an upgrade) get what the old programs
+	// created meanwhile, and their pins.
+	if err := dp.CompleteMigration(); err != nil {
+		klog.ErrorS(err, "Carrying pinned maps over was incomplete")
+	}
 	removeIPTablesChain(f) // after the attach: see there
 	clock := &datapathClock{clock: maps.NewClock(dp), settings: settings}
 	go clock.calibrate() // 200 ms; the programs read the clock meanwhile
