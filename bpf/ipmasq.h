@@ -168,6 +168,9 @@ struct ipm_scratch {
 	 * its callers have filled already. */
 	struct ipm_nat_key drop4, drop_reply4;
 	struct ipm_nat6_key drop6, drop_reply6;
+	/* Where the last port search started, for its retry. */
+	__u32 probe_ri;
+	__u32 probe_p;
 };
 
 /* One slot of ipm_recent4 (ipm_recent6): the egress key of a mapping and its creation

@@ -108,7 +108,7 @@ static __always_inline int new_mapping6(struct __sk_buff *skb, struct ipm_counte
 		return TC_ACT_SHOT;
 	sc->key6 = rk;
 	sc->value6 = rv;
-	alloc = ipm_claim_port(1, icmp, f->sport);
+	alloc = claim_port(1, icmp, f->sport);
 	rk.dport = sc->key6.dport;
 	switch (alloc) {
 	case ALLOC_OK:

@@ -1,10 +1,13 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * Reclaiming expired state at port allocation. The agent expires flows, but
- * the datapath must not depend on it for hours: when a node port candidate
- * is held by a flow (or host reservation) whose timeout has passed, that flow
- * is removed, both halves, and the port is tried again. So closed and idle
- * flows cannot fill the ports to a destination while no agent runs.
+ * the datapath must not depend on it for hours: when every node port
+ * candidate of a new flow is taken, one held by a flow (or host reservation)
+ * whose timeout has passed is freed, both halves, and the search is retried
+ * (ipm_reclaim_ports in nat.h). So closed and idle flows cannot keep the
+ * ports to a destination while no agent runs. The entry is judged on what it
+ * holds at this moment; a packet that refreshes it between the check and the
+ * deletion (microseconds) belongs to a flow already past its timeout.
  */
 #ifndef IPMASQ_RECLAIM_H
 #define IPMASQ_RECLAIM_H
@@ -12,8 +15,6 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
-#include "clock.h"
-#include "counters.h"
 #include "expiry.h"
 #include "ipmasq.h"
 #include "maps.h"
@@ -81,38 +82,6 @@ static __always_inline bool reclaim6(const struct ipm_settings *s, const struct 
 		return true;
 	}
 	return orphan_expired(s, in, now) && !bpf_map_delete_elem(&ipm_nat6, rk);
-}
-
-/*
- * Reclaims the reply key waiting in this CPU's ipm_scratch (family 0: IPv4,
- * 1: IPv6) if what holds it has expired; 1 when the key is free now. The
- * entry is judged on what it holds at this moment; a packet that refreshes
- * it between the check and the deletion (microseconds) belongs to a flow
- * that was past its timeout anyway. A global function, verified once.
- */
-__attribute__((noinline)) int ipm_reclaim(__u32 family)
-{
-	struct ipm_scratch *sc;
-	struct ipm_settings *s;
-	__u32 zero = 0;
-	bool freed;
-	__u64 now;
-
-	s = bpf_map_lookup_elem(&ipm_settings, &zero);
-	sc = bpf_map_lookup_elem(&ipm_scratch, &zero);
-	if (!s || !sc)
-		return 0;
-	now = ipm_clock(s);
-	if (family)
-		freed = reclaim6(s, &sc->key6, now);
-	else
-		freed = reclaim4(s, &sc->key4, now);
-	if (freed) {
-		struct ipm_counters *c = get_counters(family);
-
-		COUNT(c, nat_reclaimed);
-	}
-	return freed;
 }
 
 #endif /* IPMASQ_RECLAIM_H */

@@ -228,6 +228,8 @@ type BPFIpmScratch struct {
 	DropReply4 BPFIpmNatKey
 	Drop6      BPFIpmNat6Key
 	DropReply6 BPFIpmNat6Key
+	ProbeRi    uint32
+	ProbeP     uint32
 }
 
 type BPFIpmSettings struct {
