@@ -2,8 +2,10 @@ package prog
 
 import (
 	"testing"
+	"time"
 
 	"github.com/ipmasq-ebpf/ip-masq-agent/loader"
+	"github.com/ipmasq-ebpf/ip-masq-agent/maps"
 )
 
 // earlyDropEntries is the NAT table of the early drop tests: 32 flows.
@@ -186,5 +188,72 @@ func TestEarlyDropRingWraps(t *testing.T) {
 	}
 	if p.Head != 3*slots-10+earlyDropEntries/2+1 {
 		t.Errorf("ring head %d, want %d: one record per new mapping", p.Head, 3*slots-10+earlyDropEntries/2+1)
+	}
+}
+
+// TestEarlyDropExpired: in a table full of answered flows, the ones past
+// their timeout give way to a new flow while no agent runs to remove them
+// (counted as nat_reclaimed); without timeouts from an agent nothing
+// answered is ever removed and the new flow is refused.
+func TestEarlyDropExpired(t *testing.T) {
+	for _, withTimeouts := range []bool{true, false} {
+		t.Run(map[bool]string{true: "timeouts set", false: "no timeouts"}[withTimeouts], func(t *testing.T) {
+			e := newEnv(t, config{natEntries: earlyDropEntries})
+			if withTimeouts {
+				if err := e.settings.SetTimeouts(reclaimTimeouts); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i := range earlyDropEntries / 2 {
+				p := udpPkt(podB, 30000, remote2, uint16(1000+i))
+				port := e.masquerade(t, p)
+				requireVerdict(t, e.ingress(t, udpPkt(remote2, p.dport, nodeAddr, port).frame(t)), actPass)
+				if i == 3 || i == 4 {
+					// Answered, then idle past the UDP stream timeout.
+					e.ageFlow(t, p.tuple, port, 3*time.Hour, true, 0)
+					e.restampLastRecord(t, p.tuple)
+				}
+			}
+			before := e.readCounters(t)
+			r := e.egress(t, tcpPkt(podA, 40000, remote, 443, "S").frame(t))
+			if !withTimeouts {
+				requireVerdict(t, r, actShot)
+				e.expectCounters(t, before, map[string]uint64{"egress_table_full": 1})
+				return
+			}
+			requireVerdict(t, r, actPass)
+			e.expectCounters(t, before, map[string]uint64{"egress_new_flow": 1, "nat_reclaimed": 2})
+			if n := len(e.natEntries(t)); n != earlyDropEntries-2 {
+				t.Errorf("table holds %d entries, want %d", n, earlyDropEntries-2)
+			}
+		})
+	}
+}
+
+// restampLastRecord gives the newest IPv4 ring record the creation time the
+// egress half of u has now, as if ageFlow's time had really passed since
+// the flow was created and recorded.
+func (e *env) restampLastRecord(t testing.TB, u tuple) {
+	t.Helper()
+	var out maps.NATEntry
+	k := natKey(dirEgress, u.proto, u.src, u.dst, u.sport, u.dport)
+	if err := e.dp.Maps.IpmNat4.Lookup(&k, &out); err != nil {
+		t.Fatal(err)
+	}
+	var pos loader.BPFIpmRecentPos
+	if err := e.dp.Maps.IpmRecentPos.Lookup(uint32(0), &pos); err != nil {
+		t.Fatal(err)
+	}
+	idx := uint32(pos.Head-1) % 16384 // IPM_RECENT_SLOTS
+	var slot loader.BPFIpmRecent4Slot
+	if err := e.dp.Maps.IpmRecent4.Lookup(idx, &slot); err != nil {
+		t.Fatal(err)
+	}
+	if slot.Key != k {
+		t.Fatalf("newest ring record is %+v, want the flow %v", slot.Key, u)
+	}
+	slot.CreatedNs = out.CreatedNs
+	if err := e.dp.Maps.IpmRecent4.Put(idx, &slot); err != nil {
+		t.Fatal(err)
 	}
 }
