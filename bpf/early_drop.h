@@ -105,7 +105,7 @@ drop_unreplied4(const struct ipm_settings *s, struct ipm_scratch *sc, __u32 idx,
 	rk->dir = IPM_DIR_INGRESS;
 	rk->pad = 0;
 	in = bpf_map_lookup_elem(&ipm_nat4, rk);
-	if (in && in->last_seen_ns) {
+	if (in && flow_replied(in)) {
 		/* Replied: never dropped early, only once expired. */
 		if (!flow_expired(s, k->proto, out, in, now))
 			return DROP_KEPT;
@@ -138,7 +138,7 @@ drop_unreplied6(const struct ipm_settings *s, struct ipm_scratch *sc, __u32 idx,
 	rk->dir = IPM_DIR_INGRESS;
 	rk->pad = 0;
 	in = bpf_map_lookup_elem(&ipm_nat6, rk);
-	if (in && in->last_seen_ns) {
+	if (in && flow_replied(in)) {
 		if (!flow_expired(s, k->proto, out, in, now))
 			return DROP_KEPT;
 		result = DROP_EXPIRED;

@@ -2,9 +2,10 @@
 /*
  * When a flow has expired: the agent's rule (maps/nat.go, state() and
  * timeout()), for the datapath to apply where it meets an expired entry while
- * no agent may be running (port allocation, nat.h). This is the only place in
- * bpf/ that interprets the flow state bits for expiry: a change to what they
- * mean changes flow_expired_at and the agent's rule together.
+ * no agent may be running (port allocation, nat.h; early drop,
+ * early_drop.h). This is the only place in bpf/ that interprets the flow
+ * state for expiry and early drop: a change to what the state bits mean
+ * changes flow_replied, flow_expired_at and the agent's rule together.
  *
  * A flow's state: reset after a RST (TCP), closing after a FIN (TCP),
  * established once a reply came back, else opening. Its timeout by state and
@@ -53,11 +54,15 @@ static __always_inline __u64 max_u64(__u64 a, __u64 b)
 	return a > b ? a : b;
 }
 
+/* True when a reply came back to the flow of reply half in (an entry of
+ * either family): the agent's Flow.Replied. Early drop spares such flows. */
+#define flow_replied(in) ((in)->last_seen_ns != 0)
+
 /* True when the flow of the egress half out and the reply half in (entries
  * of either family) has expired: the agent's Flow.State and Flow.Timeout. */
 #define flow_expired(s, proto, out, in, now)                                                       \
 	flow_expired_at(                                                                           \
-		s, proto, (out)->flags | (in)->flags, (in)->last_seen_ns != 0,                     \
+		s, proto, (out)->flags | (in)->flags, flow_replied(in),                            \
 		max_u64(max_u64((out)->last_seen_ns, (in)->last_seen_ns), (out)->created_ns), now)
 
 /* True when a reply half without its egress half is left over: the agent
