@@ -177,12 +177,39 @@ struct ipm_addr6 {
 };
 
 /* Per-CPU scratch space of claim_port: the reply half being claimed, of
- * either family. Not pinned: it holds nothing between packets. */
+ * either family, and the keys of early drop. Not pinned: it holds nothing
+ * between packets. */
 struct ipm_scratch {
 	struct ipm_nat_key key4;
 	struct ipm_nat_entry value4;
 	struct ipm_nat6_key key6;
 	struct ipm_nat6_entry value6;
+	/* Early drop's keys (early_drop.h), here rather than on a stack that
+	 * its callers have filled already. */
+	struct ipm_nat_key drop4, drop_reply4;
+	struct ipm_nat6_key drop6, drop_reply6;
+	/* Where the last port search started, for its retry. */
+	__u32 probe_ri;
+	__u32 probe_p;
+};
+
+/* One slot of ipm_recent4 (ipm_recent6): the egress key of a mapping and its creation
+ * time, so a slot whose flow was replaced since is recognised. */
+struct ipm_recent4_slot {
+	struct ipm_nat_key key;
+	__u64 created_ns;
+};
+
+struct ipm_recent6_slot {
+	struct ipm_nat6_key key;
+	__u64 created_ns;
+};
+
+/* Value of ipm_recent_pos, one per family: the ring of recent mappings
+ * holds records head - IPM_RECENT_SLOTS (or tail, when later) to head. */
+struct ipm_recent_pos {
+	__u64 head; /* records ever written */
+	__u64 tail; /* the oldest record not yet looked at by early drop */
 };
 
 /* Key of the LPM tries of non-masquerade destinations. */
@@ -257,6 +284,16 @@ struct ipm_settings {
 	__u64 clock_base_ns;
 	__u64 clock_base_jiffies;
 	__u64 ns_per_jiffy;
+	/* The agent's timeouts (its flags), so that port allocation can reclaim
+	 * an expired flow it meets while no agent runs (expiry.h). 0: not
+	 * written yet, nothing is reclaimed. */
+	__u64 timeout_tcp_syn_ns;
+	__u64 timeout_tcp_established_ns;
+	__u64 timeout_tcp_fin_ns;
+	__u64 timeout_tcp_rst_ns;
+	__u64 timeout_udp_ns;
+	__u64 timeout_udp_stream_ns;
+	__u64 timeout_icmp_ns;
 };
 
 /* Value of ipm_clock_sample: one reading of both clocks by ipm_clock, for
@@ -326,6 +363,11 @@ struct ipm_counters {
 	 * offloaded checksum of this header; wrong only if it is the full
 	 * checksum of a tunnel whose inner packet is offloaded (README). */
 	__u64 egress_csum_ambiguous;
+	/* Events, not packet verdicts: the packet that caused one is counted
+	 * above as well. */
+	__u64 nat_early_drop; /* flows that never got a reply, removed for a new flow in a full
+				 table */
+	__u64 nat_reclaimed;  /* expired flows (or host reservations) removed by port allocation */
 };
 
 #endif /* IPMASQ_H */

@@ -239,6 +239,40 @@ struct {
 } ipm_nomasq_tcp6 SEC(".maps");
 
 /*
+ * The ring of recently created mappings, per family, for early drop
+ * (early_drop.h; docs/table-pressure.md): the egress keys of new mappings in
+ * creation order. Shared by all CPUs, because the CPU that meets a full table
+ * is rarely the one a flood runs on. Its position is written without atomics
+ * (5.10 has no fetch-and-add): two CPUs racing may write one slot, which
+ * loses a record (that flow then only expires), never evicts a wrong flow
+ * (a slot is checked against the entry's creation time). 16,384 slots: at
+ * 100,000 new flows a second, a flow stays a candidate for 160 ms after the
+ * ones before it were looked at. 384 KiB (IPv4), 768 KiB (IPv6).
+ */
+#define IPM_RECENT_SLOTS 16384
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct ipm_recent4_slot);
+	__uint(max_entries, IPM_RECENT_SLOTS);
+} ipm_recent4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct ipm_recent6_slot);
+	__uint(max_entries, IPM_RECENT_SLOTS);
+} ipm_recent6 SEC(".maps");
+
+/* Key: 0 for IPv4, 1 for IPv6. Value: struct ipm_recent_pos. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct ipm_recent_pos);
+	__uint(max_entries, 2);
+} ipm_recent_pos SEC(".maps");
+
+/*
  * Inserts key/value into map only when key is absent: 0, -EEXIST or another
  * negative error. Only the low 32 bits of the helper's result mean anything:
  * before 6.4 the map functions returned int, and the verifier calls them

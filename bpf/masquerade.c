@@ -85,7 +85,10 @@ static __always_inline int new_mapping(struct __sk_buff *skb, struct ipm_counter
 		ev.tcp_wscale = syn_wscale(skb, f->l4_off);
 	}
 	err = insert_new(&ipm_nat4, k, &ev);
+	if (err && err != -EEXIST && ipm_early_drop(FAMILY_IPV4))
+		err = insert_new(&ipm_nat4, k, &ev);
 	if (!err) {
+		remember_new4(k, now);
 		*to_addr = ev.addr;
 		*to_port = ev.port;
 		return TC_ACT_UNSPEC;

@@ -128,7 +128,7 @@ static __always_inline int new_mapping6(struct __sk_buff *skb, struct ipm_counte
 		return TC_ACT_SHOT;
 	sc->key6 = rk;
 	sc->value6 = rv;
-	alloc = ipm_claim_port(1, icmp, f->sport);
+	alloc = claim_port(1, icmp, f->sport);
 	rk.dport = sc->key6.dport;
 	switch (alloc) {
 	case ALLOC_OK:
@@ -152,7 +152,10 @@ static __always_inline int new_mapping6(struct __sk_buff *skb, struct ipm_counte
 		ev.tcp_wscale = syn_wscale(skb, f->l4_off);
 	}
 	err = insert_new(&ipm_nat6, k, &ev);
+	if (err && err != -EEXIST && ipm_early_drop(FAMILY_IPV6))
+		err = insert_new(&ipm_nat6, k, &ev);
 	if (!err) {
+		remember_new6(k, now);
 		addr6_copy(to_addr, ev.addr);
 		*to_port = ev.port;
 		return TC_ACT_UNSPEC;

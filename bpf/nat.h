@@ -14,7 +14,9 @@
 #include "ipmasq.h"
 #include "maps.h"
 #include "clock.h"
+#include "early_drop.h"
 #include "packet.h"
+#include "reclaim.h"
 
 #ifndef EEXIST
 #define EEXIST 17
@@ -162,24 +164,38 @@ static __always_inline bool port_in_ranges(const struct ipm_settings *s, __u16 p
 	return false;
 }
 
+/* Steps from node port p (host order) of range ri to the next one, wrapping
+ * into the next range; ICMP identifiers wrap over their 16 bits. Same bounds
+ * on every path, so the verifier prunes. */
+static __always_inline void next_port(const struct ipm_settings *s, bool icmp, __u32 *ri, __u32 *p)
+{
+	if (icmp) {
+		*p = (*p + 1) & 0xffff;
+	} else if (*p >= s->ranges[*ri & (IPM_MAX_PORT_RANGES - 1)].last) {
+		*ri = ((*ri + 1) % s->range_count) & (IPM_MAX_PORT_RANGES - 1);
+		*p = s->ranges[*ri].first;
+	} else {
+		(*p)++;
+	}
+	*p &= 0xffff;
+}
+
 /*
  * Claims a node port (or ICMP identifier) for the reply half of a new
  * mapping: writes candidates into *port (a field of key) and inserts
  * key/value into map (ipm_nat4 or ipm_nat6) with BPF_NOEXIST until an insert
  * succeeds. The insert is atomic against other CPUs and against host
  * reservations, so the claimed (proto, remote, remote port, node, node port)
- * is unique. pod_port is what --random-fully=false tries first.
+ * is unique. pod_port is what --random-fully=false tries first; then the
+ * walk starts at port p of range ri. No BPF-to-BPF call in the loop: before
+ * 6.2 the verifier's precision tracking cannot see through one, marks every
+ * register precise and then cannot prune the loop.
  */
 static __always_inline enum alloc_result claim_node_port(const struct ipm_settings *s, void *map,
 							 void *reserved, void *key, __be16 *port,
 							 const void *value, bool icmp,
-							 __be16 pod_port)
+							 __be16 pod_port, __u32 ri, __u32 p)
 {
-	__u32 ri = 0, p = 0, count = icmp ? IPM_ICMP_IDS : s->port_count;
-
-	if (!count || !s->range_count || s->range_count > IPM_MAX_PORT_RANGES)
-		return ALLOC_NO_PORT;
-
 	if (!s->random_fully && (icmp || port_in_ranges(s, bpf_ntohs(pod_port)))) {
 		/* MASQUERADE without --random-fully keeps the pod's own port
 		 * (identifier) when that tuple is free. */
@@ -188,14 +204,11 @@ static __always_inline enum alloc_result claim_node_port(const struct ipm_settin
 			return ALLOC_OK;
 	}
 
-	if (icmp)
-		p = bpf_get_prandom_u32() & 0xffff;
-	else
-		port_at(s, bpf_get_prandom_u32() % count, &ri, &p);
 	/* The modulo makes ri an unknown in [0, 7] for the verifier on every
 	 * path (it stays the same number at run time): otherwise it explores
 	 * the probe loop once per possible constant and gives up. */
 	ri = (ri % s->range_count) & (IPM_MAX_PORT_RANGES - 1);
+	p &= 0xffff;
 
 #pragma clang loop unroll(disable)
 	for (int i = 0; i < IPM_PORT_PROBES; i++) {
@@ -211,42 +224,122 @@ static __always_inline enum alloc_result claim_node_port(const struct ipm_settin
 			if (err != -EEXIST)
 				return ALLOC_TABLE_FULL;
 		}
-		/* Next port, wrapping into the next range. */
-		if (icmp) {
-			p = (p + 1) & 0xffff;
-		} else if (p >= s->ranges[ri & (IPM_MAX_PORT_RANGES - 1)].last) {
-			ri = ((ri + 1) % s->range_count) & (IPM_MAX_PORT_RANGES - 1);
-			p = s->ranges[ri].first;
-		} else {
-			p++;
-		}
-		/* Same bounds on every path, so the verifier prunes. */
-		p &= 0xffff;
+		next_port(s, icmp, &ri, &p);
 	}
 	return ALLOC_NO_PORT;
+}
+
+/* How many candidates a port search has; 0: no ports configured. */
+static __always_inline __u32 port_candidates(const struct ipm_settings *s, bool icmp)
+{
+	if (!s->range_count || s->range_count > IPM_MAX_PORT_RANGES)
+		return 0;
+	return icmp ? IPM_ICMP_IDS : s->port_count;
 }
 
 /*
  * claim_node_port for the reply half waiting in this CPU's ipm_scratch, of
  * family 0 (IPv4) or 1 (IPv6); on success the scratch key holds the claimed
- * port. A global function on purpose: the verifier checks it once, alone,
- * instead of once per path that reaches a new mapping, which multiplied the
- * probe loop into hundreds of thousands of instructions.
+ * port. The walk starts at a random port, kept in the scratch space, or, on
+ * a retry, where the last walk started. A global function on purpose: the
+ * verifier checks it once, alone, instead of once per path that reaches a
+ * new mapping, which multiplied the probe loop into hundreds of thousands
+ * of instructions.
  */
-__attribute__((noinline)) int ipm_claim_port(__u32 family, __u32 icmp, __u32 pod_port)
+__attribute__((noinline)) int ipm_claim_port(__u32 family, __u32 icmp, __u32 pod_port, __u32 retry)
 {
 	struct ipm_settings *s = get_settings();
 	struct ipm_scratch *sc;
-	__u32 zero = 0;
+	__u32 zero = 0, count, ri = 0, p;
 
 	sc = bpf_map_lookup_elem(&ipm_scratch, &zero);
 	if (!sc || !s)
 		return ALLOC_NO_PORT;
+	count = port_candidates(s, icmp);
+	if (!count)
+		return ALLOC_NO_PORT;
+	if (!retry) {
+		if (icmp)
+			p = bpf_get_prandom_u32() & 0xffff;
+		else
+			port_at(s, bpf_get_prandom_u32() % count, &ri, &p);
+		sc->probe_ri = ri;
+		sc->probe_p = p;
+	}
 	if (family)
 		return claim_node_port(s, &ipm_nat6, &ipm_hostres6, &sc->key6, &sc->key6.dport,
-				       &sc->value6, icmp, pod_port);
+				       &sc->value6, icmp, pod_port, sc->probe_ri, sc->probe_p);
 	return claim_node_port(s, &ipm_nat4, &ipm_hostres4, &sc->key4, &sc->key4.dport, &sc->value4,
-			       icmp, pod_port);
+			       icmp, pod_port, sc->probe_ri, sc->probe_p);
+}
+
+/* Reclaims what holds the reply key of family in sc with node port port, if
+ * it has expired (reclaim.h). */
+static __always_inline bool reclaim_port(__u32 family, const struct ipm_settings *s,
+					 struct ipm_scratch *sc, __be16 port, __u64 now)
+{
+	if (family) {
+		sc->key6.dport = port;
+		return reclaim6(s, &sc->key6, now);
+	}
+	sc->key4.dport = port;
+	return reclaim4(s, &sc->key4, now);
+}
+
+/*
+ * After a port search found every candidate taken: walks the same
+ * candidates again (the pod's own port, then from the last walk's start)
+ * and reclaims the first one held by an expired flow or host reservation,
+ * so that closed flows cannot keep the ports to a destination while no
+ * agent runs. 1 when one was reclaimed; the search is then retried.
+ */
+__attribute__((noinline)) int ipm_reclaim_ports(__u32 family, __u32 icmp, __u32 pod_port)
+{
+	struct ipm_settings *s = get_settings();
+	struct ipm_scratch *sc;
+	__u32 zero = 0, ri, p;
+	__u64 now;
+
+	sc = bpf_map_lookup_elem(&ipm_scratch, &zero);
+	if (!sc || !s || !port_candidates(s, icmp))
+		return 0;
+	now = ipm_clock(s);
+	if (!s->random_fully && (icmp || port_in_ranges(s, bpf_ntohs((__be16)pod_port))) &&
+	    reclaim_port(family, s, sc, (__be16)pod_port, now))
+		goto reclaimed;
+	ri = (sc->probe_ri % s->range_count) & (IPM_MAX_PORT_RANGES - 1);
+	p = sc->probe_p & 0xffff;
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < IPM_PORT_PROBES; i++) {
+		if (reclaim_port(family, s, sc, bpf_htons(p), now))
+			goto reclaimed;
+		next_port(s, icmp, &ri, &p);
+	}
+	return 0;
+reclaimed: {
+	struct ipm_counters *c = get_counters(family);
+
+	COUNT(c, nat_reclaimed);
+	return 1;
+}
+}
+
+/*
+ * A node port for the reply half waiting in this CPU's ipm_scratch (see
+ * ipm_claim_port), making room when there is none: expired holders of the
+ * candidates are reclaimed (ipm_reclaim_ports), and a full table first drops
+ * flows that never got a reply (early_drop.h); then the same walk is tried
+ * once more. Returns an enum alloc_result.
+ */
+static __always_inline int claim_port(__u32 family, bool icmp, __be16 pod_port)
+{
+	int r = ipm_claim_port(family, icmp, pod_port, 0);
+
+	if (r == ALLOC_NO_PORT && ipm_reclaim_ports(family, icmp, pod_port))
+		r = ipm_claim_port(family, icmp, pod_port, 1);
+	else if (r == ALLOC_TABLE_FULL && ipm_early_drop(family))
+		r = ipm_claim_port(family, icmp, pod_port, 1);
+	return r;
 }
 
 /* This CPU's scratch space for ipm_claim_port. */
@@ -288,7 +381,7 @@ static __always_inline enum alloc_result reserve_reply_half(const struct ipm_set
 		return ALLOC_NO_PORT;
 	sc->key4 = *rk;
 	sc->value4 = rv;
-	r = ipm_claim_port(0, icmp, f->sport);
+	r = claim_port(0, icmp, f->sport);
 	rk->dport = sc->key4.dport;
 	return r;
 }

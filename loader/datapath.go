@@ -29,7 +29,7 @@ type Options struct {
 
 // ipv6StateMaps are the preallocated IPv6 maps SmallIPv6 shrinks; the IPv6
 // tries allocate per prefix and cost nothing empty.
-var ipv6StateMaps = []string{"ipm_nat6", "ipm_hostres6", "ipm_inbound6", "ipm_nomasq_tcp6", "ipm_frag6"}
+var ipv6StateMaps = []string{"ipm_nat6", "ipm_hostres6", "ipm_inbound6", "ipm_nomasq_tcp6", "ipm_frag6", "ipm_recent6"}
 
 // smallIPv6Entries is the token size: enough for an LRU map's per-CPU lists
 // on any machine this runs on.
@@ -45,6 +45,9 @@ type Datapath struct {
 	Maps     BPFMaps
 	Programs BPFPrograms
 	lock     *os.File
+	// Maps carried over from incompatible pins, waiting for the takeover
+	// (migrate.go).
+	migrations []*migration
 }
 
 // Open loads the datapath object, reusing the maps pinned under o.PinPath and
@@ -118,7 +121,7 @@ func (d *Datapath) loadVariant(o Options, v Variant) error {
 			spec.Maps[name].MaxEntries = smallIPv6Entries
 		}
 	}
-	reuse, err := reusePinnedMaps(spec, d.PinPath)
+	reuse, carry, err := reusePinnedMaps(spec, d.PinPath)
 	if err != nil {
 		return err
 	}
@@ -127,19 +130,45 @@ func (d *Datapath) loadVariant(o Options, v Variant) error {
 	var objs BPFObjects
 	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: reuse})
 	if err != nil {
+		closeMigrations(carry)
 		return fmt.Errorf("load datapath (%s build): %w", v, err)
 	}
+	var migrations []*migration
 	for name, m := range mapsByName(&objs.BPFMaps) {
 		if _, reused := reuse[name]; reused {
 			continue
 		}
+		if mg := findMigration(carry, name); mg != nil {
+			// Pinned only after the takeover (CompleteMigration):
+			// until then the old programs use the old map.
+			mg.new = m
+			copied, dropped, err := mg.firstCopy()
+			if err != nil {
+				klog.ErrorS(err, "Copying a pinned map was incomplete; what the copy missed is lost", "map", name)
+			}
+			klog.InfoS("Carrying a pinned map over to a new one", "map", name, "copied", copied, "dropped", dropped,
+				"maxEntries", m.MaxEntries(), "was", mg.old.MaxEntries(), "layout", mg.from)
+			migrations = append(migrations, mg)
+			continue
+		}
 		if err := pinAtomically(m, filepath.Join(d.PinPath, name)); err != nil {
 			objs.Close()
+			closeMigrations(carry)
 			return err
 		}
 	}
 	d.Maps = objs.BPFMaps
 	d.Programs = objs.BPFPrograms
+	d.migrations = migrations
+	return nil
+}
+
+func findMigration(ms []*migration, name string) *migration {
+	for _, m := range ms {
+		if m.name == name {
+			return m
+		}
+	}
 	return nil
 }
 
@@ -169,12 +198,16 @@ func mapsByName(m *BPFMaps) map[string]*ebpf.Map {
 		"ipm_src4":        m.IpmSrc4,
 		"ipm_src6":        m.IpmSrc6,
 		"ipm_stats":       m.IpmStats,
+		"ipm_recent4":     m.IpmRecent4,
+		"ipm_recent6":     m.IpmRecent6,
+		"ipm_recent_pos":  m.IpmRecentPos,
 	}
 }
 
 // Close releases the agent's file descriptors and the pin directory's lock.
 // Pins and attachments stay: the datapath keeps working without the agent.
 func (d *Datapath) Close() error {
+	closeMigrations(d.migrations)
 	err := errors.Join(d.Maps.Close(), d.Programs.Close())
 	if d.lock != nil {
 		err = errors.Join(err, d.lock.Close())

@@ -86,6 +86,8 @@ type BPFIpmCounters struct {
 	EgressTcpUnknownDrop  uint64
 	IngressTcpImplausible uint64
 	EgressCsumAmbiguous   uint64
+	NatEarlyDrop          uint64
+	NatReclaimed          uint64
 }
 
 type BPFIpmDir uint8
@@ -213,12 +215,36 @@ type BPFIpmNatKey struct {
 	Pad   uint16
 }
 
+type BPFIpmRecent4Slot struct {
+	_         structs.HostLayout
+	Key       BPFIpmNatKey
+	CreatedNs uint64
+}
+
+type BPFIpmRecent6Slot struct {
+	_         structs.HostLayout
+	Key       BPFIpmNat6Key
+	CreatedNs uint64
+}
+
+type BPFIpmRecentPos struct {
+	_    structs.HostLayout
+	Head uint64
+	Tail uint64
+}
+
 type BPFIpmScratch struct {
-	_      structs.HostLayout
-	Key4   BPFIpmNatKey
-	Value4 BPFIpmNatEntry
-	Key6   BPFIpmNat6Key
-	Value6 BPFIpmNat6Entry
+	_          structs.HostLayout
+	Key4       BPFIpmNatKey
+	Value4     BPFIpmNatEntry
+	Key6       BPFIpmNat6Key
+	Value6     BPFIpmNat6Entry
+	Drop4      BPFIpmNatKey
+	DropReply4 BPFIpmNatKey
+	Drop6      BPFIpmNat6Key
+	DropReply6 BPFIpmNat6Key
+	ProbeRi    uint32
+	ProbeP     uint32
 }
 
 type BPFIpmSettings struct {
@@ -233,13 +259,20 @@ type BPFIpmSettings struct {
 		First uint16
 		Last  uint16
 	}
-	EnableIpv6       uint32
-	Local4Count      uint32
-	Local4           [4]uint32
-	SourceCidrs      uint32
-	ClockBaseNs      uint64
-	ClockBaseJiffies uint64
-	NsPerJiffy       uint64
+	EnableIpv6              uint32
+	Local4Count             uint32
+	Local4                  [4]uint32
+	SourceCidrs             uint32
+	ClockBaseNs             uint64
+	ClockBaseJiffies        uint64
+	NsPerJiffy              uint64
+	TimeoutTcpSynNs         uint64
+	TimeoutTcpEstablishedNs uint64
+	TimeoutTcpFinNs         uint64
+	TimeoutTcpRstNs         uint64
+	TimeoutUdpNs            uint64
+	TimeoutUdpStreamNs      uint64
+	TimeoutIcmpNs           uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -265,6 +298,9 @@ const (
 	BPFMapIpmNat6        = "ipm_nat6"
 	BPFMapIpmNomasqTcp4  = "ipm_nomasq_tcp4"
 	BPFMapIpmNomasqTcp6  = "ipm_nomasq_tcp6"
+	BPFMapIpmRecent4     = "ipm_recent4"
+	BPFMapIpmRecent6     = "ipm_recent6"
+	BPFMapIpmRecentPos   = "ipm_recent_pos"
 	BPFMapIpmScratch     = "ipm_scratch"
 	BPFMapIpmSettings    = "ipm_settings"
 	BPFMapIpmSrc4        = "ipm_src4"
@@ -345,6 +381,9 @@ type BPFMapSpecs struct {
 	IpmNat6        *ebpf.MapSpec `ebpf:"ipm_nat6"`
 	IpmNomasqTcp4  *ebpf.MapSpec `ebpf:"ipm_nomasq_tcp4"`
 	IpmNomasqTcp6  *ebpf.MapSpec `ebpf:"ipm_nomasq_tcp6"`
+	IpmRecent4     *ebpf.MapSpec `ebpf:"ipm_recent4"`
+	IpmRecent6     *ebpf.MapSpec `ebpf:"ipm_recent6"`
+	IpmRecentPos   *ebpf.MapSpec `ebpf:"ipm_recent_pos"`
 	IpmScratch     *ebpf.MapSpec `ebpf:"ipm_scratch"`
 	IpmSettings    *ebpf.MapSpec `ebpf:"ipm_settings"`
 	IpmSrc4        *ebpf.MapSpec `ebpf:"ipm_src4"`
@@ -397,6 +436,9 @@ type BPFMaps struct {
 	IpmNat6        *ebpf.Map `ebpf:"ipm_nat6"`
 	IpmNomasqTcp4  *ebpf.Map `ebpf:"ipm_nomasq_tcp4"`
 	IpmNomasqTcp6  *ebpf.Map `ebpf:"ipm_nomasq_tcp6"`
+	IpmRecent4     *ebpf.Map `ebpf:"ipm_recent4"`
+	IpmRecent6     *ebpf.Map `ebpf:"ipm_recent6"`
+	IpmRecentPos   *ebpf.Map `ebpf:"ipm_recent_pos"`
 	IpmScratch     *ebpf.Map `ebpf:"ipm_scratch"`
 	IpmSettings    *ebpf.Map `ebpf:"ipm_settings"`
 	IpmSrc4        *ebpf.Map `ebpf:"ipm_src4"`
@@ -425,6 +467,9 @@ func (m *BPFMaps) Close() error {
 		m.IpmNat6,
 		m.IpmNomasqTcp4,
 		m.IpmNomasqTcp6,
+		m.IpmRecent4,
+		m.IpmRecent6,
+		m.IpmRecentPos,
 		m.IpmScratch,
 		m.IpmSettings,
 		m.IpmSrc4,

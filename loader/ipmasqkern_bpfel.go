@@ -35,6 +35,9 @@ const (
 	BPFKernMapIpmNat6        = "ipm_nat6"
 	BPFKernMapIpmNomasqTcp4  = "ipm_nomasq_tcp4"
 	BPFKernMapIpmNomasqTcp6  = "ipm_nomasq_tcp6"
+	BPFKernMapIpmRecent4     = "ipm_recent4"
+	BPFKernMapIpmRecent6     = "ipm_recent6"
+	BPFKernMapIpmRecentPos   = "ipm_recent_pos"
 	BPFKernMapIpmScratch     = "ipm_scratch"
 	BPFKernMapIpmSettings    = "ipm_settings"
 	BPFKernMapIpmSrc4        = "ipm_src4"
@@ -115,6 +118,9 @@ type BPFKernMapSpecs struct {
 	IpmNat6        *ebpf.MapSpec `ebpf:"ipm_nat6"`
 	IpmNomasqTcp4  *ebpf.MapSpec `ebpf:"ipm_nomasq_tcp4"`
 	IpmNomasqTcp6  *ebpf.MapSpec `ebpf:"ipm_nomasq_tcp6"`
+	IpmRecent4     *ebpf.MapSpec `ebpf:"ipm_recent4"`
+	IpmRecent6     *ebpf.MapSpec `ebpf:"ipm_recent6"`
+	IpmRecentPos   *ebpf.MapSpec `ebpf:"ipm_recent_pos"`
 	IpmScratch     *ebpf.MapSpec `ebpf:"ipm_scratch"`
 	IpmSettings    *ebpf.MapSpec `ebpf:"ipm_settings"`
 	IpmSrc4        *ebpf.MapSpec `ebpf:"ipm_src4"`
@@ -167,6 +173,9 @@ type BPFKernMaps struct {
 	IpmNat6        *ebpf.Map `ebpf:"ipm_nat6"`
 	IpmNomasqTcp4  *ebpf.Map `ebpf:"ipm_nomasq_tcp4"`
 	IpmNomasqTcp6  *ebpf.Map `ebpf:"ipm_nomasq_tcp6"`
+	IpmRecent4     *ebpf.Map `ebpf:"ipm_recent4"`
+	IpmRecent6     *ebpf.Map `ebpf:"ipm_recent6"`
+	IpmRecentPos   *ebpf.Map `ebpf:"ipm_recent_pos"`
 	IpmScratch     *ebpf.Map `ebpf:"ipm_scratch"`
 	IpmSettings    *ebpf.Map `ebpf:"ipm_settings"`
 	IpmSrc4        *ebpf.Map `ebpf:"ipm_src4"`
@@ -195,6 +204,9 @@ func (m *BPFKernMaps) Close() error {
 		m.IpmNat6,
 		m.IpmNomasqTcp4,
 		m.IpmNomasqTcp6,
+		m.IpmRecent4,
+		m.IpmRecent6,
+		m.IpmRecentPos,
 		m.IpmScratch,
 		m.IpmSettings,
 		m.IpmSrc4,

@@ -11,24 +11,28 @@ import (
 )
 
 // Layout is the version of the pinned maps' layout that this build reads
-// and writes (IPM_LAYOUT_VERSION in bpf/ipmasq.h).
+// and writes (IPM_LAYOUT_VERSION in bpf/ipmasq.h); migrate.go upgrades
+// older ones.
 const Layout = 2
 
-// stateMaps hold what a restart must not lose; a pinned one that no longer
-// fits the spec (a new size from a flag) is replaced, which resets the flows
-// in it, so that case is logged as a warning.
-var stateMaps = map[string]bool{"ipm_nat4": true, "ipm_nat6": true, "ipm_inbound4": true, "ipm_inbound6": true,
-	"ipm_hostres4": true, "ipm_hostres6": true, "ipm_nomasq_tcp4": true, "ipm_nomasq_tcp6": true}
-
 // reusePinnedMaps opens the maps pinned in dir that this spec can use as they
-// are. A map pinned by a build with another layout version is not used: all
-// of them are dropped together, on purpose, and the datapath starts clean.
-func reusePinnedMaps(spec *ebpf.CollectionSpec, dir string) (map[string]*ebpf.Map, error) {
-	if v, ok := pinnedLayout(dir); ok && v != Layout {
-		klog.InfoS("Pinned maps have another layout version: starting with empty maps", "pinned", v, "current", Layout)
-		return map[string]*ebpf.Map{}, nil
+// are. A state map (migratedMaps) that no longer fits, because a flag gave it
+// another size or the pins have an older layout that this build can upgrade,
+// is returned as a migration to carry over (migrate.go); any other map that
+// does not fit is replaced. Pins of a layout this build cannot upgrade (a
+// newer one, or one without upgrades) are all dropped together, on purpose,
+// and the datapath starts clean.
+func reusePinnedMaps(spec *ebpf.CollectionSpec, dir string) (map[string]*ebpf.Map, []*migration, error) {
+	from := layoutVersion
+	if v, ok := pinnedLayout(dir); ok && v != layoutVersion {
+		if !canUpgrade(v) {
+			klog.InfoS("Pinned maps have a layout version this build cannot upgrade: starting with empty maps", "pinned", v, "current", layoutVersion)
+			return map[string]*ebpf.Map{}, nil, nil
+		}
+		from = v
 	}
 	reuse := map[string]*ebpf.Map{}
+	var carry []*migration
 	for name, ms := range spec.Maps {
 		if ms.Name == "" || name[0] == '.' {
 			continue
@@ -39,20 +43,22 @@ func reusePinnedMaps(spec *ebpf.CollectionSpec, dir string) (map[string]*ebpf.Ma
 		}
 		if err != nil {
 			closeAll(reuse)
-			return nil, fmt.Errorf("open pinned map %s: %w", name, err)
+			closeMigrations(carry)
+			return nil, nil, fmt.Errorf("open pinned map %s: %w", name, err)
 		}
-		if err := ms.Compatible(m); err != nil {
+		_, migrated := migratedMaps[name]
+		err = ms.Compatible(m)
+		switch {
+		case err == nil && from == layoutVersion:
+			reuse[name] = m
+		case migrated:
+			carry = append(carry, &migration{name: name, old: m, from: from})
+		default:
 			m.Close()
-			if stateMaps[name] {
-				klog.InfoS("WARNING: pinned map does not fit the current flags, replacing it: its flows are lost", "map", name, "reason", err)
-			} else {
-				klog.V(2).InfoS("Replacing pinned map", "map", name, "reason", err)
-			}
-			continue
+			klog.V(2).InfoS("Replacing pinned map", "map", name, "reason", err, "layout", from)
 		}
-		reuse[name] = m
 	}
-	return reuse, nil
+	return reuse, carry, nil
 }
 
 // pinnedLayout reads the layout version recorded in the pinned settings map.
@@ -73,7 +79,7 @@ func pinnedLayout(dir string) (uint32, bool) {
 	v := uint32(value[0]) | uint32(value[1])<<8 | uint32(value[2])<<16 | uint32(value[3])<<24
 	if v == 0 {
 		// Created but never written: nothing to protect.
-		return Layout, true
+		return layoutVersion, true
 	}
 	return v, true
 }

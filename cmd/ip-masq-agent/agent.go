@@ -50,6 +50,15 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 	if err := settings.SetIPv6(f.EnableIPv6); err != nil {
 		return err
 	}
+	timeouts := maps.Timeouts{
+		TCPSyn: f.TCPSynTimeout, TCPEstablished: f.TCPEstablishedTimeout, TCPFin: f.TCPFinTimeout,
+		TCPRst: f.TCPRstTimeout, UDP: f.UDPTimeout, UDPStream: f.UDPStreamTimeout, ICMP: f.ICMPTimeout,
+	}
+	// Before the programs take over: they reclaim expired flows at port
+	// allocation by these, also while no agent runs.
+	if err := settings.SetTimeouts(timeouts); err != nil {
+		return err
+	}
 	if err := maps.NewSources(dp, settings).Set(f.SourcePrefixes()); err != nil {
 		return err
 	}
@@ -68,6 +77,12 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 	if err := ifaces.reconcile(); err != nil {
 		return err
 	}
+	// Our programs have taken over: maps carried over from incompatible
+	// pins (a new --nat-max-entries, an upgrade) get what the old programs
+	// created meanwhile, and their pins.
+	if err := dp.CompleteMigration(); err != nil {
+		klog.ErrorS(err, "Carrying pinned maps over was incomplete")
+	}
 	removeIPTablesChain(f) // after the attach: see there
 	clock := &datapathClock{clock: maps.NewClock(dp), settings: settings}
 	go clock.calibrate() // 200 ms; the programs read the clock meanwhile
@@ -84,10 +99,6 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 	}
 	nats := []*maps.NATTable{maps.NewNATTable(dp), maps.NewNAT6Table(dp)}
 	inbounds := []*maps.Inbound{maps.NewInbound(dp), maps.NewInbound6(dp)}
-	timeouts := maps.Timeouts{
-		TCPSyn: f.TCPSynTimeout, TCPEstablished: f.TCPEstablishedTimeout, TCPFin: f.TCPFinTimeout,
-		TCPRst: f.TCPRstTimeout, UDP: f.UDPTimeout, UDPStream: f.UDPStreamTimeout, ICMP: f.ICMPTimeout,
-	}
 	resync := time.NewTimer(cfg.interval())
 	defer resync.Stop()
 	gc := time.NewTicker(f.GCInterval)

@@ -154,9 +154,13 @@ func TestTableFull(t *testing.T) {
 	// 5 entries: two flows take 4; the third gets its reply half into the
 	// last slot and then fails on its egress half, which must give the
 	// reply half back.
+	// Both flows got their answer: early drop spares them
+	// (TestEarlyDropSparesReplied).
 	e := newEnv(t, config{natEntries: 5})
 	p1 := e.masquerade(t, tcpPkt(podA, 40000, remote, 443, "S"))
-	e.masquerade(t, udpPkt(podA, 40001, remote, 53))
+	p2 := e.masquerade(t, udpPkt(podA, 40001, remote, 53))
+	requireVerdict(t, e.ingress(t, tcpPkt(remote, 443, nodeAddr, p1, "SA").frame(t)), actPass)
+	requireVerdict(t, e.ingress(t, udpPkt(remote, 53, nodeAddr, p2).frame(t)), actPass)
 
 	before := e.readCounters(t)
 	requireVerdict(t, e.egress(t, tcpPkt(podA, 40002, remote, 443, "S").frame(t)), actShot)
