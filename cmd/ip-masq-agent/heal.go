@@ -82,6 +82,21 @@ func (h *healer) attached(name string, used loader.Mode, cause string) {
 	klog.InfoS("Repaired attachment", "interface", name, "hooks", "ingress,egress", "cause", cause, "mode", used)
 }
 
+// repairCause is attachCause, except that an interface that came back
+// with our programs still on both hooks (a rename keeps them) needs no
+// repair and gets "".
+func (s *interfaceSet) repairCause(name string, prev, ifindex int) string {
+	cause := s.heal.attachCause(name, prev, ifindex)
+	if cause != causeInterfaceReturned {
+		return cause
+	}
+	if gaps, err := s.dp.Gaps(ifindex, name, s.heal.used[name]); err == nil && len(gaps) == 0 {
+		klog.InfoS("Interface came back with our programs in place", "interface", name, "ifindex", ifindex)
+		return ""
+	}
+	return cause
+}
+
 func (h *healer) count(name, hook, cause string) {
 	if h.repairs != nil {
 		h.repairs.WithLabelValues(name, hook, cause).Inc()

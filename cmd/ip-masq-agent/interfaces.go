@@ -88,7 +88,7 @@ func (s *interfaceSet) reconcile() error {
 		if s.attached[name] == idx {
 			continue
 		}
-		cause := s.heal.attachCause(name, s.attached[name], idx)
+		cause := s.repairCause(name, s.attached[name], idx)
 		used, err := s.dp.Attach(idx, name, s.mode)
 		if err != nil {
 			return err
