@@ -5,7 +5,6 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
-	"strconv"
 	"testing"
 	"time"
 
@@ -47,7 +46,7 @@ var removals = []removal{
 		}
 	}},
 	{name: "filter_deleted", cause: map[string]string{"tc": "filter_deleted"}, modes: []string{"tc"}, do: func(t *testing.T, tp *Topology, a *Agent) {
-		tp.Node.MustExec(t, "tc", "filter", "del", "dev", Uplink, "egress", "pref", strconv.Itoa(0xc1a5))
+		tp.Node.MustExec(t, "tc", "filter", "del", "dev", Uplink, "egress", "pref", "1") // ours: the head of an empty hook
 	}},
 	{name: "qdisc_deleted", cause: map[string]string{"tc": "qdisc_deleted"}, modes: []string{"tc"}, do: func(t *testing.T, tp *Topology, a *Agent) {
 		tp.Node.MustExec(t, "tc", "qdisc", "del", "dev", Uplink, "clsact")
