@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -34,33 +35,58 @@ func otherProgram(t *testing.T, name string, verdict int32) *ebpf.Program {
 	return p
 }
 
+// onUplink runs fn in the node's namespace with the uplink.
+func onUplink(tp *Topology, fn func(uplink netlink.Link) error) error {
+	return tp.Node.Do(func() error {
+		l, err := netlink.LinkByName(Uplink)
+		if err != nil {
+			return err
+		}
+		return fn(l)
+	})
+}
+
+// tcxProgram is a program on a tcx hook: its name and the link holding it.
+type tcxProgram struct {
+	name   string
+	linkID link.ID
+}
+
+// tcxPrograms lists the programs on a tcx hook in the order they run. The
+// caller runs in the interface's namespace.
+func tcxPrograms(ifindex int, attach ebpf.AttachType) ([]tcxProgram, error) {
+	res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: attach})
+	if err != nil {
+		return nil, err
+	}
+	var out []tcxProgram
+	for _, p := range res.Programs {
+		prog, err := ebpf.NewProgramFromID(p.ID)
+		if err != nil {
+			return nil, err
+		}
+		info, err := prog.Info()
+		prog.Close()
+		if err != nil {
+			return nil, err
+		}
+		id, _ := p.LinkID()
+		out = append(out, tcxProgram{name: info.Name, linkID: id})
+	}
+	return out, nil
+}
+
 // hookPrograms names the programs on a tcx hook of the uplink, in the
 // order they run.
 func hookPrograms(t *testing.T, tp *Topology, attach ebpf.AttachType) []string {
 	t.Helper()
 	var names []string
-	err := tp.Node.Do(func() error {
-		l, err := netlink.LinkByName(Uplink)
-		if err != nil {
-			return err
+	err := onUplink(tp, func(l netlink.Link) error {
+		progs, err := tcxPrograms(l.Attrs().Index, attach)
+		for _, p := range progs {
+			names = append(names, p.name)
 		}
-		res, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: attach})
-		if err != nil {
-			return err
-		}
-		for _, p := range res.Programs {
-			prog, err := ebpf.NewProgramFromID(p.ID)
-			if err != nil {
-				return err
-			}
-			info, err := prog.Info()
-			prog.Close()
-			if err != nil {
-				return err
-			}
-			names = append(names, info.Name)
-		}
-		return nil
+		return err
 	})
 	if err != nil {
 		t.Fatalf("query tcx programs: %v", err)
@@ -82,11 +108,7 @@ func TestCoexistTCX(t *testing.T) {
 	var links []link.Link
 	attach := func(name string, verdict int32) {
 		p := otherProgram(t, name, verdict)
-		err := tp.Node.Do(func() error {
-			l, err := netlink.LinkByName(Uplink)
-			if err != nil {
-				return err
-			}
+		err := onUplink(tp, func(l netlink.Link) error {
 			for _, h := range hooks {
 				tl, err := link.AttachTCX(link.TCXOptions{Interface: l.Attrs().Index, Program: p, Attach: h})
 				if err != nil {
@@ -126,9 +148,7 @@ func TestCoexistTCX(t *testing.T) {
 	a.Restart(t, syscall.SIGTERM)
 	check("after our restart")
 	// A repair (our link force-detached) goes back to the head.
-	if err := tp.Node.Do(func() error {
-		return detachOurs(tp, ebpf.AttachTCXEgress)
-	}); err != nil {
+	if err := detachOurs(tp, ebpf.AttachTCXEgress); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := waitAttached(tp, repairDeadline); err != nil {
@@ -139,36 +159,24 @@ func TestCoexistTCX(t *testing.T) {
 
 // detachOurs force-detaches our tcx link on a hook, as bpftool link detach.
 func detachOurs(tp *Topology, attach ebpf.AttachType) error {
-	l, err := netlink.LinkByName(Uplink)
-	if err != nil {
-		return err
-	}
-	res, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: attach})
-	if err != nil {
-		return err
-	}
-	for _, p := range res.Programs {
-		id, ok := p.LinkID()
-		if !ok {
-			continue
-		}
-		prog, err := ebpf.NewProgramFromID(p.ID)
+	return onUplink(tp, func(l netlink.Link) error {
+		progs, err := tcxPrograms(l.Attrs().Index, attach)
 		if err != nil {
 			return err
 		}
-		info, err := prog.Info()
-		prog.Close()
-		if err != nil || info.Name[:4] != "ipm_" {
-			continue
+		for _, p := range progs {
+			if !strings.HasPrefix(p.name, "ipm_") {
+				continue
+			}
+			ln, err := link.NewFromID(p.linkID)
+			if err != nil {
+				return err
+			}
+			defer ln.Close()
+			return ln.Detach()
 		}
-		ln, err := link.NewFromID(id)
-		if err != nil {
-			return err
-		}
-		defer ln.Close()
-		return ln.Detach()
-	}
-	return fmt.Errorf("no tcx link of ours on %v", attach)
+		return fmt.Errorf("no tcx link of ours on %v", attach)
+	})
 }
 
 // tcFilters lists the filters on a clsact hook of the uplink as
@@ -176,11 +184,7 @@ func detachOurs(tp *Topology, attach ebpf.AttachType) error {
 func tcFilters(t *testing.T, tp *Topology, parent uint32) []string {
 	t.Helper()
 	var out []string
-	err := tp.Node.Do(func() error {
-		l, err := netlink.LinkByName(Uplink)
-		if err != nil {
-			return err
-		}
+	err := onUplink(tp, func(l netlink.Link) error {
 		fs, err := netlink.FilterList(l, parent)
 		if err != nil {
 			return err
@@ -212,11 +216,7 @@ func TestCoexistTC(t *testing.T) {
 	tp.Node.MustExec(t, "tc", "qdisc", "add", "dev", Uplink, "clsact")
 	add := func(name string, verdict int32, prio uint16) {
 		p := otherProgram(t, name, verdict)
-		err := tp.Node.Do(func() error {
-			l, err := netlink.LinkByName(Uplink)
-			if err != nil {
-				return err
-			}
+		err := onUplink(tp, func(l netlink.Link) error {
 			for _, parent := range parents {
 				if err := netlink.FilterAdd(&netlink.BpfFilter{
 					FilterAttrs: netlink.FilterAttrs{LinkIndex: l.Attrs().Index, Parent: parent, Priority: prio, Handle: 1, Protocol: unix.ETH_P_ALL},

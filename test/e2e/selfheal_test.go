@@ -36,7 +36,12 @@ type removal struct {
 var removals = []removal{
 	{name: "link_detached", cause: map[string]string{"tcx": "link_detached"}, modes: []string{"tcx"}, do: func(t *testing.T, tp *Topology, a *Agent) {
 		// What "bpftool link detach id N" does: the kernel sends no event.
-		l, err := link.LoadPinnedLink(filepath.Join(a.PinPath, "links", Uplink+"_egress"), nil)
+		// The agent pins a new link just after attaching it: wait for it.
+		var l link.Link
+		err := eventually(repairDeadline, func() (err error) {
+			l, err = link.LoadPinnedLink(filepath.Join(a.PinPath, "links", Uplink+"_egress"), nil)
+			return err
+		})
 		if err != nil {
 			t.Fatalf("open the pinned egress link: %v", err)
 		}
