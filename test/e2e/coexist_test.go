@@ -94,15 +94,25 @@ func hookPrograms(t *testing.T, tp *Topology, attach ebpf.AttachType) []string {
 	return names
 }
 
-// TestCoexistTCX: programs of others on both tcx hooks, attached before and
+// TestCoexist: programs of others on the uplink's hooks, in the attach mode
+// of each subtest (a kernel without tcx runs only tc).
+func TestCoexist(t *testing.T) {
+	forEachMode(t, func(t *testing.T, mode string) {
+		if mode == "tcx" {
+			coexistTCX(t)
+		} else {
+			coexistTC(t)
+		}
+	})
+}
+
+// coexistTCX: programs of others on both tcx hooks, attached before and
 // after ours, returning TCX_NEXT or TC_ACT_OK: ours takes the head of each
 // hook (a TC_ACT_OK ahead of ours would let pod packets leave with their own
 // address), keeps it across our restarts and repairs, and detaches nothing
 // of theirs.
-func TestCoexistTCX(t *testing.T) {
+func coexistTCX(t *testing.T) {
 	requireAgent(t)
-	requireRoot(t)
-	t.Parallel()
 	tp := NewTopology(t)
 	hooks := []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress}
 	var links []link.Link
@@ -202,15 +212,13 @@ func tcFilters(t *testing.T, tp *Topology, parent uint32) []string {
 	return out
 }
 
-// TestCoexistTC: cls_bpf filters of others on both clsact hooks: one at
+// coexistTC: cls_bpf filters of others on both clsact hooks: one at
 // priority 1 handle 1 (where ours goes on an empty hook) that returns
 // TC_ACT_UNSPEC, and one at a later priority that returns TC_ACT_OK. Ours
 // takes the first priority nobody else holds, never replaces or deletes
 // theirs, keeps its place across restarts, and pod traffic is masqueraded.
-func TestCoexistTC(t *testing.T) {
+func coexistTC(t *testing.T) {
 	requireAgent(t)
-	requireRoot(t)
-	t.Parallel()
 	tp := NewTopology(t)
 	parents := []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS}
 	tp.Node.MustExec(t, "tc", "qdisc", "add", "dev", Uplink, "clsact")
