@@ -10,14 +10,6 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// Our cls_bpf filter sits at this priority and handle on both clsact hooks.
-// Replacing a filter at the same priority and handle swaps the program
-// atomically; delete-then-add would leave a gap.
-const (
-	tcPriority = 0xc1a5
-	tcHandle   = 1
-)
-
 func (d direction) tcParent() uint32 {
 	if d == ingress {
 		return netlink.HANDLE_MIN_INGRESS
@@ -27,7 +19,10 @@ func (d direction) tcParent() uint32 {
 
 // attachTC creates the clsact qdisc only when absent (it is shared with
 // other tc users, so it is never replaced or deleted) and installs or
-// replaces our direct-action filter.
+// replaces our direct-action filter at the head of the hook (chooseTCSlot).
+// Replacing a filter at the same priority and handle swaps the program
+// atomically; delete-then-add would leave a gap. Filters of ours elsewhere
+// on the hook (an older agent's) go only once the new one is in place.
 func attachTC(ifindex int, dir direction, prog *ebpf.Program) error {
 	if err := ensureClsact(ifindex); err != nil {
 		return err
@@ -36,12 +31,25 @@ func attachTC(ifindex int, dir direction, prog *ebpf.Program) error {
 	if err != nil {
 		return fmt.Errorf("program info: %w", err)
 	}
+	l, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return fmt.Errorf("find interface %d: %w", ifindex, err)
+	}
+	existing, err := netlink.FilterList(l, dir.tcParent())
+	if err != nil {
+		return fmt.Errorf("list %s filters: %w", dir, err)
+	}
+	slot, stale := chooseTCSlot(existing)
+	if slot.prio != 1 {
+		klog.InfoS("Filters of others hold the first tc priorities; ours runs after them",
+			"interface", l.Attrs().Name, "direction", dir, "priority", slot.prio)
+	}
 	filter := &netlink.BpfFilter{
 		FilterAttrs: netlink.FilterAttrs{
 			LinkIndex: ifindex,
 			Parent:    dir.tcParent(),
-			Handle:    tcHandle,
-			Priority:  tcPriority,
+			Handle:    slot.handle,
+			Priority:  slot.prio,
 			Protocol:  unix.ETH_P_ALL,
 		},
 		Fd:           prog.FD(),
@@ -50,6 +58,11 @@ func attachTC(ifindex int, dir direction, prog *ebpf.Program) error {
 	}
 	if err := netlink.FilterReplace(filter); err != nil {
 		return fmt.Errorf("replace cls_bpf filter: %w", err)
+	}
+	for _, f := range stale {
+		if err := netlink.FilterDel(f); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("delete an older filter of ours at priority %d: %w", f.Attrs().Priority, err)
+		}
 	}
 	return nil
 }

@@ -33,7 +33,11 @@ func (d *Datapath) attachTCX(ifindex int, ifname string, dir direction, prog *eb
 		l.Close()
 	}
 
-	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: dir.tcxAttach()})
+	// At the head of the hook: a program ahead of ours that returns
+	// TC_ACT_OK would let pod packets leave with their own address, or
+	// hand replies to the host untranslated. Update above keeps the
+	// position across our restarts.
+	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: dir.tcxAttach(), Anchor: link.Head()})
 	if err != nil {
 		return err
 	}

@@ -74,6 +74,7 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 		ifaces.chosen = newMasqueradeAddresses(list)
 		ifaces.chosen.report = obs.metrics.masqueradeAddress
 	}
+	ifaces.heal.repairs = newRepairCounter(obs.metrics.reg)
 	if err := ifaces.reconcile(); err != nil {
 		return err
 	}
@@ -97,6 +98,12 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 	if err != nil {
 		return err
 	}
+	tcEvents, err := watchTC(ctx)
+	if err != nil {
+		return err
+	}
+	verify := time.NewTicker(verifyInterval)
+	defer verify.Stop()
 	nats := []*maps.NATTable{maps.NewNATTable(dp), maps.NewNAT6Table(dp)}
 	inbounds := []*maps.Inbound{maps.NewInbound(dp), maps.NewInbound6(dp)}
 	resync := time.NewTimer(cfg.interval())
@@ -120,6 +127,14 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 		case <-netEvents:
 			if err := ifaces.reconcile(); err != nil {
 				klog.ErrorS(err, "Interface sync failed")
+			}
+		case <-tcEvents:
+			if err := ifaces.verify(); err != nil {
+				klog.ErrorS(err, "Attachment check failed")
+			}
+		case <-verify.C:
+			if err := ifaces.verify(); err != nil {
+				klog.ErrorS(err, "Attachment check failed")
 			}
 		case <-gc.C:
 			clock.check()

@@ -28,6 +28,7 @@ type interfaceSet struct {
 	local    *maps.LocalAddrs
 	// chosen holds --masquerade-address; nil: primary addresses only.
 	chosen *masqueradeAddresses
+	heal   *healer
 }
 
 func newInterfaceSet(dp *loader.Datapath, settings *maps.Settings, mode loader.Mode, names []string) *interfaceSet {
@@ -35,6 +36,7 @@ func newInterfaceSet(dp *loader.Datapath, settings *maps.Settings, mode loader.M
 		dp: dp, mode: mode, names: names,
 		attached: map[string]int{}, waiting: map[string]bool{},
 		ifaces: maps.NewInterfaces(dp), local: maps.NewLocalAddrs(dp, settings),
+		heal: newHealer(),
 	}
 }
 
@@ -65,6 +67,9 @@ func (s *interfaceSet) reconcile() error {
 				klog.InfoS("Waiting for interface", "interface", name)
 				s.waiting[name] = true
 			}
+			if idx, ok := s.attached[name]; ok {
+				s.heal.vanished(name, idx)
+			}
 			delete(s.attached, name)
 			continue
 		}
@@ -83,11 +88,13 @@ func (s *interfaceSet) reconcile() error {
 		if s.attached[name] == idx {
 			continue
 		}
+		cause := s.repairCause(name, s.attached[name], idx)
 		used, err := s.dp.Attach(idx, name, s.mode)
 		if err != nil {
 			return err
 		}
 		s.attached[name] = idx
+		s.heal.attached(name, used, cause)
 		klog.InfoS("Attached", "interface", name, "ifindex", idx, "mode", used)
 	}
 	if err := s.ifaces.Retain(keep); err != nil {

@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -147,41 +146,65 @@ func TestMetrics(t *testing.T) {
 	})
 }
 
-// TestHealthDetectsDetach: /healthz turns 503 naming the interface when a
-// program of ours vanishes from a hook (liveness: the kubelet restarts the
-// agent), and a restarted agent attaches again.
+// TestHealthDetectsDetach: when a program of ours vanishes from a hook, the
+// same agent process attaches it again and /healthz stays or turns good
+// without a restart; while a repair fails (tcx: the link pin is blocked, so
+// the new link cannot be kept), /healthz is 503 naming the interface, and
+// good again once the repair succeeds.
 func TestHealthDetectsDetach(t *testing.T) {
 	forEachMode(t, func(t *testing.T, mode string) {
 		tp, a := startAgent(t, AgentOptions{Mode: mode, Config: cfgPrivate})
+		pid := a.Pid()
 		if err := waitProbe(tp.Node, "/healthz", http.StatusOK, 5*time.Second); err != nil {
 			t.Fatal(err)
 		}
 		switch mode {
 		case "tcx":
-			l, err := link.LoadPinnedLink(filepath.Join(a.PinPath, "links", Uplink+"_egress"), nil)
+			pin := filepath.Join(a.PinPath, "links", Uplink+"_egress")
+			l, err := link.LoadPinnedLink(pin, nil)
 			if err != nil {
 				t.Fatalf("open the pinned egress link: %v", err)
 			}
+			// A non-empty directory where the pin goes: the agent can
+			// attach a new link but not pin it, so the repair fails.
+			if err := os.Remove(pin); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.MkdirAll(filepath.Join(pin, "blocked"), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.RemoveAll(pin) })
 			err = l.Detach()
 			l.Close()
 			if err != nil {
 				t.Fatalf("detach the egress link: %v", err)
 			}
+			if err := waitProbe(tp.Node, "/healthz", http.StatusServiceUnavailable, 5*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			if _, body := healthProbe(tp.Node, "/healthz"); !strings.Contains(body, Uplink) || !strings.Contains(body, "not attached") {
+				t.Errorf("/healthz while the repair fails: %q, want it to name %s as not attached", body, Uplink)
+			}
+			if v := scrape(t, tp.Node).Must(t, "ip_masq_agent_interface_attached", "interface="+Uplink); v != 0 {
+				t.Errorf("interface_attached{%s} = %v while the repair fails, want 0", Uplink, v)
+			}
+			if err := a.WaitLog("Repairing attachment failed", 0, 5*time.Second); err != nil {
+				t.Errorf("no failed repair logged while the pin is blocked: %v", err)
+			}
+			if err := os.RemoveAll(pin); err != nil {
+				t.Fatal(err)
+			}
 		case "tc":
 			tp.Node.MustExec(t, "tc", "filter", "del", "dev", Uplink, "egress")
 		}
-		if err := waitProbe(tp.Node, "/healthz", http.StatusServiceUnavailable, 5*time.Second); err != nil {
-			t.Fatal(err)
-		}
-		if _, body := healthProbe(tp.Node, "/healthz"); !strings.Contains(body, Uplink) || !strings.Contains(body, "not attached") {
-			t.Errorf("/healthz after a detach: %q, want it to name %s as not attached", body, Uplink)
-		}
-		if v := scrape(t, tp.Node).Must(t, "ip_masq_agent_interface_attached", "interface="+Uplink); v != 0 {
-			t.Errorf("interface_attached{%s} = %v after a detach, want 0", Uplink, v)
-		}
-		a.Restart(t, syscall.SIGTERM)
 		if err := waitProbe(tp.Node, "/healthz", http.StatusOK, 5*time.Second); err != nil {
-			t.Errorf("after a restart: %v", err)
+			t.Errorf("after the repair: %v\n%s", err, a.Logs())
+		}
+		if v := scrape(t, tp.Node).Must(t, "ip_masq_agent_interface_attached", "interface="+Uplink); v != 1 {
+			t.Errorf("interface_attached{%s} = %v after the repair, want 1", Uplink, v)
+		}
+		if a.Pid() != pid {
+			t.Errorf("the agent restarted (pid %d, was %d)", a.Pid(), pid)
 		}
 		expectTCP(t, tp.Pod1, tp.Internet, NodeIP)
 	})
