@@ -1,6 +1,7 @@
 package maps
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -12,34 +13,45 @@ import (
 // whose replies keep the pod address (SPEC 3.5). The map is an LRU, so a
 // flood of them cannot grow it; Collect removes the idle ones so that a
 // stale entry cannot exempt a later pod-initiated flow on the same tuple.
-type Inbound struct{ m *ebpf.Map }
+type Inbound struct {
+	m *ebpf.Map
+	// Pace, when set, runs between the chunks of a walk (NATTable.Pace).
+	Pace    func()
+	collect func(i *Inbound, to Timeouts) (int, error)
+}
 
-func NewInbound(d *loader.Datapath) *Inbound { return &Inbound{m: d.Maps.IpmInbound4} }
+func NewInbound(d *loader.Datapath) *Inbound {
+	return &Inbound{m: d.Maps.IpmInbound4, collect: collectInbound[NATKey]}
+}
 
-func NewInbound6(d *loader.Datapath) *Inbound { return &Inbound{m: d.Maps.IpmInbound6} }
+func NewInbound6(d *loader.Datapath) *Inbound {
+	return &Inbound{m: d.Maps.IpmInbound6, collect: collectInbound[loader.BPFIpmNat6Key]}
+}
 
 // Collect deletes the entries idle for longer than to.UDPStream and returns
-// how many it removed.
-func (i *Inbound) Collect(to Timeouts) int {
-	// The key is kept as raw bytes: it is ipm_nat_key or ipm_nat6_key.
-	k := make([]byte, i.m.KeySize())
-	var v loader.BPFIpmInbound
-	var stale [][]byte
-	it := i.m.Iterate()
-	for it.Next(k, &v) {
-		if Now()-time.Duration(v.LastSeenNs) > to.UDPStream {
-			stale = append(stale, append([]byte(nil), k...))
-		}
-	}
+// how many it removed. It streams the map: entries evicted meanwhile do not
+// stop it, and those deleted before an error stay counted.
+func (i *Inbound) Collect(to Timeouts) (int, error) { return i.collect(i, to) }
+
+// collectInbound is Collect for the map's key type K.
+func collectInbound[K any](i *Inbound, to Timeouts) (int, error) {
+	var w walker[K, loader.BPFIpmInbound]
 	removed := 0
-	for _, k := range stale {
+	err := w.walk(i.m, i.Pace, func(k *K, v *loader.BPFIpmInbound) {
+		if Now()-time.Duration(v.LastSeenNs) <= to.UDPStream {
+			return
+		}
 		// Re-check: a datagram may have refreshed it meanwhile.
-		if err := i.m.Lookup(k, &v); err != nil || Now()-time.Duration(v.LastSeenNs) <= to.UDPStream {
-			continue
+		var again loader.BPFIpmInbound
+		if err := i.m.Lookup(k, &again); err != nil || Now()-time.Duration(again.LastSeenNs) <= to.UDPStream {
+			return
 		}
 		if i.m.Delete(k) == nil {
 			removed++
 		}
+	})
+	if err != nil {
+		return removed, fmt.Errorf("read inbound records: %w", err)
 	}
-	return removed
+	return removed, nil
 }
