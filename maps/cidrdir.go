@@ -272,7 +272,7 @@ func (n *NonMasq) syncDir(idle int, set CIDRSet) error {
 // readAt. It writes the active half in place, which is safe because each
 // change only spares a lookup that would find nothing. Returns how many /24s
 // it settled.
-func (n *NonMasq) SettleDir(mapped map[uint32]bool, readAt time.Time) (int, error) {
+func (n *NonMasq) SettleDir(mapped *Set24, readAt time.Time) (int, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	active := n.settings.ActiveCIDRs()
@@ -289,7 +289,7 @@ func (n *NonMasq) SettleDir(mapped map[uint32]bool, readAt time.Time) (int, erro
 		changed := false
 		for slot := uint32(0); slot < 256; slot++ {
 			i, shift := slot/4, (slot%4)*2
-			if (b.Verdicts[i]>>shift)&3 != blockNoMasqMapped || mapped[uint32(n16)<<8|slot] {
+			if (b.Verdicts[i]>>shift)&3 != blockNoMasqMapped || mapped.Has(uint32(n16)<<8|slot) {
 				continue
 			}
 			b.Verdicts[i] = b.Verdicts[i]&^(3<<shift) | blockNoMasq<<shift

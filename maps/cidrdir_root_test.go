@@ -150,7 +150,8 @@ func TestNonMasqSettlesTheDir(t *testing.T) {
 			t.Fatalf("%s: verdict %d right after the set covered it, want %d (mapped)", ip, v, blockNoMasqMapped)
 		}
 	}
-	mapped := map[uint32]bool{block24(netip.MustParseAddr("10.1.2.9")): true}
+	mapped := NewSet24()
+	mapped.Add(block24(netip.MustParseAddr("10.1.2.9")))
 	// A NAT table read that began within the grace after the flip may
 	// have missed mappings made through the old index: nothing settles.
 	if got, err := n.SettleDir(mapped, n.retired); err != nil || got != 0 {

@@ -1,6 +1,7 @@
 package maps
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -13,50 +14,67 @@ import (
 // whose replies keep the pod address (docs/behaviour.md §7). The map is an LRU, so a
 // flood of them cannot grow it; Collect removes the idle ones so that a
 // stale entry cannot exempt a later pod-initiated flow on the same tuple.
-type Inbound struct{ m *ebpf.Map }
+type Inbound struct {
+	m *ebpf.Map
+	// Pace, when set, runs between the chunks of a walk (NATTable.Pace).
+	Pace    func()
+	collect func(i *Inbound, to Timeouts) (int, error)
+}
 
-func NewInbound(d *loader.Datapath) *Inbound { return &Inbound{m: d.Maps.IpmInbound4} }
+func NewInbound(d *loader.Datapath) *Inbound {
+	return &Inbound{m: d.Maps.IpmInbound4, collect: collectInbound[NATKey]}
+}
 
-func NewInbound6(d *loader.Datapath) *Inbound { return &Inbound{m: d.Maps.IpmInbound6} }
+func NewInbound6(d *loader.Datapath) *Inbound {
+	return &Inbound{m: d.Maps.IpmInbound6, collect: collectInbound[loader.BPFIpmNat6Key]}
+}
 
-// idleLimit is how long an entry with key k may stay idle: a TCP
+// idleLimit is how long an entry for a flow of proto may stay idle: a TCP
 // connection as long as an established mapping (its packets refresh it in
 // both directions), a UDP flow as long as a stream.
-func (i *Inbound) idleLimit(k []byte, to Timeouts) time.Duration {
-	// The protocol follows the addresses and ports of ipm_nat_key (12
-	// bytes) or ipm_nat6_key (36 bytes).
-	protoAt := 12
-	if len(k) > 16 {
-		protoAt = 36
-	}
-	if len(k) > protoAt && k[protoAt] == unix.IPPROTO_TCP {
+func idleLimit(proto uint8, to Timeouts) time.Duration {
+	if proto == unix.IPPROTO_TCP {
 		return to.TCPEstablished
 	}
 	return to.UDPStream
 }
 
-// Collect deletes the entries idle for longer than their protocol allows and
-// returns how many it removed.
-func (i *Inbound) Collect(to Timeouts) int {
-	// The key is kept as raw bytes: it is ipm_nat_key or ipm_nat6_key.
-	k := make([]byte, i.m.KeySize())
-	var v loader.BPFIpmInbound
-	var stale [][]byte
-	it := i.m.Iterate()
-	for it.Next(k, &v) {
-		if Now()-time.Duration(v.LastSeenNs) > i.idleLimit(k, to) {
-			stale = append(stale, append([]byte(nil), k...))
-		}
+// keyProto is the protocol of a key of either family.
+func keyProto(k any) uint8 {
+	switch k := k.(type) {
+	case *NATKey:
+		return k.Proto
+	case *loader.BPFIpmNat6Key:
+		return k.Proto
 	}
+	return 0
+}
+
+// Collect deletes the entries idle for longer than their protocol allows and
+// returns how many it removed. It streams the map: entries evicted meanwhile
+// do not stop it, and those deleted before an error stay counted.
+func (i *Inbound) Collect(to Timeouts) (int, error) { return i.collect(i, to) }
+
+// collectInbound is Collect for the map's key type K.
+func collectInbound[K any](i *Inbound, to Timeouts) (int, error) {
+	var w walker[K, loader.BPFIpmInbound]
 	removed := 0
-	for _, k := range stale {
+	err := w.walk(i.m, i.Pace, func(k *K, v *loader.BPFIpmInbound) {
+		limit := idleLimit(keyProto(k), to)
+		if Now()-time.Duration(v.LastSeenNs) <= limit {
+			return
+		}
 		// Re-check: a datagram may have refreshed it meanwhile.
-		if err := i.m.Lookup(k, &v); err != nil || Now()-time.Duration(v.LastSeenNs) <= i.idleLimit(k, to) {
-			continue
+		var again loader.BPFIpmInbound
+		if err := i.m.Lookup(k, &again); err != nil || Now()-time.Duration(again.LastSeenNs) <= limit {
+			return
 		}
 		if i.m.Delete(k) == nil {
 			removed++
 		}
+	})
+	if err != nil {
+		return removed, fmt.Errorf("read inbound records: %w", err)
 	}
-	return removed
+	return removed, nil
 }

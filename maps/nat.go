@@ -63,7 +63,7 @@ type half struct {
 
 // codec reads and writes one family's NAT map as tuples and halves.
 type codec interface {
-	iterate(m *ebpf.Map, fn func(tuple, half)) error
+	walk(m *ebpf.Map, pace func(), fn func(tuple, half)) error
 	lookup(m *ebpf.Map, t tuple) (half, bool)
 	remove(m *ebpf.Map, t tuple) error
 }
@@ -74,16 +74,21 @@ type NATTable struct {
 	m       *ebpf.Map
 	hostres *ebpf.Map
 	c       codec
-	// The destinations' /24s (IPv4 address >> 8) of the flows left after
-	// the last Collect, and when its read began (Mapped24).
-	mapped map[uint32]bool
-	readAt time.Time
+	// Pace, when set, runs between the chunks of a walk: the expiry
+	// spreads a pass over its interval with it.
+	Pace func()
+	// The destinations' /24s of the flows left after the last complete
+	// Collect, and when its read began (Mapped24); building is the set
+	// the running pass fills.
+	mapped, building *Set24
+	readAt           time.Time
+	last             PassStats
 }
 
 // Mapped24 returns the /24s (IPv4 address >> 8) that destinations of
-// mappings fell into at the last Collect, and when its read began; nil
-// before the first. For NonMasq.SettleDir.
-func (t *NATTable) Mapped24() (map[uint32]bool, time.Time) { return t.mapped, t.readAt }
+// mappings fell into at the last complete Collect, and when its read began;
+// nil before the first. For NonMasq.SettleDir; valid until the next Collect.
+func (t *NATTable) Mapped24() (*Set24, time.Time) { return t.mapped, t.readAt }
 
 // block24 is the /24 of an IPv4 address, as ipm_cidr4_dir indexes it.
 func block24(a netip.Addr) uint32 {
@@ -96,12 +101,12 @@ func block24(a netip.Addr) uint32 {
 
 // NewNATTable is the IPv4 NAT table.
 func NewNATTable(d *loader.Datapath) *NATTable {
-	return &NATTable{m: d.Maps.IpmNat4, hostres: d.Maps.IpmHostres4, c: codec4{}}
+	return &NATTable{m: d.Maps.IpmNat4, hostres: d.Maps.IpmHostres4, c: &codec4{}}
 }
 
 // NewNAT6Table is the IPv6 NAT table.
 func NewNAT6Table(d *loader.Datapath) *NATTable {
-	return &NATTable{m: d.Maps.IpmNat6, hostres: d.Maps.IpmHostres6, c: codec6{}}
+	return &NATTable{m: d.Maps.IpmNat6, hostres: d.Maps.IpmHostres6, c: &codec6{}}
 }
 
 // Capacity is the table's bound in entries (two per flow).
@@ -254,114 +259,6 @@ func makeReservation(k tuple, e half) Reservation {
 		Flags:    e.Flags,
 		LastSeen: max(e.LastSeen, e.Created),
 	}
-}
-
-// Snapshot is one pass over the table.
-type Snapshot struct {
-	Flows    []Flow
-	Reserved []Reservation
-	Orphans  int // reply halves without their egress half
-	Entries  int
-}
-
-type pass struct {
-	flows    map[tuple]Flow // by egress key
-	reserved map[tuple]Reservation
-	orphans  map[tuple]half
-	entries  int
-}
-
-func (t *NATTable) read() (pass, error) {
-	all := map[tuple]half{}
-	if err := t.c.iterate(t.m, func(k tuple, e half) { all[k] = e }); err != nil {
-		return pass{}, fmt.Errorf("read NAT table: %w", err)
-	}
-	p := pass{flows: map[tuple]Flow{}, reserved: map[tuple]Reservation{}, orphans: map[tuple]half{}, entries: len(all)}
-	paired := map[tuple]bool{}
-	for k, e := range all {
-		if k.Dir != dirEgress || e.Kind != kindMasq {
-			continue
-		}
-		rk := replyKey(k, e)
-		in, ok := all[rk]
-		paired[rk] = ok
-		p.flows[k] = makeFlow(k, e, in, ok)
-	}
-	for k, e := range all {
-		if k.Dir == dirIngress && e.Kind == kindMasq && !paired[k] {
-			p.orphans[k] = e
-		}
-	}
-	err := t.c.iterate(t.hostres, func(k tuple, e half) { p.reserved[k] = makeReservation(k, e) })
-	if err != nil {
-		return pass{}, fmt.Errorf("read host reservations: %w", err)
-	}
-	return p, nil
-}
-
-// Read walks the table once. Entries change under it; the collector
-// re-reads before it deletes anything.
-func (t *NATTable) Read() (Snapshot, error) {
-	p, err := t.read()
-	if err != nil {
-		return Snapshot{}, err
-	}
-	s := Snapshot{Orphans: len(p.orphans), Entries: p.entries}
-	for _, f := range p.flows {
-		s.Flows = append(s.Flows, f)
-	}
-	for _, r := range p.reserved {
-		s.Reserved = append(s.Reserved, r)
-	}
-	return s, nil
-}
-
-// Collect deletes the flows whose timeout has passed (both halves
-// together), idle host reservations, and reply halves left without their
-// egress half. Each candidate is read again just before deletion and kept if
-// a packet used it meanwhile.
-func (t *NATTable) Collect(to Timeouts) (removed int, err error) {
-	readAt := time.Now()
-	p, err := t.read()
-	if err != nil {
-		return 0, err
-	}
-	var errs []error
-	mapped := map[uint32]bool{}
-	for k, f := range p.flows {
-		if Now()-f.LastSeen <= f.Timeout(to) {
-			mapped[block24(f.Remote.Addr())] = true
-			continue
-		}
-		ok, err := t.removeFlowIfExpired(k, to)
-		if err != nil {
-			errs = append(errs, err)
-		}
-		if ok {
-			removed++
-		} else {
-			mapped[block24(f.Remote.Addr())] = true
-		}
-	}
-	t.mapped, t.readAt = mapped, readAt
-	for k, r := range p.reserved {
-		if Now()-r.LastSeen > r.timeout(to) && t.removeReservationIfExpired(k, to) {
-			removed++
-		}
-	}
-	for rk, in := range p.orphans {
-		// Give a half-created mapping time to get its egress half.
-		if Now()-max(in.LastSeen, in.Created) <= to.TCPRst {
-			continue
-		}
-		if _, ok := t.c.lookup(t.m, originalKey(rk, in)); ok {
-			continue // paired again meanwhile
-		}
-		if t.c.remove(t.m, rk) == nil {
-			removed++
-		}
-	}
-	return removed, errors.Join(errs...)
 }
 
 // removeFlowIfExpired re-reads a flow's halves and deletes them if it is

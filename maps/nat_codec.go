@@ -9,8 +9,9 @@ import (
 	"github.com/ipmasq-ebpf/ip-masq-agent/loader"
 )
 
-// codec4 converts ipm_nat4's keys and values.
-type codec4 struct{}
+// codec4 converts ipm_nat4's keys and values; it reads the map through
+// buffers it reuses, so one codec serves one walk at a time.
+type codec4 struct{ w walker[NATKey, NATEntry] }
 
 func (codec4) key(t tuple) NATKey {
 	return NATKey{Saddr: addrToBE(t.Src), Daddr: addrToBE(t.Dst), Sport: portToBE(t.Sport),
@@ -27,14 +28,8 @@ func (codec4) half(e NATEntry) half {
 		Addr: addrFromBE(e.Addr), Port: portFromBE(e.Port), Kind: e.Kind, Flags: e.Flags}
 }
 
-func (c codec4) iterate(m *ebpf.Map, fn func(tuple, half)) error {
-	var k NATKey
-	var e NATEntry
-	it := m.Iterate()
-	for it.Next(&k, &e) {
-		fn(c.tuple(k), c.half(e))
-	}
-	return it.Err()
+func (c *codec4) walk(m *ebpf.Map, pace func(), fn func(tuple, half)) error {
+	return c.w.walk(m, pace, func(k *NATKey, e *NATEntry) { fn(c.tuple(*k), c.half(*e)) })
 }
 
 func (c codec4) lookup(m *ebpf.Map, t tuple) (half, bool) {
@@ -51,8 +46,10 @@ func (c codec4) remove(m *ebpf.Map, t tuple) error {
 	return m.Delete(&k)
 }
 
-// codec6 converts ipm_nat6's keys and values.
-type codec6 struct{}
+// codec6 converts ipm_nat6's keys and values, like codec4.
+type codec6 struct {
+	w walker[loader.BPFIpmNat6Key, loader.BPFIpmNat6Entry]
+}
 
 func (codec6) key(t tuple) loader.BPFIpmNat6Key {
 	return loader.BPFIpmNat6Key{Saddr: addr6ToBE(t.Src), Daddr: addr6ToBE(t.Dst), Sport: portToBE(t.Sport),
@@ -69,14 +66,8 @@ func (codec6) half(e loader.BPFIpmNat6Entry) half {
 		Addr: addr6FromBE(e.Addr), Port: portFromBE(e.Port), Kind: e.Kind, Flags: e.Flags}
 }
 
-func (c codec6) iterate(m *ebpf.Map, fn func(tuple, half)) error {
-	var k loader.BPFIpmNat6Key
-	var e loader.BPFIpmNat6Entry
-	it := m.Iterate()
-	for it.Next(&k, &e) {
-		fn(c.tuple(k), c.half(e))
-	}
-	return it.Err()
+func (c *codec6) walk(m *ebpf.Map, pace func(), fn func(tuple, half)) error {
+	return c.w.walk(m, pace, func(k *loader.BPFIpmNat6Key, e *loader.BPFIpmNat6Entry) { fn(c.tuple(*k), c.half(*e)) })
 }
 
 func (c codec6) lookup(m *ebpf.Map, t tuple) (half, bool) {

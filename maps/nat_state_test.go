@@ -1,6 +1,7 @@
 package maps
 
 import (
+	"github.com/ipmasq-ebpf/ip-masq-agent/loader"
 	"net/netip"
 	"testing"
 	"time"
@@ -44,24 +45,20 @@ func TestFlowState(t *testing.T) {
 
 // TestInboundIdleLimit: a TCP connection opened from outside keeps its
 // record as long as an established mapping would live; a UDP flow as long as
-// a stream. Keys are ipm_nat_key (16 bytes) or ipm_nat6_key (40 bytes).
+// a stream, for keys of both families.
 func TestInboundIdleLimit(t *testing.T) {
 	to := Timeouts{TCPEstablished: 6 * time.Hour, UDPStream: 3 * time.Minute}
-	var i Inbound
 	for _, tc := range []struct {
-		size, protoAt int
-		proto         byte
-		want          time.Duration
+		key  any
+		want time.Duration
 	}{
-		{16, 12, unix.IPPROTO_TCP, to.TCPEstablished},
-		{16, 12, unix.IPPROTO_UDP, to.UDPStream},
-		{40, 36, unix.IPPROTO_TCP, to.TCPEstablished},
-		{40, 36, unix.IPPROTO_UDP, to.UDPStream},
+		{&NATKey{Proto: unix.IPPROTO_TCP}, to.TCPEstablished},
+		{&NATKey{Proto: unix.IPPROTO_UDP}, to.UDPStream},
+		{&loader.BPFIpmNat6Key{Proto: unix.IPPROTO_TCP}, to.TCPEstablished},
+		{&loader.BPFIpmNat6Key{Proto: unix.IPPROTO_UDP}, to.UDPStream},
 	} {
-		k := make([]byte, tc.size)
-		k[tc.protoAt] = tc.proto
-		if got := i.idleLimit(k, to); got != tc.want {
-			t.Errorf("key of %d bytes, protocol %d: idle limit %v, want %v", tc.size, tc.proto, got, tc.want)
+		if got := idleLimit(keyProto(tc.key), to); got != tc.want {
+			t.Errorf("key %T %+v: idle limit %v, want %v", tc.key, tc.key, got, tc.want)
 		}
 	}
 }

@@ -144,7 +144,13 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 					klog.ErrorS(err, "NAT table expiry failed")
 				}
 				obs.expired(removed)
-				klog.V(4).InfoS("Expired NAT entries", "table", i, "removed", removed, "inbound", inbounds[i].Collect(timeouts))
+				// The inbound records are collected even when the
+				// NAT table's walk failed: the two are independent.
+				inbound, err := inbounds[i].Collect(timeouts)
+				if err != nil {
+					klog.ErrorS(err, "Inbound record expiry failed")
+				}
+				klog.V(4).InfoS("Expired NAT entries", "table", i, "removed", removed, "inbound", inbound)
 			}
 			// Covered /24s that no mapping leads into any more stop
 			// sending their packets through the flow lookup.

@@ -1,0 +1,186 @@
+package maps
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// FlowClass is a protocol and a state, the labels flows are counted by.
+type FlowClass struct {
+	Proto uint8
+	State string
+}
+
+// PassStats is what one walk of a family's NAT table and host reservations
+// found: the metrics report the last complete one instead of reading the
+// table at scrape time.
+type PassStats struct {
+	Entries  int // entries in the NAT table, both halves and others
+	Flows    map[FlowClass]int
+	Reserved int // host reservations
+	Orphans  int // reply halves without their egress half
+	Removed  int // entries the pass deleted
+	// Complete is false when a walk stopped early: the counts then miss
+	// what it did not reach.
+	Complete bool
+}
+
+// LastPass is the result of the last Collect.
+func (t *NATTable) LastPass() PassStats { return t.last }
+
+// Snapshot is one pass over the table.
+type Snapshot struct {
+	Flows    []Flow
+	Reserved []Reservation
+	Orphans  int // reply halves without their egress half
+	Entries  int
+}
+
+// Visitor receives the entries of a Walk one at a time; either may be nil.
+type Visitor struct {
+	Flow        func(Flow)
+	Reservation func(Reservation)
+}
+
+// Walk streams the table: each flow (found from its egress half, with a
+// direct lookup of its reply half) and each host reservation goes to v as
+// it is read, so a walk holds no more than one chunk of the table. Entries
+// change under it. It returns the counts; an error reading one of the two
+// maps does not stop the other.
+func (t *NATTable) Walk(v Visitor) (PassStats, error) {
+	s := PassStats{Flows: map[FlowClass]int{}}
+	errNAT := t.c.walk(t.m, t.Pace, func(k tuple, e half) {
+		s.Entries++
+		if e.Kind != kindMasq {
+			return
+		}
+		switch k.Dir {
+		case dirEgress:
+			in, ok := t.c.lookup(t.m, replyKey(k, e))
+			f := makeFlow(k, e, in, ok)
+			s.Flows[FlowClass{f.Proto, f.State()}]++
+			if v.Flow != nil {
+				v.Flow(f)
+			}
+		case dirIngress:
+			if _, ok := t.c.lookup(t.m, originalKey(k, e)); !ok {
+				s.Orphans++
+			}
+		}
+	})
+	if errNAT != nil {
+		errNAT = fmt.Errorf("read NAT table: %w", errNAT)
+	}
+	errRes := t.c.walk(t.hostres, t.Pace, func(k tuple, e half) {
+		s.Reserved++
+		if v.Reservation != nil {
+			v.Reservation(makeReservation(k, e))
+		}
+	})
+	if errRes != nil {
+		errRes = fmt.Errorf("read host reservations: %w", errRes)
+	}
+	s.Complete = errNAT == nil && errRes == nil
+	return s, errors.Join(errNAT, errRes)
+}
+
+// Read walks the table once into memory, for tests and small tables; the
+// agent streams with Walk and Collect instead.
+func (t *NATTable) Read() (Snapshot, error) {
+	var snap Snapshot
+	s, err := t.Walk(Visitor{
+		Flow:        func(f Flow) { snap.Flows = append(snap.Flows, f) },
+		Reservation: func(r Reservation) { snap.Reserved = append(snap.Reserved, r) },
+	})
+	if err != nil {
+		return Snapshot{}, err
+	}
+	snap.Orphans, snap.Entries = s.Orphans, s.Entries
+	return snap, nil
+}
+
+// Collect deletes the flows whose timeout has passed (both halves
+// together), idle host reservations, and reply halves left without their
+// egress half. It streams the table and decides each entry on its own, with
+// a direct lookup of its other half; each candidate is read again just
+// before deletion and kept if a packet used it meanwhile. An error in the
+// NAT table's walk does not stop the reservations' walk, nor the other way
+// round; the removal counts what was deleted before any error.
+func (t *NATTable) Collect(to Timeouts) (removed int, err error) {
+	readAt := time.Now()
+	if t.building == nil {
+		t.building = NewSet24()
+	}
+	t.building.Clear()
+	s := PassStats{Flows: map[FlowClass]int{}}
+	var errs []error
+	natGone := 0 // entries deleted from the NAT table
+	errNAT := t.c.walk(t.m, t.Pace, func(k tuple, e half) {
+		s.Entries++
+		if e.Kind != kindMasq {
+			return
+		}
+		switch k.Dir {
+		case dirEgress:
+			in, ok := t.c.lookup(t.m, replyKey(k, e))
+			f := makeFlow(k, e, in, ok)
+			if Now()-f.LastSeen > f.Timeout(to) {
+				gone, err := t.removeFlowIfExpired(k, to)
+				if err != nil {
+					errs = append(errs, err)
+				}
+				if gone {
+					s.Removed++
+					natGone++
+					if ok {
+						natGone++ // its reply half
+					}
+					return
+				}
+			}
+			t.building.Add(block24(f.Remote.Addr()))
+			s.Flows[FlowClass{f.Proto, f.State()}]++
+		case dirIngress:
+			if _, ok := t.c.lookup(t.m, originalKey(k, e)); ok {
+				return // counted with its egress half
+			}
+			// Give a half-created mapping time to get its egress half.
+			if Now()-max(e.LastSeen, e.Created) <= to.TCPRst {
+				s.Orphans++
+				return
+			}
+			if _, ok := t.c.lookup(t.m, originalKey(k, e)); ok {
+				return // paired meanwhile
+			}
+			if t.c.remove(t.m, k) == nil {
+				s.Removed++
+				natGone++
+			}
+		}
+	})
+	if errNAT != nil {
+		errs = append(errs, fmt.Errorf("read NAT table: %w", errNAT))
+	}
+	errRes := t.c.walk(t.hostres, t.Pace, func(k tuple, e half) {
+		r := makeReservation(k, e)
+		if Now()-r.LastSeen > r.timeout(to) && t.removeReservationIfExpired(k, to) {
+			s.Removed++
+			return
+		}
+		s.Reserved++
+	})
+	if errRes != nil {
+		errs = append(errs, fmt.Errorf("read host reservations: %w", errRes))
+	}
+	s.Entries -= natGone
+	s.Complete = errNAT == nil && errRes == nil
+	t.last = s
+	if errNAT == nil {
+		// Only a complete walk of the mappings may settle /24s: a
+		// partial one would call blocks with live flows empty.
+		t.mapped, t.building = t.building, t.mapped
+		t.readAt = readAt
+	}
+	return s.Removed, errors.Join(errs...)
+}
