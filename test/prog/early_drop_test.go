@@ -210,7 +210,7 @@ func TestEarlyDropExpired(t *testing.T) {
 				requireVerdict(t, e.ingress(t, udpPkt(remote2, p.dport, nodeAddr, port).frame(t)), actPass)
 				if i == 3 || i == 4 {
 					// Answered, then idle past the UDP stream timeout.
-					e.ageFlow(t, p.tuple, port, 3*time.Hour, true, 0)
+					e.ageFlow(t, p.tuple, port, 3*time.Hour, true, 0, false)
 					e.restampLastRecord(t, p.tuple)
 				}
 			}

@@ -17,8 +17,9 @@ var reclaimTimeouts = maps.Timeouts{
 
 // ageFlow makes the flow u, masqueraded to node port port, look idle for
 // idle: both halves stamped that far back, the reply half as never used
-// unless replied, and flags set on the egress half.
-func (e *env) ageFlow(t testing.TB, u tuple, port uint16, idle time.Duration, replied bool, flags loader.BPFIpmEntryFlags) {
+// unless replied, and flags set on the egress half; FIN and RST also on the
+// reply half unless halfClosed (a FIN from the pod alone).
+func (e *env) ageFlow(t testing.TB, u tuple, port uint16, idle time.Duration, replied bool, flags loader.BPFIpmEntryFlags, halfClosed bool) {
 	t.Helper()
 	m := e.dp.Maps.IpmNat4
 	ok := natKey(dirEgress, u.proto, u.src, u.dst, u.sport, u.dport)
@@ -36,7 +37,10 @@ func (e *env) ageFlow(t testing.TB, u tuple, port uint16, idle time.Duration, re
 		t.Fatalf("reply half of %v: %v", u, err)
 	}
 	out.CreatedNs, out.LastSeenNs, out.Flags = then, then, flags
-	in.CreatedNs, in.LastSeenNs = then, 0
+	in.CreatedNs, in.LastSeenNs, in.Flags = then, 0, flags
+	if halfClosed {
+		in.Flags = 0
+	}
 	if replied {
 		in.LastSeenNs = then
 	}
@@ -56,6 +60,8 @@ func (e *env) ageFlow(t testing.TB, u tuple, port uint16, idle time.Duration, re
 func TestReclaimExpired(t *testing.T) {
 	const port = 20000
 	fin, rst := loader.BPFIpmEntryFlagsIPM_F_FIN, loader.BPFIpmEntryFlagsIPM_F_RST
+	// Not a datapath flag: marks a case whose FIN is on the egress half only.
+	const halfClosedFlag loader.BPFIpmEntryFlags = 1 << 7
 	for _, tc := range []struct {
 		name     string
 		old      pkt
@@ -71,6 +77,9 @@ func TestReclaimExpired(t *testing.T) {
 		{"tcp established, expired", tcpPkt(podA, 40000, remote, 443, "S"), 61 * time.Minute, true, 0, reclaimTimeouts, true},
 		{"tcp closing, expired", tcpPkt(podA, 40000, remote, 443, "S"), 41 * time.Second, true, fin, reclaimTimeouts, true},
 		{"tcp closing, live", tcpPkt(podA, 40000, remote, 443, "S"), 39 * time.Second, true, fin, reclaimTimeouts, false},
+		// One FIN is a half-close: the other side may go on sending, so
+		// the established timeout still holds (as in the agent's rule).
+		{"tcp half-closed past the fin timeout", tcpPkt(podA, 40000, remote, 443, "S"), 41 * time.Second, true, fin | halfClosedFlag, reclaimTimeouts, false},
 		{"tcp reset, expired", tcpPkt(podA, 40000, remote, 443, "S"), 11 * time.Second, true, rst | fin, reclaimTimeouts, true},
 		{"tcp reset, live", tcpPkt(podA, 40000, remote, 443, "S"), 9 * time.Second, true, rst, reclaimTimeouts, false},
 		{"udp, expired", udpPkt(podA, 40000, remote, 443), 31 * time.Second, false, 0, reclaimTimeouts, true},
@@ -86,7 +95,7 @@ func TestReclaimExpired(t *testing.T) {
 			if got := e.masquerade(t, tc.old); got != port {
 				t.Fatalf("first flow got port %d", got)
 			}
-			e.ageFlow(t, tc.old.tuple, port, tc.idle, tc.replied, tc.flags)
+			e.ageFlow(t, tc.old.tuple, port, tc.idle, tc.replied, tc.flags&^halfClosedFlag, tc.flags&halfClosedFlag != 0)
 			next := tc.old.with(tuple{tc.old.proto, podB, remote, 40001, tc.old.dport})
 			before := e.readCounters(t)
 			if tc.reclaim {
