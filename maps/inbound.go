@@ -29,6 +29,19 @@ func NewInbound6(d *loader.Datapath) *Inbound {
 	return &Inbound{m: d.Maps.IpmInbound6, collect: collectInbound[loader.BPFIpmNat6Key]}
 }
 
+// NewNomasqTCP is ipm_nomasq_tcp4, the TCP connections a pod opened while
+// their remote was not masqueraded: records of the same shape, collected the
+// same way. A stale one would let a later connection on the same tuple,
+// masqueraded this time, leave with the pod address once its mapping is gone.
+func NewNomasqTCP(d *loader.Datapath) *Inbound {
+	return &Inbound{m: d.Maps.IpmNomasqTcp4, collect: collectInbound[NATKey]}
+}
+
+// NewNomasqTCP6 is ipm_nomasq_tcp6.
+func NewNomasqTCP6(d *loader.Datapath) *Inbound {
+	return &Inbound{m: d.Maps.IpmNomasqTcp6, collect: collectInbound[loader.BPFIpmNat6Key]}
+}
+
 // idleLimit is how long an entry for a flow of proto may stay idle: a TCP
 // connection as long as an established mapping (its packets refresh it in
 // both directions), a UDP flow as long as a stream.

@@ -106,6 +106,7 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 	defer verify.Stop()
 	nats := []*maps.NATTable{maps.NewNATTable(dp), maps.NewNAT6Table(dp)}
 	inbounds := []*maps.Inbound{maps.NewInbound(dp), maps.NewInbound6(dp)}
+	exempts := []*maps.Inbound{maps.NewNomasqTCP(dp), maps.NewNomasqTCP6(dp)}
 	resync := time.NewTimer(cfg.interval())
 	defer resync.Stop()
 	gc := time.NewTicker(f.GCInterval)
@@ -150,7 +151,11 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 				if err != nil {
 					klog.ErrorS(err, "Inbound record expiry failed")
 				}
-				klog.V(4).InfoS("Expired NAT entries", "table", i, "removed", removed, "inbound", inbound)
+				exempt, err := exempts[i].Collect(timeouts)
+				if err != nil {
+					klog.ErrorS(err, "Exempt connection record expiry failed")
+				}
+				klog.V(4).InfoS("Expired NAT entries", "table", i, "removed", removed, "inbound", inbound, "exempt", exempt)
 			}
 			// Covered /24s that no mapping leads into any more stop
 			// sending their packets through the flow lookup.

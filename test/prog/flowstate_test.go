@@ -320,3 +320,38 @@ func TestIngressICMPErrorFragments(t *testing.T) {
 	}
 	e.expectCounters(t, before, map[string]uint64{"ingress_fragment": 1})
 }
+
+// TestStaleExemptionCollected: the record of a connection opened towards a
+// non-masquerade remote goes once idle past the established timeout, so a
+// later mid-stream segment on that tuple towards a now masqueraded remote is
+// reset rather than passed with the pod address; a recent record stays.
+func TestStaleExemptionCollected(t *testing.T) {
+	e := newEnv(t, config{nonMasq: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}})
+	for _, syn := range []pkt{tcpPkt(podB, 40000, inCluster, 443, "S"), tcpPkt(podB, 40001, inCluster, 443, "S")} {
+		requireVerdict(t, e.egress(t, syn.frame(t)), actPass)
+	}
+	to := maps.Timeouts{TCPEstablished: time.Hour, UDPStream: time.Minute}
+	old := natKey(dirEgress, protoTCP, podB, inCluster, 40000, 443)
+	var v loader.BPFIpmInbound
+	m := e.dp.Maps.IpmNomasqTcp4
+	if err := m.Lookup(&old, &v); err != nil {
+		t.Fatalf("the SYN left no record: %v", err)
+	}
+	v.CreatedNs = uint64(maps.Now() - 2*time.Hour)
+	v.LastSeenNs = v.CreatedNs
+	if err := m.Put(&old, &v); err != nil {
+		t.Fatal(err)
+	}
+	removed, err := maps.NewNomasqTCP(e.dp).Collect(to)
+	if err != nil || removed != 1 {
+		t.Fatalf("Collect removed %d, %v; want the one stale record", removed, err)
+	}
+
+	e.applyNonMasq(t, []netip.Prefix{}, true)
+	e.requireEgressUnchanged(t, tcpPkt(podB, 40001, inCluster, 443, "PA"), "egress_tcp_no_map")
+	stale := tcpPkt(podB, 40000, inCluster, 443, "PA")
+	in := stale.frame(t)
+	r := e.egress(t, in)
+	requireVerdict(t, r, actRedirect)
+	requireResetFor(t, r.out, stale, in)
+}
