@@ -142,6 +142,7 @@ func (t *NATTable) Collect(to Timeouts) (removed int, err error) {
 			t.building.Add(block24(f.Remote.Addr()))
 			s.Flows[FlowClass{f.Proto, f.State()}]++
 		case dirIngress:
+			// A live lookup, just before the deletion: the re-check.
 			if _, ok := t.c.lookup(t.m, originalKey(k, e)); ok {
 				return // counted with its egress half
 			}
@@ -149,9 +150,6 @@ func (t *NATTable) Collect(to Timeouts) (removed int, err error) {
 			if Now()-max(e.LastSeen, e.Created) <= to.TCPRst {
 				s.Orphans++
 				return
-			}
-			if _, ok := t.c.lookup(t.m, originalKey(k, e)); ok {
-				return // paired meanwhile
 			}
 			if t.c.remove(t.m, k) == nil {
 				s.Removed++
