@@ -107,8 +107,10 @@ func (h *healer) count(name, hook, cause string) {
 // where a program of ours is missing, through the same path as the start
 // (ingress before egress; our own attachment replaced in place, nothing of
 // anybody else touched). An interface that vanished or changed its index
-// goes through reconcile.
+// goes through reconcile. A failed check or repair of one interface does
+// not hold up the others.
 func (s *interfaceSet) verify() error {
+	var errs []error
 	for name, idx := range s.attached {
 		l, err := netlink.LinkByName(name)
 		if err != nil || l.Attrs().Index != idx {
@@ -116,7 +118,8 @@ func (s *interfaceSet) verify() error {
 		}
 		gaps, err := s.dp.Gaps(idx, name, s.heal.used[name])
 		if err != nil {
-			return fmt.Errorf("check attachment of %s: %w", name, err)
+			errs = append(errs, fmt.Errorf("check attachment of %s: %w", name, err))
+			continue
 		}
 		if len(gaps) == 0 {
 			continue
@@ -126,7 +129,8 @@ func (s *interfaceSet) verify() error {
 			for _, g := range gaps {
 				klog.ErrorS(err, "Repairing attachment failed", "interface", name, "hook", g.Hook, "cause", g.Cause)
 			}
-			return fmt.Errorf("repair attachment of %s: %w", name, err)
+			errs = append(errs, fmt.Errorf("repair attachment of %s: %w", name, err))
+			continue
 		}
 		s.heal.used[name] = used
 		for _, g := range gaps {
@@ -134,7 +138,7 @@ func (s *interfaceSet) verify() error {
 			klog.InfoS("Repaired attachment", "interface", name, "hook", g.Hook, "cause", g.Cause, "mode", used)
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // watchTC signals after any qdisc or filter change in the namespace, so
