@@ -7,9 +7,10 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 # How long each fuzz target runs in `make test` (CI's short pass).
 FUZZTIME ?= 20s
+# prometheus: for its promtool, which deploy/ uses to check and unit-test the alerts.
 DEBIAN_PACKAGES := clang-19 llvm-19 clang-format-19 libbpf-dev bpftool iproute2 iptables \
 	iperf3 socat tcpdump conntrack iputils-ping ethtool \
-	buildah podman runc
+	buildah podman runc prometheus
 
 .DEFAULT_GOAL := help
 

@@ -27,9 +27,9 @@ type podMonitor struct {
 	Spec       struct {
 		Selector            metav1.LabelSelector `json:"selector"`
 		PodMetricsEndpoints []struct {
-			Port        string `json:"port"`
-			Path        string `json:"path"`
-			Interval    string `json:"interval"`
+			Port        string       `json:"port"`
+			Path        string       `json:"path"`
+			Interval    string       `json:"interval"`
 			Relabelings []relabeling `json:"relabelings"`
 		} `json:"podMetricsEndpoints"`
 	} `json:"spec"`
