@@ -25,6 +25,7 @@ type podMonitor struct {
 	Kind       string            `json:"kind"`
 	Metadata   metav1.ObjectMeta `json:"metadata"`
 	Spec       struct {
+		JobLabel            string               `json:"jobLabel"`
 		Selector            metav1.LabelSelector `json:"selector"`
 		PodMetricsEndpoints []struct {
 			Port        string       `json:"port"`
@@ -186,6 +187,24 @@ func TestManifestsMonitoring(t *testing.T) {
 	// The PrometheusRule: every alert is complete and points at the docs.
 	if m.rule.Metadata.Namespace != ds.Namespace {
 		t.Errorf("PrometheusRule in %q, want %q", m.rule.Metadata.Namespace, ds.Namespace)
+	}
+	// The job label of the targets is the value of the pods' jobLabel
+	// label; the alert on up selects it.
+	job := ds.Spec.Template.Labels[pm.Spec.JobLabel]
+	if job == "" {
+		t.Errorf("PodMonitor jobLabel %q is not a label of the agent's pods %v", pm.Spec.JobLabel, ds.Spec.Template.Labels)
+	}
+	upSelectors := 0
+	for _, r := range alerts(t, m.rule) {
+		if strings.Contains(r.Expr, "up{") {
+			upSelectors++
+			if !strings.Contains(r.Expr, `up{job="`+job+`"}`) {
+				t.Errorf("%s: %q, want up{job=%q}", r.Alert, r.Expr, job)
+			}
+		}
+	}
+	if upSelectors != 1 {
+		t.Errorf("%d alerts on up, want one (the agent down)", upSelectors)
 	}
 	readme, err := os.ReadFile("../README.md")
 	if err != nil {
@@ -563,5 +582,26 @@ func TestDashboard(t *testing.T) {
 	writeRules(t, path, []ruleGroup{g})
 	if out, err := exec.Command(tool, "check", "rules", path).CombinedOutput(); err != nil {
 		t.Fatalf("promtool check rules on the dashboard's queries: %v\n%s", err, out)
+	}
+}
+
+// TestKubectlKustomizeMonitoring renders the overlay with the monitoring
+// component with kubectl's built-in kustomize too, when kubectl is
+// installed, and expects the same objects as the library.
+func TestKubectlKustomizeMonitoring(t *testing.T) {
+	kubectl, err := exec.LookPath("kubectl")
+	if err != nil {
+		t.Skip("kubectl is not installed; TestManifestsMonitoring renders with the kustomize library")
+	}
+	dir := withComponent(t, "monitoring")
+	out, err := exec.Command(kubectl, "kustomize", dir).Output()
+	if err != nil {
+		t.Fatalf("kubectl kustomize: %v", err)
+	}
+	lib, kc := decodeMonitoring(t, render(t, dir)), decodeMonitoring(t, out)
+	a, _ := yaml.Marshal([]any{lib.base.ds, lib.base.cms, lib.pm, lib.rule, lib.dashboard})
+	b, _ := yaml.Marshal([]any{kc.base.ds, kc.base.cms, kc.pm, kc.rule, kc.dashboard})
+	if string(a) != string(b) {
+		t.Errorf("kubectl kustomize and the kustomize library render different objects:\n%s\n---\n%s", a, b)
 	}
 }
