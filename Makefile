@@ -7,7 +7,9 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 # How long each fuzz target runs in `make test` (CI's short pass).
 FUZZTIME ?= 20s
-# prometheus: for its promtool, which deploy/ uses to check and unit-test the alerts.
+# prometheus: for its promtool, which deploy/ uses to check and unit-test the alerts. On a
+# host booted with systemd the package also starts a Prometheus server on :9090
+# (`systemctl disable --now prometheus` stops it); containers forbid that with policy-rc.d.
 DEBIAN_PACKAGES := clang-19 llvm-19 clang-format-19 libbpf-dev bpftool iproute2 iptables \
 	iperf3 socat tcpdump conntrack iputils-ping ethtool \
 	buildah podman runc prometheus
