@@ -218,7 +218,7 @@ func TestMonitoringUsesRealMetrics(t *testing.T) {
 	}
 
 	var exprs []dashboardQuery
-	for _, r := range alerts(t, renderMonitoring(t).rule) {
+	for _, r := range alerts(t, renderMonitoring(t).rule.Spec.Groups) {
 		exprs = append(exprs, dashboardQuery{"alert " + r.Alert, r.Expr})
 	}
 	d := readDashboard(t)

@@ -195,7 +195,7 @@ func TestManifestsMonitoring(t *testing.T) {
 		t.Errorf("PodMonitor jobLabel %q is not a label of the agent's pods %v", pm.Spec.JobLabel, ds.Spec.Template.Labels)
 	}
 	upSelectors := 0
-	for _, r := range alerts(t, m.rule) {
+	for _, r := range alerts(t, m.rule.Spec.Groups) {
 		if strings.Contains(r.Expr, "up{") {
 			upSelectors++
 			if !strings.Contains(r.Expr, `up{job="`+job+`"}`) {
@@ -213,7 +213,7 @@ func TestManifestsMonitoring(t *testing.T) {
 	sections := regexp.MustCompile(`sections? ((?:"[^"]+"(?:,? and |, )?)+)`)
 	quoted := regexp.MustCompile(`"([^"]+)"`)
 	docs := regexp.MustCompile(`docs/[a-z0-9-]+\.md`)
-	for _, r := range alerts(t, m.rule) {
+	for _, r := range alerts(t, m.rule.Spec.Groups) {
 		if !regexp.MustCompile(`^IPMasqAgent[A-Za-z]+$`).MatchString(r.Alert) {
 			t.Errorf("alert %q: want IPMasqAgent and a CamelCase name", r.Alert)
 		}
@@ -256,11 +256,11 @@ func TestManifestsMonitoring(t *testing.T) {
 	}
 }
 
-// alerts returns the alerting rules of the PrometheusRule.
-func alerts(t *testing.T, pr *prometheusRule) []rule {
+// alerts returns the alerting rules of the groups.
+func alerts(t *testing.T, groups []ruleGroup) []rule {
 	t.Helper()
 	var out []rule
-	for _, g := range pr.Spec.Groups {
+	for _, g := range groups {
 		for _, r := range g.Rules {
 			if r.Alert == "" {
 				t.Errorf("group %s: a rule without alert (%q): the component has only alerts", g.Name, r.Expr)
@@ -418,9 +418,7 @@ func TestAlertRules(t *testing.T) {
 		}
 	}
 	names := map[string]bool{}
-	for _, r := range alerts(t, &prometheusRule{Spec: struct {
-		Groups []ruleGroup `json:"groups"`
-	}{groups}}) {
+	for _, r := range alerts(t, groups) {
 		names[r.Alert] = true
 		if !fires[r.Alert] || !silent[r.Alert] {
 			t.Errorf("%s: rules_test.yml has a case that fires it: %t, one where it stays silent: %t; want both", r.Alert, fires[r.Alert], silent[r.Alert])
