@@ -15,10 +15,11 @@ import (
 	"github.com/ipmasq-ebpf/ip-masq-agent/maps"
 )
 
-// pendingMetrics are exported by the expiry metrics that are being added
-// to cmd/ip-masq-agent alongside this component (a histogram, a counter and
-// a gauge by table). The alerts and the dashboard use them already; remove
-// each from this list once the agent's source registers it.
+// pendingMetrics are the expiry metrics being added to cmd/ip-masq-agent
+// alongside this component (a histogram, counters and a gauge by table).
+// The alerts and the dashboard use them already. They count as known only
+// while the agent's source registers no ip_masq_agent_expiry_ metric at
+// all: once it does, its own names are checked; then delete this list.
 var pendingMetrics = []string{
 	"ip_masq_agent_expiry_failures_total",                 // counter: table, reason
 	"ip_masq_agent_expiry_last_success_timestamp_seconds", // gauge: table
@@ -203,11 +204,16 @@ func TestMetricNames(t *testing.T) {
 // leaving an alert that can never fire.
 func TestMonitoringUsesRealMetrics(t *testing.T) {
 	known := agentMetricNames(t)
-	for _, n := range pendingMetrics {
-		if known[n] {
-			t.Logf("%s is registered by the agent now: remove it from pendingMetrics", n)
+	hasExpiry := false
+	for n := range known {
+		hasExpiry = hasExpiry || strings.HasPrefix(n, "ip_masq_agent_expiry_")
+	}
+	if hasExpiry {
+		t.Log("the agent registers expiry metrics: pendingMetrics is not used (delete it)")
+	} else {
+		for _, n := range pendingMetrics {
+			known[n] = true
 		}
-		known[n] = true
 	}
 	for _, n := range prometheusSeries {
 		known[n] = true
