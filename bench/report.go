@@ -36,7 +36,9 @@ type Results struct {
 		Maps                               []mapMemory
 		MapsMany                           map[string]uint64 // memlock with the large set
 	}
-	Notes []string
+	Scale        []scaleResult
+	ScaleOptions string
+	Notes        []string
 }
 
 // Machine says where and when.
@@ -217,6 +219,7 @@ func (r *Results) Markdown(w io.Writer) {
 		}
 		p("| total | | | | | %s | %s | %s |\n\n", mib(nom), mib(ml), mib(mlMany))
 	}
+	r.scaleMarkdown(w)
 	for _, n := range r.Notes {
 		p("- %s\n", n)
 	}
@@ -267,6 +270,7 @@ func (r *Results) Targets(w io.Writer) {
 		p("| agent resident memory ≤ 40 MB with %d CIDRs (VmRSS after the apply) | %s | %s |\n", r.Memory.ManyCIDRs, mib(r.Memory.ManyRSS), yes(float64(r.Memory.ManyRSS) <= 40e6))
 		p("| the same for the peak (VmHWM, reached while parsing the file) | %s | %s |\n", mib(r.Memory.ManyHWM), yes(float64(r.Memory.ManyHWM) <= 40e6))
 	}
+	r.scaleTargets(w)
 	p("\n")
 }
 

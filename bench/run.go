@@ -42,8 +42,8 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 	if err != nil {
 		return nil, err
 	}
-	needTopo := len(o.Phases) == 0 || o.Phases["throughput"] || o.Phases["conn"] || o.Phases["apply"] || o.Phases["stats"]
-	if _, err := os.Stat(agentBin); err != nil && needTopo {
+	needAgent := len(o.Phases) == 0 || o.Phases["throughput"] || o.Phases["conn"] || o.Phases["apply"] || o.Phases["stats"] || o.Phases["scale"]
+	if _, err := os.Stat(agentBin); err != nil && needAgent {
 		return nil, fmt.Errorf("agent binary: %w (run `make build`)", err)
 	}
 	o.AgentBin = agentBin
@@ -76,6 +76,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		{"config apply", "apply", b.apply},
 		{"test runs", "prog", b.testRuns},
 		{"bpf_stats cross-check", "stats", b.statsCrossCheck},
+		{"large NAT tables", "scale", b.scale},
 	}
 	want := func(phase string) bool { return len(o.Phases) == 0 || o.Phases[phase] }
 	for _, s := range steps {
