@@ -45,7 +45,7 @@ func TestSmoke(t *testing.T) {
 	o := smokeOptions()
 	o.AgentBin, o.Out = agent, t.TempDir()
 	o.Log = t.Logf
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	res, err := Run(ctx, o)
 	if err != nil {
