@@ -48,7 +48,7 @@ func defaultOptions() Options {
 		AgentBin: "bin/ip-masq-agent", Out: "bench/out",
 		Rounds: 5, ThroughputT: 4 * time.Second, ConnT: 3 * time.Second, ConnWorkers: 8,
 		CIDRCounts: []int{3, 1000, 10000}, ApplyCIDRs: 10000, ApplyRepeats: 7,
-		Prog:  progOptions{Samples: 7, Repeats: 1_000_000, NewFlows: 8192, ManyCIDRs: 10000, NATEntries: 131072},
+		Prog: progOptions{Samples: 7, Repeats: 1_000_000, NewFlows: 8192, ManyCIDRs: 10000, NATEntries: 131072},
 		Scale: scaleOptions{Sizes: []int{10_000, 1_000_000, 4_000_000}, Passes: 3, GCInterval: time.Second, Scrapes: 5,
 			CycleFlows: 65536, Samples: 5, Repeats: 1_000_000},
 		Modes: allModes,

@@ -93,7 +93,9 @@ func (r *Results) Markdown(w io.Writer) {
 	p := func(format string, a ...any) { fmt.Fprintf(w, format, a...) }
 	p("Machine: %s, %d CPUs, Linux %s; %s; load average %s at the start, %s at the end.\n\n",
 		r.Machine.CPU, r.Machine.CPUs, r.Machine.Kernel, r.Machine.Date, r.Machine.LoadStart, r.Machine.LoadEnd)
-	p("Run: %s.\n\n", r.Options)
+	if r.Options != "" {
+		p("Run: %s.\n\n", r.Options)
+	}
 
 	if len(r.Throughput) > 0 {
 		p("#### TCP throughput (iperf3, one stream pod -> remote, interleaved runs)\n\n")
