@@ -175,6 +175,12 @@ func (b *bench) scaleAgent(ctx context.Context, r *scaleResult) error {
 		}
 	}
 	pc := &passCounter{ag: ag, interval: so.GCInterval}
+	if hasExpiryCount(mEmpty) {
+		pc.scrape = func() (map[string]float64, error) {
+			m, _, _, err := b.scrape(ns)
+			return m, err
+		}
+	}
 	if err := pc.wait(ctx, 1, perPass); err != nil {
 		return err
 	}
@@ -239,49 +245,85 @@ func (b *bench) scaleAgent(ctx context.Context, r *scaleResult) error {
 }
 
 // passCounter follows the agent's expiry passes: by its log line per
-// table and pass (--v=4), else by a pass count in its metrics, else by the
-// interval (an estimate, marked so).
+// table and pass (--v=4), or by the pass count of its duration metric
+// (histogram or summary), whichever shows a pass first; without either,
+// by the interval (an estimate, marked so: a pass longer than the interval
+// is counted short).
 type passCounter struct {
 	ag       *agentProc
 	interval time.Duration
-	source   string
+	// scrape reads the metrics; nil when the agent has no pass count.
+	scrape func() (map[string]float64, error)
+	source string
 }
 
 var passLogRE = regexp.MustCompile(`"Expired NAT entries"[^\n]*table=0`)
 
 func (p *passCounter) logged() int { return len(passLogRE.FindAllStringIndex(p.ag.out.String(), -1)) }
 
+func (p *passCounter) counted() (int, bool) {
+	if p.scrape == nil {
+		return 0, false
+	}
+	m, err := p.scrape()
+	if err != nil {
+		return 0, false
+	}
+	// The largest series: one per family counts each pass once.
+	n, ok := 0.0, false
+	for k, v := range m {
+		if name, _, _ := strings.Cut(k, "{"); name == expiryMetric+"_count" {
+			n, ok = max(n, v), true
+		}
+	}
+	return int(n), ok
+}
+
 // wait returns once n more passes ended.
 func (p *passCounter) wait(ctx context.Context, n int, timeout time.Duration) error {
-	if p.source == "" || p.source == "log" {
-		base := p.logged()
-		deadline := time.Now().Add(timeout)
-		for p.logged() < base+n {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			if !p.ag.running() {
-				return fmt.Errorf("the agent exited: %s", lastLines(p.ag.out.String(), 10))
-			}
-			if time.Now().After(deadline) {
-				if p.source == "log" || base > 0 {
-					return fmt.Errorf("%d expiry passes did not end within %v", n, timeout)
-				}
-				p.source = "interval (no pass log line)"
-				return p.wait(ctx, n, timeout)
-			}
-			time.Sleep(20 * time.Millisecond)
+	sleep := func(d time.Duration) error {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(d):
+			return nil
 		}
-		p.source = "log"
-		return nil
 	}
-	// No log line: as many intervals as passes, and a pass that takes
-	// longer than one is counted short.
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(time.Duration(n) * p.interval):
-		return nil
+	if strings.HasPrefix(p.source, "interval") {
+		return sleep(time.Duration(n) * p.interval)
+	}
+	useLog, useMetric := p.source != "metric", p.source != "log" && p.scrape != nil
+	baseLog := p.logged()
+	baseMetric, _ := p.counted()
+	deadline := time.Now().Add(timeout)
+	var scraped time.Time
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if !p.ag.running() {
+			return fmt.Errorf("the agent exited: %s", lastLines(p.ag.out.String(), 10))
+		}
+		if useLog && p.logged() >= baseLog+n {
+			p.source = "log"
+			return nil
+		}
+		if useMetric && time.Since(scraped) >= 250*time.Millisecond {
+			c, ok := p.counted()
+			scraped = time.Now()
+			if ok && c >= baseMetric+n {
+				p.source = "metric"
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			if p.source != "" || baseLog > 0 {
+				return fmt.Errorf("%d expiry passes did not end within %v", n, timeout)
+			}
+			p.source = "interval (no pass log line, no pass count)"
+			return sleep(time.Duration(n) * p.interval)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -369,37 +411,46 @@ func hasExpiryMetric(m map[string]float64) bool {
 	return false
 }
 
-// expiryFromMetrics is the mean pass duration between two scrapes: a
-// histogram or summary (its _sum and _count), else a gauge of the last pass
-// (labelled or not: the largest series). 0 when there is none.
+func hasExpiryCount(m map[string]float64) bool {
+	for k := range m {
+		if name, _, _ := strings.Cut(k, "{"); name == expiryMetric+"_count" {
+			return true
+		}
+	}
+	return false
+}
+
+// expiryFromMetrics is the mean pass duration between two scrapes: from a
+// histogram or summary (_sum and _count), else a gauge of the last pass.
+// Of labelled series (per family, say) the one with the most time: the
+// IPv4 table in this phase. 0 when there is none.
 func expiryFromMetrics(before, after map[string]float64) float64 {
-	sum := func(m map[string]float64, suffix string) (float64, bool) {
-		total, found := 0.0, false
+	series := func(m map[string]float64, suffix string) map[string]float64 {
+		out := map[string]float64{}
 		for k, v := range m {
-			name, _, _ := strings.Cut(k, "{")
-			if name == expiryMetric+suffix {
-				total, found = total+v, true
+			if name, labels, _ := strings.Cut(k, "{"); name == expiryMetric+suffix {
+				out[labels] = v
 			}
 		}
-		return total, found
+		return out
 	}
-	if c1, ok := sum(after, "_count"); ok {
-		s1, _ := sum(after, "_sum")
-		c0, _ := sum(before, "_count")
-		s0, _ := sum(before, "_sum")
-		if c1 > c0 {
-			return (s1 - s0) / (c1 - c0)
+	if counts := series(after, "_count"); len(counts) > 0 {
+		sums, sums0, counts0 := series(after, "_sum"), series(before, "_sum"), series(before, "_count")
+		best, bestSum := 0.0, -1.0
+		for l, c := range counts {
+			sum, c0, s0 := sums[l], counts0[l], sums0[l]
+			if c <= c0 { // no pass in between: the mean over all
+				c0, s0 = 0, 0
+			}
+			if c > c0 && sum-s0 > bestSum {
+				best, bestSum = (sum-s0)/(c-c0), sum-s0
+			}
 		}
-		if c1 > 0 {
-			return s1 / c1
-		}
-		return 0
+		return best
 	}
 	best := 0.0
-	for k, v := range after {
-		if name, _, _ := strings.Cut(k, "{"); name == expiryMetric {
-			best = max(best, v)
-		}
+	for _, v := range series(after, "") {
+		best = max(best, v)
 	}
 	return best
 }
