@@ -119,7 +119,7 @@ type agentProc struct {
 	applies    int // configs written so far, for sentinels
 }
 
-func startAgent(bin string, t *Topo, initial []netip.Prefix) (*agentProc, error) {
+func startAgent(bin string, t *Topo, initial []netip.Prefix, extra ...string) (*agentProc, error) {
 	a := &agentProc{BPFFS: filepath.Join(t.dir, "bpffs")}
 	a.PinPath = filepath.Join(a.BPFFS, "ipm")
 	a.ConfigPath = filepath.Join(t.dir, "config", "ip-masq-agent")
@@ -135,8 +135,8 @@ func startAgent(bin string, t *Topo, initial []netip.Prefix) (*agentProc, error)
 	if err := unix.Mount("bpf", a.BPFFS, "bpf", 0, "mode=0700"); err != nil {
 		return nil, fmt.Errorf("mount bpffs on %s: %w", a.BPFFS, err)
 	}
-	p, err := startBg("ip", "netns", "exec", t.Node, bin,
-		"--config="+a.ConfigPath, "--interfaces="+defaultDev, "--pin-path="+a.PinPath)
+	p, err := startBg(append([]string{"ip", "netns", "exec", t.Node, bin,
+		"--config=" + a.ConfigPath, "--interfaces=" + defaultDev, "--pin-path=" + a.PinPath}, extra...)...)
 	if err != nil {
 		a.unmount()
 		return nil, err

@@ -45,7 +45,7 @@ func TestSmoke(t *testing.T) {
 	o := smokeOptions()
 	o.AgentBin, o.Out = agent, t.TempDir()
 	o.Log = t.Logf
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	res, err := Run(ctx, o)
 	if err != nil {
@@ -60,7 +60,7 @@ func TestSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, section := range []string{"TCP throughput", "New connections per second", "Applying 100 CIDRs",
-		"Nanoseconds per packet", "Cross-check under real traffic", "Memory", "Targets"} {
+		"Nanoseconds per packet", "Cross-check under real traffic", "Memory", "Large NAT tables", "Targets"} {
 		if !strings.Contains(string(md), section) {
 			t.Errorf("results.md has no %q section:\n%s", section, md)
 		}
@@ -71,6 +71,9 @@ func TestSmoke(t *testing.T) {
 	}
 	if !bytes.HasPrefix(png, []byte("\x89PNG")) {
 		t.Error("conn-rate.png is not a PNG")
+	}
+	if png, err := os.ReadFile(filepath.Join(o.Out, "scale.png")); err != nil || !bytes.HasPrefix(png, []byte("\x89PNG")) {
+		t.Errorf("scale.png: not a PNG (%v)", err)
 	}
 	var back Results
 	js, err := os.ReadFile(filepath.Join(o.Out, "results.json"))
@@ -87,6 +90,16 @@ func TestSmoke(t *testing.T) {
 	}
 	if len(back.Paths) == 0 || len(back.Apply.Agent) == 0 || back.Memory.RestRSS == 0 {
 		t.Error("a phase produced nothing: test runs, config apply or memory")
+	}
+	if len(back.Scale) != len(o.Scale.Sizes) {
+		t.Fatalf("scale phase: %d of %d table sizes measured", len(back.Scale), len(o.Scale.Sizes))
+	}
+	for _, s := range back.Scale {
+		// The agent must have seen the table the harness wrote, and the
+		// datapath runs must have produced figures.
+		if int(s.TableMetric) != s.Entries || s.PeakHWM == 0 || len(s.Scrape) == 0 || len(s.Debug) == 0 || s.DP == nil || len(s.DP.EgressFull) == 0 {
+			t.Errorf("scale phase at %d entries: incomplete %+v", s.Entries, s)
+		}
 	}
 }
 

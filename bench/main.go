@@ -37,8 +37,9 @@ type Options struct {
 	ApplyCIDRs   int
 	ApplyRepeats int
 	Prog         progOptions
+	Scale        scaleOptions
 	Modes        []Mode
-	Phases       map[string]bool // empty: all of throughput, conn, apply, prog, stats
+	Phases       map[string]bool // empty: all of throughput, conn, apply, prog, stats, scale
 	Log          func(format string, a ...any)
 }
 
@@ -47,7 +48,9 @@ func defaultOptions() Options {
 		AgentBin: "bin/ip-masq-agent", Out: "bench/out",
 		Rounds: 5, ThroughputT: 4 * time.Second, ConnT: 3 * time.Second, ConnWorkers: 8,
 		CIDRCounts: []int{3, 1000, 10000}, ApplyCIDRs: 10000, ApplyRepeats: 7,
-		Prog:  progOptions{Samples: 7, Repeats: 1_000_000, NewFlows: 8192, ManyCIDRs: 10000, NATEntries: 131072},
+		Prog: progOptions{Samples: 7, Repeats: 1_000_000, NewFlows: 8192, ManyCIDRs: 10000, NATEntries: 131072},
+		Scale: scaleOptions{Sizes: []int{10_000, 1_000_000, 4_000_000}, Passes: 3, GCInterval: time.Second, Scrapes: 5,
+			CycleFlows: 65536, Samples: 5, Repeats: 1_000_000},
 		Modes: allModes,
 	}
 }
@@ -58,6 +61,8 @@ func smokeOptions() Options {
 	o.Rounds, o.ThroughputT, o.ConnT = 1, time.Second, 300*time.Millisecond
 	o.CIDRCounts, o.ApplyCIDRs, o.ApplyRepeats = []int{3, 100}, 100, 1
 	o.Prog = progOptions{Samples: 1, Repeats: 1000, NewFlows: 100, ManyCIDRs: 100, NATEntries: 131072}
+	o.Scale = scaleOptions{Sizes: []int{1000, 4000}, Passes: 2, GCInterval: 200 * time.Millisecond, Scrapes: 2,
+		CycleFlows: 256, Samples: 1, Repeats: 1000}
 	return o
 }
 
@@ -68,7 +73,7 @@ func main() {
 	o := defaultOptions()
 	smoke := flag.Bool("smoke", false, "tiny sizes: checks that every phase runs (seconds), numbers meaningless")
 	flag.StringVar(&o.AgentBin, "agent", o.AgentBin, "agent binary")
-	flag.StringVar(&o.Out, "out", o.Out, "output directory (results.md, results.json, conn-rate.png)")
+	flag.StringVar(&o.Out, "out", o.Out, "output directory (results.md, results.json, conn-rate.png, scale.png)")
 	rounds := flag.Int("rounds", o.Rounds, "interleaved rounds per traffic figure")
 	tput := flag.Duration("throughput-time", o.ThroughputT, "length of one iperf3 run")
 	connT := flag.Duration("conn-time", o.ConnT, "length of one connection-rate run")
@@ -76,7 +81,8 @@ func main() {
 	counts := flag.String("cidrs", "3,1000,10000", "CIDR counts of the connection-rate figure")
 	repeats := flag.Int("repeats", o.Prog.Repeats, "test-run repeats per sample")
 	samples := flag.Int("samples", o.Prog.Samples, "samples per datapath path")
-	phases := flag.String("phases", "", "comma-separated subset of phases (throughput,conn,apply,prog,stats); default all")
+	phases := flag.String("phases", "", "comma-separated subset of phases (throughput,conn,apply,prog,stats,scale); default all")
+	sizes := flag.String("scale-sizes", joinInts(o.Scale.Sizes), "NAT table sizes (entries) of the scale phase")
 	flag.StringVar(&o.Prog.Object, "object", "", "measure this datapath ELF in the prog phase instead of the embedded one (a bpf/ change before `make generate`)")
 	replot := flag.String("replot", "", "measure nothing: write results.md and the chart into -out again from this results.json")
 	only := flag.String("modes", "", "comma-separated subset of modes (nonat,nonatct,ipt,ebpf,ebpfct)")
@@ -96,6 +102,17 @@ func main() {
 				os.Exit(2)
 			}
 			o.CIDRCounts = append(o.CIDRCounts, n)
+		}
+	}
+	if !*smoke {
+		o.Scale.Sizes = nil
+		for _, f := range strings.Split(*sizes, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 64 {
+				fmt.Fprintf(os.Stderr, "invalid -scale-sizes %q (at least 64 entries each)\n", *sizes)
+				os.Exit(2)
+			}
+			o.Scale.Sizes = append(o.Scale.Sizes, n)
 		}
 	}
 	if *phases != "" {
@@ -148,7 +165,8 @@ func main() {
 	}
 }
 
-// writeOutputs writes results.md, results.json and conn-rate.png into dir.
+// writeOutputs writes results.md, results.json, conn-rate.png and scale.png
+// into dir.
 func writeOutputs(r *Results, dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
@@ -168,5 +186,8 @@ func writeOutputs(r *Results, dir string) error {
 	if err := os.WriteFile(filepath.Join(dir, "results.json"), js, 0o644); err != nil {
 		return err
 	}
-	return r.Chart(filepath.Join(dir, "conn-rate.png"))
+	if err := r.Chart(filepath.Join(dir, "conn-rate.png")); err != nil {
+		return err
+	}
+	return r.ScaleChart(filepath.Join(dir, "scale.png"))
 }

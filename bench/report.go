@@ -36,7 +36,9 @@ type Results struct {
 		Maps                               []mapMemory
 		MapsMany                           map[string]uint64 // memlock with the large set
 	}
-	Notes []string
+	Scale        []scaleResult
+	ScaleOptions string
+	Notes        []string
 }
 
 // Machine says where and when.
@@ -91,7 +93,9 @@ func (r *Results) Markdown(w io.Writer) {
 	p := func(format string, a ...any) { fmt.Fprintf(w, format, a...) }
 	p("Machine: %s, %d CPUs, Linux %s; %s; load average %s at the start, %s at the end.\n\n",
 		r.Machine.CPU, r.Machine.CPUs, r.Machine.Kernel, r.Machine.Date, r.Machine.LoadStart, r.Machine.LoadEnd)
-	p("Run: %s.\n\n", r.Options)
+	if r.Options != "" {
+		p("Run: %s.\n\n", r.Options)
+	}
 
 	if len(r.Throughput) > 0 {
 		p("#### TCP throughput (iperf3, one stream pod -> remote, interleaved runs)\n\n")
@@ -217,6 +221,7 @@ func (r *Results) Markdown(w io.Writer) {
 		}
 		p("| total | | | | | %s | %s | %s |\n\n", mib(nom), mib(ml), mib(mlMany))
 	}
+	r.scaleMarkdown(w)
 	for _, n := range r.Notes {
 		p("- %s\n", n)
 	}
@@ -267,6 +272,7 @@ func (r *Results) Targets(w io.Writer) {
 		p("| agent resident memory ≤ 40 MB with %d CIDRs (VmRSS after the apply) | %s | %s |\n", r.Memory.ManyCIDRs, mib(r.Memory.ManyRSS), yes(float64(r.Memory.ManyRSS) <= 40e6))
 		p("| the same for the peak (VmHWM, reached while parsing the file) | %s | %s |\n", mib(r.Memory.ManyHWM), yes(float64(r.Memory.ManyHWM) <= 40e6))
 	}
+	r.scaleTargets(w)
 	p("\n")
 }
 

@@ -42,8 +42,8 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 	if err != nil {
 		return nil, err
 	}
-	needTopo := len(o.Phases) == 0 || o.Phases["throughput"] || o.Phases["conn"] || o.Phases["apply"] || o.Phases["stats"]
-	if _, err := os.Stat(agentBin); err != nil && needTopo {
+	needAgent := len(o.Phases) == 0 || o.Phases["throughput"] || o.Phases["conn"] || o.Phases["apply"] || o.Phases["stats"] || o.Phases["scale"]
+	if _, err := os.Stat(agentBin); err != nil && needAgent {
 		return nil, fmt.Errorf("agent binary: %w (run `make build`)", err)
 	}
 	o.AgentBin = agentBin
@@ -59,8 +59,11 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		ConnFailed: map[int]map[Mode]int64{}, AgentDrops: map[int]map[Mode]uint64{},
 	}}
 	b.res.Machine = machine()
-	b.res.Options = fmt.Sprintf("%d interleaved rounds; iperf3 %v per run; connection runs of %v with %d concurrent connections over %d server ports; CIDR counts %s; %d applies of %d CIDRs; test runs: %d samples of %d repeats (new flows: %d per sample)",
-		o.Rounds, o.ThroughputT, o.ConnT, o.ConnWorkers, connPorts, joinInts(o.CIDRCounts), o.ApplyRepeats, o.ApplyCIDRs, o.Prog.Samples, o.Prog.Repeats, o.Prog.NewFlows)
+	onlyScale := len(o.Phases) == 1 && o.Phases["scale"]
+	if !onlyScale {
+		b.res.Options = fmt.Sprintf("%d interleaved rounds; iperf3 %v per run; connection runs of %v with %d concurrent connections over %d server ports; CIDR counts %s; %d applies of %d CIDRs; test runs: %d samples of %d repeats (new flows: %d per sample)",
+			o.Rounds, o.ThroughputT, o.ConnT, o.ConnWorkers, connPorts, joinInts(o.CIDRCounts), o.ApplyRepeats, o.ApplyCIDRs, o.Prog.Samples, o.Prog.Repeats, o.Prog.NewFlows)
+	}
 	if b.dir, err = os.MkdirTemp("", "ipm-bench-"); err != nil {
 		return nil, err
 	}
@@ -76,6 +79,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		{"config apply", "apply", b.apply},
 		{"test runs", "prog", b.testRuns},
 		{"bpf_stats cross-check", "stats", b.statsCrossCheck},
+		{"large NAT tables", "scale", b.scale},
 	}
 	want := func(phase string) bool { return len(o.Phases) == 0 || o.Phases[phase] }
 	for _, s := range steps {
