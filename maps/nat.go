@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -63,7 +64,7 @@ type half struct {
 
 // codec reads and writes one family's NAT map as tuples and halves.
 type codec interface {
-	walk(m *ebpf.Map, pace func(), fn func(tuple, half)) error
+	walk(m *ebpf.Map, pace func() error, fn func(tuple, half)) error
 	lookup(m *ebpf.Map, t tuple) (half, bool)
 	remove(m *ebpf.Map, t tuple) error
 }
@@ -75,14 +76,15 @@ type NATTable struct {
 	hostres *ebpf.Map
 	c       codec
 	// Pace, when set, runs between the chunks of a walk: the expiry
-	// spreads a pass over its interval with it.
-	Pace func()
+	// spreads a pass over its interval with it. An error it returns ends
+	// the walk (a stopping agent, a debug --limit reached).
+	Pace func() error
 	// The destinations' /24s of the flows left after the last complete
 	// Collect, and when its read began (Mapped24); building is the set
 	// the running pass fills.
 	mapped, building *Set24
 	readAt           time.Time
-	last             PassStats
+	last             atomic.Pointer[PassStats]
 }
 
 // Mapped24 returns the /24s (IPv4 address >> 8) that destinations of
