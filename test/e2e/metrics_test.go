@@ -55,12 +55,14 @@ func TestMetrics(t *testing.T) {
 		grew("egress_translated", during, later, 10)
 		grew("ingress_translated", during, later, 10)
 
-		// The flows show up with the next complete expiry pass.
+		// The flows show up with the next complete expiry pass,
 		during = waitMetrics(t, node, NATFlowsTimeout, func(m Metrics) bool {
 			tcp, _ := m.Value("ip_masq_agent_nat_flows", "protocol=tcp", "state=established")
 			udp, _ := m.Value("ip_masq_agent_nat_flows", "protocol=udp")
 			icmp, _ := m.Value("ip_masq_agent_nat_flows", "protocol=icmp")
-			return tcp >= 1 && udp >= 1 && icmp >= 1
+			// and a pass has gone through every table.
+			passes, _ := m.Value("ip_masq_agent_expiry_pass_duration_seconds", "table=exempt_ipv6")
+			return tcp >= 1 && udp >= 1 && icmp >= 1 && passes >= 1
 		})
 		for _, table := range []string{"nat_ipv4", "inbound_ipv4", "exempt_ipv4", "nat_ipv6", "inbound_ipv6", "exempt_ipv6"} {
 			if v := during.Must(t, "ip_masq_agent_expiry_pass_duration_seconds", "table="+table); v < 1 {
