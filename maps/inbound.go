@@ -2,6 +2,7 @@ package maps
 
 import (
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -17,9 +18,14 @@ import (
 type Inbound struct {
 	m *ebpf.Map
 	// Pace, when set, runs between the chunks of a walk (NATTable.Pace).
-	Pace    func()
+	Pace    func() error
 	collect func(i *Inbound, to Timeouts) (int, error)
+	scanned atomic.Int64 // entries the last Collect read
 }
+
+// Scanned is how many entries the last Collect read, also when it failed
+// part way.
+func (i *Inbound) Scanned() int { return int(i.scanned.Load()) }
 
 func NewInbound(d *loader.Datapath) *Inbound {
 	return &Inbound{m: d.Maps.IpmInbound4, collect: collectInbound[NATKey]}
@@ -71,8 +77,10 @@ func (i *Inbound) Collect(to Timeouts) (int, error) { return i.collect(i, to) }
 // collectInbound is Collect for the map's key type K.
 func collectInbound[K any](i *Inbound, to Timeouts) (int, error) {
 	var w walker[K, loader.BPFIpmInbound]
-	removed := 0
+	removed, scanned := 0, 0
+	defer func() { i.scanned.Store(int64(scanned)) }()
 	err := w.walk(i.m, i.Pace, func(k *K, v *loader.BPFIpmInbound) {
+		scanned++
 		limit := idleLimit(keyProto(k), to)
 		if Now()-time.Duration(v.LastSeenNs) <= limit {
 			return

@@ -28,7 +28,7 @@ func (codec4) half(e NATEntry) half {
 		Addr: addrFromBE(e.Addr), Port: portFromBE(e.Port), Kind: e.Kind, Flags: e.Flags}
 }
 
-func (c *codec4) walk(m *ebpf.Map, pace func(), fn func(tuple, half)) error {
+func (c *codec4) walk(m *ebpf.Map, pace func() error, fn func(tuple, half)) error {
 	return c.w.walk(m, pace, func(k *NATKey, e *NATEntry) { fn(c.tuple(*k), c.half(*e)) })
 }
 
@@ -66,7 +66,7 @@ func (codec6) half(e loader.BPFIpmNat6Entry) half {
 		Addr: addr6FromBE(e.Addr), Port: portFromBE(e.Port), Kind: e.Kind, Flags: e.Flags}
 }
 
-func (c *codec6) walk(m *ebpf.Map, pace func(), fn func(tuple, half)) error {
+func (c *codec6) walk(m *ebpf.Map, pace func() error, fn func(tuple, half)) error {
 	return c.w.walk(m, pace, func(k *loader.BPFIpmNat6Key, e *loader.BPFIpmNat6Entry) { fn(c.tuple(*k), c.half(*e)) })
 }
 

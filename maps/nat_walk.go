@@ -21,13 +21,20 @@ type PassStats struct {
 	Reserved int // host reservations
 	Orphans  int // reply halves without their egress half
 	Removed  int // entries the pass deleted
+	Scanned  int // entries read from both maps
 	// Complete is false when a walk stopped early: the counts then miss
 	// what it did not reach.
 	Complete bool
 }
 
-// LastPass is the result of the last Collect.
-func (t *NATTable) LastPass() PassStats { return t.last }
+// LastPass is the result of the last Collect; the zero PassStats before the
+// first. Safe to call while a Collect runs (the metrics scrape does).
+func (t *NATTable) LastPass() PassStats {
+	if p := t.last.Load(); p != nil {
+		return *p
+	}
+	return PassStats{}
+}
 
 // Snapshot is one pass over the table.
 type Snapshot struct {
@@ -52,6 +59,7 @@ func (t *NATTable) Walk(v Visitor) (PassStats, error) {
 	s := PassStats{Flows: map[FlowClass]int{}}
 	errNAT := t.c.walk(t.m, t.Pace, func(k tuple, e half) {
 		s.Entries++
+		s.Scanned++
 		if e.Kind != kindMasq {
 			return
 		}
@@ -74,6 +82,7 @@ func (t *NATTable) Walk(v Visitor) (PassStats, error) {
 	}
 	errRes := t.c.walk(t.hostres, t.Pace, func(k tuple, e half) {
 		s.Reserved++
+		s.Scanned++
 		if v.Reservation != nil {
 			v.Reservation(makeReservation(k, e))
 		}
@@ -118,6 +127,7 @@ func (t *NATTable) Collect(to Timeouts) (removed int, err error) {
 	natGone := 0 // entries deleted from the NAT table
 	errNAT := t.c.walk(t.m, t.Pace, func(k tuple, e half) {
 		s.Entries++
+		s.Scanned++
 		if e.Kind != kindMasq {
 			return
 		}
@@ -161,6 +171,7 @@ func (t *NATTable) Collect(to Timeouts) (removed int, err error) {
 		errs = append(errs, fmt.Errorf("read NAT table: %w", errNAT))
 	}
 	errRes := t.c.walk(t.hostres, t.Pace, func(k tuple, e half) {
+		s.Scanned++
 		r := makeReservation(k, e)
 		if Now()-r.LastSeen > r.timeout(to) && t.removeReservationIfExpired(k, to) {
 			s.Removed++
@@ -173,7 +184,7 @@ func (t *NATTable) Collect(to Timeouts) (removed int, err error) {
 	}
 	s.Entries -= natGone
 	s.Complete = errNAT == nil && errRes == nil
-	t.last = s
+	t.last.Store(&s)
 	if errNAT == nil {
 		// Only a complete walk of the mappings may settle /24s: a
 		// partial one would call blocks with live flows empty.

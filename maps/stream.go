@@ -26,12 +26,13 @@ type walker[K, V any] struct {
 }
 
 // walk reads every entry of m once, calling pace between chunks (the caller
-// spreads a pass over its interval) and fn for each entry. The kernel's batch
+// spreads a pass over its interval, and stops it early by returning an
+// error, which walk returns) and fn for each entry. The kernel's batch
 // cursor is a bucket position, not a key, so entries that an LRU evicts or
 // the collector deletes meanwhile never abort the walk; kernels without batch
 // reads fall back to key iteration, which restarts when its key vanished and
 // then reports an error after handing over what it read.
-func (w *walker[K, V]) walk(m *ebpf.Map, pace func(), fn func(*K, *V)) error {
+func (w *walker[K, V]) walk(m *ebpf.Map, pace func() error, fn func(*K, *V)) error {
 	if len(w.keys) == 0 {
 		w.keys, w.vals = make([]K, walkChunk), make([]V, walkChunk)
 	}
@@ -59,19 +60,23 @@ func (w *walker[K, V]) walk(m *ebpf.Map, pace func(), fn func(*K, *V)) error {
 			return fmt.Errorf("read map %s in chunks: %w", m, err)
 		}
 		if pace != nil {
-			pace()
+			if err := pace(); err != nil {
+				return err
+			}
 		}
 	}
 }
 
 // iterate is walk for kernels without batch reads.
-func (w *walker[K, V]) iterate(m *ebpf.Map, pace func(), fn func(*K, *V)) error {
+func (w *walker[K, V]) iterate(m *ebpf.Map, pace func() error, fn func(*K, *V)) error {
 	k, v := &w.keys[0], &w.vals[0]
 	it := m.Iterate()
 	for i := 1; it.Next(k, v); i++ {
 		fn(k, v)
 		if pace != nil && i%walkChunk == 0 {
-			pace()
+			if err := pace(); err != nil {
+				return err
+			}
 		}
 	}
 	if err := it.Err(); err != nil {

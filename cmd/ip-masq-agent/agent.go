@@ -104,18 +104,32 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 	}
 	verify := time.NewTicker(verifyInterval)
 	defer verify.Stop()
-	nats := []*maps.NATTable{maps.NewNATTable(dp), maps.NewNAT6Table(dp)}
-	inbounds := []*maps.Inbound{maps.NewInbound(dp), maps.NewInbound6(dp)}
-	exempts := []*maps.Inbound{maps.NewNomasqTCP(dp), maps.NewNomasqTCP6(dp)}
+	heartbeat := time.NewTicker(loopHeartbeat)
+	defer heartbeat.Stop()
 	resync := time.NewTimer(cfg.interval())
 	defer resync.Stop()
-	gc := time.NewTicker(f.GCInterval)
-	defer gc.Stop()
+
+	// The expiry runs on its own goroutine: a pass over a large table
+	// must not hold up config syncs, interface repairs or SIGTERM.
+	obs.progress.setInterval(f.GCInterval)
+	exp := newExpiry(f.GCInterval, timeouts,
+		[]*maps.NATTable{maps.NewNATTable(dp), maps.NewNAT6Table(dp)},
+		[]*maps.Inbound{maps.NewInbound(dp), maps.NewInbound6(dp)},
+		[]*maps.Inbound{maps.NewNomasqTCP(dp), maps.NewNomasqTCP6(dp)},
+		nonMasq, clock, obs)
+	expiryDone := make(chan struct{})
+	defer func() { <-expiryDone }() // the datapath closes after the last pass
+	go func() {
+		defer close(expiryDone)
+		exp.run(ctx)
+	}()
 
 	for {
+		obs.progress.loop(time.Now())
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-heartbeat.C:
 		case <-changes:
 			cfg.changed()
 			resync.Reset(cfg.interval())
@@ -136,35 +150,6 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 		case <-verify.C:
 			if err := ifaces.verify(); err != nil {
 				klog.ErrorS(err, "Attachment check failed")
-			}
-		case <-gc.C:
-			clock.check()
-			for i, nat := range nats {
-				removed, err := nat.Collect(timeouts)
-				if err != nil {
-					klog.ErrorS(err, "NAT table expiry failed")
-				}
-				obs.expired(removed)
-				// The inbound records are collected even when the
-				// NAT table's walk failed: the two are independent.
-				inbound, err := inbounds[i].Collect(timeouts)
-				if err != nil {
-					klog.ErrorS(err, "Inbound record expiry failed")
-				}
-				exempt, err := exempts[i].Collect(timeouts)
-				if err != nil {
-					klog.ErrorS(err, "Exempt connection record expiry failed")
-				}
-				klog.V(4).InfoS("Expired NAT entries", "table", i, "removed", removed, "inbound", inbound, "exempt", exempt)
-			}
-			// Covered /24s that no mapping leads into any more stop
-			// sending their packets through the flow lookup.
-			if mapped, readAt := nats[0].Mapped24(); mapped != nil {
-				settled, err := nonMasq.SettleDir(mapped, readAt)
-				if err != nil {
-					klog.ErrorS(err, "Settling the /24 table failed")
-				}
-				klog.V(4).InfoS("Settled non-masquerade /24s", "count", settled)
 			}
 		}
 	}

@@ -17,24 +17,35 @@ import (
 
 // runDebug prints what the datapath pinned under pinPath holds, in human
 // terms: settings, managed interfaces, the active non-masquerade CIDRs, the
-// NAT table and the counters. It opens the pins read-only and takes no lock,
-// so it works while an agent runs (and while none does). It returns the
-// exit code.
-func runDebug(w io.Writer, errw io.Writer, pinPath string) int {
+// NAT table and the counters; with -o json only the NAT table, one object a
+// line. It opens the pins read-only and takes no lock, so it works while an
+// agent runs (and while none does). It returns the exit code.
+func runDebug(w io.Writer, errw io.Writer, pinPath string, o debugOptions) int {
 	dp, err := loader.OpenPinned(pinPath)
 	if err != nil {
 		fmt.Fprintf(errw, "debug: %v\n", err)
 		return 1
 	}
 	defer dp.Close()
-	if err := printDebug(w, dp); err != nil {
+	if o.json {
+		code := 0
+		for _, fam := range families(dp) {
+			// A family that cannot be read does not hide the other.
+			if err := streamNAT(w, fam.name, fam.nat, o); err != nil {
+				fmt.Fprintf(errw, "debug: NAT table (%s): %v\n", fam.name, err)
+				code = 1
+			}
+		}
+		return code
+	}
+	if err := printDebug(w, dp, o); err != nil {
 		fmt.Fprintf(errw, "debug: %v\n", err)
 		return 1
 	}
 	return 0
 }
 
-func printDebug(out io.Writer, dp *loader.Datapath) error {
+func printDebug(out io.Writer, dp *loader.Datapath, o debugOptions) error {
 	w := tabwriter.NewWriter(out, 0, 8, 2, ' ', 0)
 	defer w.Flush()
 	var errs []error
@@ -118,35 +129,14 @@ func printDebug(out io.Writer, dp *loader.Datapath) error {
 		return nil
 	})
 
+	// The flows go straight to out as they are read: memory stays flat
+	// at any table size.
+	w.Flush()
 	for _, fam := range families(dp) {
-		label := map[string]string{"ipv4": "IPv4", "ipv6": "IPv6"}[fam.name]
-		section("NAT table ("+label+")", true, func() error {
-			snap, err := fam.nat.Read()
-			if err != nil {
-				return err
-			}
-			now := maps.Now()
-			fmt.Fprintf(w, "\nNAT table (%s): %d of %d entries in use, %d flows, %d host reservations, %d reply halves without their flow\n",
-				label, snap.Entries, fam.nat.Capacity(), len(snap.Flows), len(snap.Reserved), snap.Orphans)
-			slices.SortFunc(snap.Flows, func(a, b maps.Flow) int {
-				return cmp.Or(cmp.Compare(a.Proto, b.Proto), a.Pod.Compare(b.Pod), a.Remote.Compare(b.Remote))
-			})
-			for _, f := range snap.Flows {
-				note := ""
-				if !f.HasIn {
-					note = " (reply half missing)"
-				}
-				fmt.Fprintf(w, "  %s %s%s\n", f, idle(now, f.LastSeen), note)
-			}
-			if len(snap.Reserved) > 0 {
-				fmt.Fprintf(w, "Host reservations (node tuples kept from pod mappings):\n")
-				slices.SortFunc(snap.Reserved, func(a, b maps.Reservation) int { return a.Host().Compare(b.Host()) })
-				for _, r := range snap.Reserved {
-					fmt.Fprintf(w, "  %s -> %s %s %s %s\n", r.Host(), r.Remote, protoName(r.Proto), r.State(), idle(now, r.LastSeen))
-				}
-			}
-			return nil
-		})
+		if err := streamNAT(out, fam.name, fam.nat, o); err != nil {
+			fmt.Fprintf(out, "  error: %v\n", err)
+			errs = append(errs, err)
+		}
 	}
 
 	section("Counters", pinned(dp.Maps.IpmStats), func() error {

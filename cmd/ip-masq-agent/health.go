@@ -34,6 +34,8 @@ type observer struct {
 	mu         sync.Mutex
 	synced     bool  // a config sync has run
 	lastSyncOK error // why the file in place is not in force; nil when it is
+
+	progress progress // of the run loop and the expiry (progress.go)
 }
 
 func newObserver() *observer { return &observer{metrics: newAgentMetrics()} }
@@ -56,8 +58,13 @@ func (o *observer) configSynced(r syncResult) {
 	o.lastSyncOK = r.err
 }
 
-// expired records entries removed by the NAT expiry.
-func (o *observer) expired(n int) { o.metrics.expired(n) }
+// passStarted, tableCollected and passEnded are the expiry's reports.
+func (o *observer) passStarted(now time.Time) { o.progress.passStarted(now) }
+func (o *observer) passEnded(now time.Time)   { o.progress.passEnded(now) }
+func (o *observer) tableCollected(r tableResult) {
+	o.metrics.collected(r)
+	o.progress.table(r.table, r.err)
+}
 
 // serve listens on the metrics and health addresses (one listener when they
 // are equal, none for an empty address) and serves until ctx ends. It
@@ -147,15 +154,16 @@ func (o *observer) handle(check func() []string) http.HandlerFunc {
 }
 
 // healthy is the liveness check: the datapath is loaded, its maps answer,
-// and our programs run on both hooks of every managed interface that
-// exists. Waiting for an interface is not a failure (a restart would not
-// help); a program that vanished from a hook is.
+// our programs run on both hooks of every managed interface that exists,
+// and neither the run loop nor an expiry pass is stuck. Waiting for an
+// interface is not a failure (a restart would not help); a program that
+// vanished from a hook is. Expiry errors are not either (see progress.go).
 func (o *observer) healthy() []string {
 	dp := o.dp.Load()
 	if dp == nil {
 		return []string{"starting: datapath not loaded yet"}
 	}
-	var problems []string
+	problems := o.progress.stuck(time.Now())
 	var settings loader.BPFIpmSettings
 	if err := dp.Maps.IpmSettings.Lookup(uint32(0), &settings); err != nil {
 		problems = append(problems, fmt.Sprintf("map ipm_settings unreachable: %v", err))
@@ -185,10 +193,11 @@ func (o *observer) healthy() []string {
 // ready is the readiness check: healthy, the config file in place is in
 // force (a rejected file keeps the last good config running but makes the
 // pod unready, which stops a rolling update that ships a bad ConfigMap),
-// at least one interface is managed, and the maps are still pinned (without
-// the pins a restart would lose every flow).
+// at least one interface is managed, the maps are still pinned (without
+// the pins a restart would lose every flow), and no table's expiry has
+// failed expiryFailLimit passes in a row (the table fills up).
 func (o *observer) ready() []string {
-	problems := o.healthy()
+	problems := append(o.healthy(), o.progress.failing()...)
 	o.mu.Lock()
 	synced, syncErr := o.synced, o.lastSyncOK
 	o.mu.Unlock()

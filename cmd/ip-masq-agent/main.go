@@ -3,7 +3,8 @@
 //
 //	ip-masq-agent [flags]          run the agent
 //	ip-masq-agent cleanup [flags]  detach everything and remove the pins
-//	ip-masq-agent debug [flags]    print the pinned datapath's CIDRs, NAT table and counters
+//	ip-masq-agent debug [--pod ADDR] [--remote ADDR] [--state STATE] [--limit N] [-o json] [flags]
+//	                               print the pinned datapath's CIDRs, NAT table and counters
 //	ip-masq-agent explain SRC DST [tcp|udp|icmp [PORT]] [flags]
 //	                               say whether and why such a flow is masqueraded
 //	ip-masq-agent check --config FILE [flags]
@@ -48,6 +49,10 @@ func run(args []string) int {
 	if command == "explain" && fs.Lookup("o") == nil {
 		fs.String("o", "text", "Output format of explain: text or json (docs/json-output.md).")
 	}
+	var debugFlags func() (debugOptions, error)
+	if command == "debug" {
+		debugFlags = addDebugFlags(fs)
+	}
 	positional, err := parseInterleaved(fs, args, command == "explain")
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -80,7 +85,13 @@ func run(args []string) int {
 	if command == "debug" {
 		// Read-only and without the lock, so it works next to a running
 		// agent; no log lines, only the report.
-		return runDebug(os.Stdout, os.Stderr, flags.PinPath)
+		o, err := debugFlags()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "invalid flags: %v\n", err)
+			return 1
+		}
+		o.timeouts = timeoutsOf(flags)
+		return runDebug(os.Stdout, os.Stderr, flags.PinPath, o)
 	}
 	defer klog.Flush()
 	klog.InfoS("Starting ip-masq-agent", "version", version, "command", command)

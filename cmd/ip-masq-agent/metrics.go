@@ -33,8 +33,10 @@ type syncResult struct {
 }
 
 // agentMetrics are the agent's Prometheus metrics (docs/behaviour.md §14). Datapath
-// counters and the NAT table are read from the maps at every scrape; the
-// config sync metrics are pushed by the sync loop.
+// counters and attachments are read from the maps at every scrape; the NAT
+// table's counts come from the last expiry pass (reading a million entries
+// at every scrape would cost seconds); the config sync and expiry metrics
+// are pushed by their loops.
 type agentMetrics struct {
 	reg *prometheus.Registry
 
@@ -45,6 +47,7 @@ type agentMetrics struct {
 	cidrs           *prometheus.GaugeVec
 	natExpired      prometheus.Counter
 	masqAddrMissing *prometheus.GaugeVec
+	expiry          *expiryMetrics
 
 	datapath datapathCollector
 }
@@ -92,6 +95,7 @@ func newAgentMetrics() *agentMetrics {
 	m.reg.MustRegister(m.configSyncs, m.configDuration, m.configLastOK, m.configRejected, m.cidrs,
 		m.natExpired, m.masqAddrMissing, buildInfo, &m.datapath,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.expiry = newExpiryMetrics(m.reg)
 	return m
 }
 
@@ -140,13 +144,24 @@ func (m *agentMetrics) masqueradeAddress(iface string, addr netip.Addr, missing 
 	m.masqAddrMissing.WithLabelValues(iface, addr.String()).Set(v)
 }
 
-// expired records entries removed by the NAT table expiry.
-func (m *agentMetrics) expired(n int) { m.natExpired.Add(float64(n)) }
+// collected records one table's expiry: the expiry metrics, and for a NAT
+// table its entries removed and the counts its pass found.
+func (m *agentMetrics) collected(r tableResult) {
+	m.expiry.collected(r)
+	if r.nat != nil {
+		m.datapath.passes.store(r.family, *r.nat)
+	}
+	if r.table == "nat_ipv4" || r.table == "nat_ipv6" {
+		m.natExpired.Add(float64(r.removed))
+	}
+}
 
-// datapathCollector reads the maps at scrape time, so that the metrics are
-// as fresh as the scrape and cost nothing between scrapes.
+// datapathCollector reads the counters and attachments at scrape time, so
+// that they are as fresh as the scrape and cost nothing between scrapes;
+// the NAT table's counts are those of the last expiry pass.
 type datapathCollector struct {
-	dp atomic.Pointer[loader.Datapath]
+	dp     atomic.Pointer[loader.Datapath]
+	passes natPasses
 }
 
 var (
@@ -154,14 +169,14 @@ var (
 		"Packets seen by the datapath programs, by family (ipv4, ipv6) and event: the ipm_stats counter that counted them (egress_new_flow, ingress_miss, ...; see the README).",
 		[]string{"family", "event"}, nil)
 	descNATEntries = prometheus.NewDesc(metricsNamespace+"_nat_entries",
-		"Entries in use in the NAT table of a family (two per masqueraded flow, one per host reservation).", []string{"family"}, nil)
+		"Entries in use in the NAT table of a family (two per masqueraded flow), as the last expiry pass left it.", []string{"family"}, nil)
 	descNATCapacity = prometheus.NewDesc(metricsNamespace+"_nat_capacity_entries",
 		"Size of the NAT table of a family in entries (--nat-max-entries); a new flow that finds it full is dropped.", []string{"family"}, nil)
 	descNATFlows = prometheus.NewDesc(metricsNamespace+"_nat_flows",
-		"Masqueraded flows in the NAT tables, by family, protocol and state (opening, established, closing, reset).",
+		"Masqueraded flows in the NAT tables as the last expiry pass left them, by family, protocol and state (opening, established, closing, reset).",
 		[]string{"family", "protocol", "state"}, nil)
 	descNATReserved = prometheus.NewDesc(metricsNamespace+"_nat_host_reservations",
-		"Node tuples reserved for host sockets and flows that netfilter NATed to the node address, by family.", []string{"family"}, nil)
+		"Node tuples reserved for host sockets and flows that netfilter NATed to the node address, by family, as the last expiry pass left them.", []string{"family"}, nil)
 	descAttached = prometheus.NewDesc(metricsNamespace+"_interface_attached",
 		"1 when the datapath programs run on both tc hooks of a managed interface, else 0.",
 		[]string{"interface"}, nil)
@@ -277,18 +292,16 @@ func (c *datapathCollector) collectFamily(ch chan<- prometheus.Metric, fam famil
 	}
 
 	ch <- prometheus.MustNewConstMetric(descNATCapacity, prometheus.GaugeValue, float64(fam.nat.Capacity()), fam.name)
-	snap, err := fam.nat.Read()
-	if err != nil {
-		klog.ErrorS(err, "Metrics: reading the NAT table failed", "family", fam.name)
-		ch <- prometheus.NewInvalidMetric(descNATEntries, err)
-		return
+	s, ok := c.passes.load(fam.name)
+	if !ok {
+		return // no complete expiry pass yet: not known
 	}
-	ch <- prometheus.MustNewConstMetric(descNATEntries, prometheus.GaugeValue, float64(snap.Entries), fam.name)
-	ch <- prometheus.MustNewConstMetric(descNATReserved, prometheus.GaugeValue, float64(len(snap.Reserved)), fam.name)
+	ch <- prometheus.MustNewConstMetric(descNATEntries, prometheus.GaugeValue, float64(s.Entries), fam.name)
+	ch <- prometheus.MustNewConstMetric(descNATReserved, prometheus.GaugeValue, float64(s.Reserved), fam.name)
 	type key struct{ proto, state string }
 	flows := map[key]int{}
-	for _, f := range snap.Flows {
-		flows[key{protoName(f.Proto), f.State()}]++
+	for c, n := range s.Flows {
+		flows[key{protoName(c.Proto), c.State}] += n
 	}
 	for k, n := range flows {
 		ch <- prometheus.MustNewConstMetric(descNATFlows, prometheus.GaugeValue, float64(n), fam.name, k.proto, k.state)

@@ -13,11 +13,12 @@ import (
 	"testing"
 )
 
-// runDebug runs `ip-masq-agent debug --pin-path=...` in the node namespace
-// and returns its standard output and standard error.
-func runDebug(t *testing.T, a *Agent, pinPath string) (stdout, stderr string, err error) {
+// runDebug runs `ip-masq-agent debug --pin-path=... args...` in the node
+// namespace and returns its standard output and standard error.
+func runDebug(t *testing.T, a *Agent, pinPath string, args ...string) (stdout, stderr string, err error) {
 	t.Helper()
-	cmd := exec.Command("ip", "netns", "exec", a.Topo.Node.Name, agentBin, "debug", "--pin-path="+pinPath)
+	argv := append([]string{"netns", "exec", a.Topo.Node.Name, agentBin, "debug", "--pin-path=" + pinPath}, args...)
+	cmd := exec.Command("ip", argv...)
 	var out, errb strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err = cmd.Run()
@@ -106,6 +107,10 @@ func TestDebugCommand(t *testing.T) {
 			}
 		})
 
+		t.Run("filters and json", func(t *testing.T) {
+			testDebugFilters(t, a, tcp.Peer.Port())
+		})
+
 		// The agent still holds its lock and works after debug.
 		if err := tcp.Echo([]byte("after debug\n"), ProbeTimeout); err != nil {
 			t.Error(err)
@@ -126,6 +131,134 @@ func TestDebugCommand(t *testing.T) {
 			}
 		})
 	})
+}
+
+// debugLine is one line of `debug -o json` (docs/json-output.md).
+type debugLine struct {
+	Kind      string  `json:"kind"`
+	Family    string  `json:"family"`
+	Proto     string  `json:"proto"`
+	Pod       string  `json:"pod"`
+	Remote    string  `json:"remote"`
+	Node      string  `json:"node"`
+	State     string  `json:"state"`
+	ReplyHalf bool    `json:"reply_half"`
+	Replied   bool    `json:"replied"`
+	Capacity  int     `json:"capacity"`
+	Entries   int     `json:"entries"`
+	Flows     int     `json:"flows"`
+	Shown     int     `json:"shown"`
+	Complete  bool    `json:"complete"`
+	Error     *string `json:"error"`
+}
+
+// debugJSON runs `debug -o json args...` and decodes every line, failing
+// the test on a line that is not one JSON object.
+func debugJSON(t *testing.T, a *Agent, args ...string) []debugLine {
+	t.Helper()
+	out, stderr, err := runDebug(t, a, a.PinPath, append([]string{"-o", "json"}, args...)...)
+	if err != nil || stderr != "" {
+		t.Fatalf("debug -o json %v: %v\n%s%s", args, err, out, stderr)
+	}
+	var lines []debugLine
+	for _, l := range strings.Split(strings.TrimSuffix(out, "\n"), "\n") {
+		var d debugLine
+		var raw map[string]json.RawMessage
+		if err := json.Unmarshal([]byte(l), &raw); err != nil {
+			t.Fatalf("debug -o json %v: line %q is no JSON object: %v", args, l, err)
+		}
+		if err := json.Unmarshal([]byte(l), &d); err != nil || d.Kind == "" {
+			t.Fatalf("debug -o json %v: line %q: %v (kind %q)", args, l, err, d.Kind)
+		}
+		lines = append(lines, d)
+	}
+	return lines
+}
+
+// testDebugFilters: `debug -o json` prints the flows, host reservations
+// and a closing table object per family, one JSON object a line; --pod,
+// --remote, --state and --limit choose what is printed.
+func testDebugFilters(t *testing.T, a *Agent, tcpNodePort uint16) {
+	all := debugJSON(t, a)
+	tables := map[string]debugLine{}
+	var flows, reservations []debugLine
+	for _, d := range all {
+		switch d.Kind {
+		case "table":
+			tables[d.Family] = d
+		case "flow":
+			flows = append(flows, d)
+		case "reservation":
+			reservations = append(reservations, d)
+		default:
+			t.Errorf("line of unknown kind %q", d.Kind)
+		}
+	}
+	if v4 := tables["ipv4"]; v4.Capacity != 131072 || !v4.Complete || v4.Flows < 3 || v4.Shown != len(flows)+len(reservations) {
+		t.Errorf("ipv4 table object %+v, want capacity 131072, complete, at least 3 flows, every entry shown (%d)", v4, len(flows)+len(reservations))
+	}
+	if _, ok := tables["ipv6"]; !ok {
+		t.Error("no ipv6 table object")
+	}
+	wantTCP := debugLine{Kind: "flow", Family: "ipv4", Proto: "tcp", Pod: "10.244.1.2:40000", Remote: "203.0.113.10:8080",
+		Node: fmt.Sprintf("172.31.0.2:%d", tcpNodePort), State: "established", ReplyHalf: true, Replied: true}
+	found := false
+	for _, f := range flows {
+		found = found || f == wantTCP
+	}
+	if !found {
+		t.Errorf("no flow %+v in %+v", wantTCP, flows)
+	}
+	found = false
+	for _, r := range reservations {
+		found = found || r.Node == "172.31.0.2:45000" && r.Remote == "203.0.113.10:8080" && r.Proto == "tcp"
+	}
+	if !found {
+		t.Errorf("no host reservation of 172.31.0.2:45000 in %+v", reservations)
+	}
+
+	entries := func(lines []debugLine) (out []debugLine) {
+		for _, d := range lines {
+			if d.Kind != "table" {
+				out = append(out, d)
+			}
+		}
+		return out
+	}
+	pod := entries(debugJSON(t, a, "--pod", "10.244.1.2"))
+	if len(pod) < 2 {
+		t.Errorf("--pod 10.244.1.2: %d entries, want its TCP and UDP flow", len(pod))
+	}
+	for _, d := range pod {
+		if d.Kind != "flow" || !strings.HasPrefix(d.Pod, "10.244.1.2:") {
+			t.Errorf("--pod 10.244.1.2 printed %+v", d)
+		}
+	}
+	remote := entries(debugJSON(t, a, "--remote", "203.0.113.10:8081"))
+	if len(remote) != 1 || remote[0].Proto != "udp" || remote[0].Remote != "203.0.113.10:8081" {
+		t.Errorf("--remote 203.0.113.10:8081: %+v, want the UDP flow alone", remote)
+	}
+	for _, d := range entries(debugJSON(t, a, "--state", "opening")) {
+		if d.State != "opening" {
+			t.Errorf("--state opening printed %+v", d)
+		}
+	}
+	limited := debugJSON(t, a, "--limit", "1")
+	if n := len(entries(limited)); n != 1 {
+		t.Errorf("--limit 1: %d entries, want 1 (one family has entries)", n)
+	}
+
+	out, _, err := runDebug(t, a, a.PinPath, "--pod", "10.244.1.3")
+	if err != nil {
+		t.Fatalf("debug --pod: %v\n%s", err, out)
+	}
+	if !regexp.MustCompile(`(?m)^  10\.244\.1\.3:\d+ -> 203\.0\.113\.10:0 via 172\.31\.0\.2:\d+ icmp established \d+s$`).MatchString(out) ||
+		strings.Contains(out, "10.244.1.2:40000") || strings.Contains(out, "172.31.0.2:45000 ->") {
+		t.Errorf("debug --pod 10.244.1.3 (text) shows other flows or misses its own:\n%s", out)
+	}
+	if _, stderr, err := runDebug(t, a, a.PinPath, "--state", "bogus"); err == nil || !strings.Contains(stderr, "--state") {
+		t.Errorf("debug --state bogus: %v %q, want a non-zero exit naming --state", err, stderr)
+	}
 }
 
 // TestBPFToolNamedFields: every map pinned under --pin-path carries BTF, so

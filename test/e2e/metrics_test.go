@@ -14,12 +14,14 @@ import (
 )
 
 // TestMetrics scrapes /metrics from inside the node namespace while traffic
-// flows: the datapath counters move, the NAT table shows the flows and its
-// capacity, the config sync metrics count successes, and a rejected config
+// flows: the datapath counters move, the NAT table shows the flows (as the
+// next expiry pass finds them) and its capacity, the expiry reports its
+// passes, the config sync metrics count successes, and a rejected config
 // shows up (counter, gauge and readiness) until a good file returns.
 func TestMetrics(t *testing.T) {
 	forEachMode(t, func(t *testing.T, mode string) {
-		tp, a := startAgent(t, AgentOptions{Mode: mode, Config: cfgPrivate})
+		// A short interval: the NAT gauges come from the expiry passes.
+		tp, a := startAgent(t, AgentOptions{Mode: mode, Config: cfgPrivate, ExtraArgs: []string{"--gc-interval=1s"}})
 		node := tp.Node
 		if err := waitProbe(node, "/readyz", http.StatusOK, 5*time.Second); err != nil {
 			t.Fatal(err)
@@ -53,6 +55,29 @@ func TestMetrics(t *testing.T) {
 		grew("egress_translated", during, later, 10)
 		grew("ingress_translated", during, later, 10)
 
+		// The flows show up with the next complete expiry pass,
+		during = waitMetrics(t, node, NATFlowsTimeout, func(m Metrics) bool {
+			tcp, _ := m.Value("ip_masq_agent_nat_flows", "protocol=tcp", "state=established")
+			udp, _ := m.Value("ip_masq_agent_nat_flows", "protocol=udp")
+			icmp, _ := m.Value("ip_masq_agent_nat_flows", "protocol=icmp")
+			// and a pass has gone through every table.
+			passes, _ := m.Value("ip_masq_agent_expiry_pass_duration_seconds", "table=exempt_ipv6")
+			return tcp >= 1 && udp >= 1 && icmp >= 1 && passes >= 1
+		})
+		for _, table := range []string{"nat_ipv4", "inbound_ipv4", "exempt_ipv4", "nat_ipv6", "inbound_ipv6", "exempt_ipv6"} {
+			if v := during.Must(t, "ip_masq_agent_expiry_pass_duration_seconds", "table="+table); v < 1 {
+				t.Errorf("expiry_pass_duration_seconds{%s} has %v observations, want at least one pass", table, v)
+			}
+			if v := during.Must(t, "ip_masq_agent_expiry_last_success_timestamp_seconds", "table="+table); time.Since(time.Unix(int64(v), 0)) > time.Minute {
+				t.Errorf("expiry_last_success_timestamp_seconds{%s} = %v, want about now", table, v)
+			}
+			if v := during.Must(t, "ip_masq_agent_expiry_failures_total", "table="+table); v != 0 {
+				t.Errorf("expiry_failures_total{%s} = %v, want 0", table, v)
+			}
+		}
+		if v := during.Must(t, "ip_masq_agent_expiry_entries_scanned_total", "table=nat_ipv4"); v < 8 {
+			t.Errorf("expiry_entries_scanned_total{nat_ipv4} = %v, want at least the flows' entries", v)
+		}
 		if v := during.Must(t, "ip_masq_agent_nat_flows", "protocol=tcp", "state=established"); v < 1 {
 			t.Errorf("nat_flows{tcp,established} = %v, want at least the stream", v)
 		}
@@ -144,6 +169,27 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("stream during the scrapes: %v", res)
 		}
 	})
+}
+
+// NATFlowsTimeout bounds the wait for flows to show in the NAT gauges: the
+// next expiry pass at --gc-interval=1s, generous for a loaded machine.
+const NATFlowsTimeout = 30 * time.Second
+
+// waitMetrics scrapes until ok holds, or fails the test after timeout; it
+// returns the scrape that satisfied ok.
+func waitMetrics(t testing.TB, ns *Netns, timeout time.Duration, ok func(Metrics) bool) Metrics {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		m := scrape(t, ns)
+		if ok(m) {
+			return m
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics did not show what the test waits for within %v", timeout)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // TestHealthDetectsDetach: when a program of ours vanishes from a hook, the
