@@ -121,12 +121,11 @@ func settledView(h map[uint16]dirBlock) map[uint16]dirBlock {
 // verdictOf reads the verdict of a's /24 from the active half.
 func verdictOf(t *testing.T, m *ebpf.Map, n *NonMasq, a string) uint8 {
 	t.Helper()
-	ip := netip.MustParseAddr(a).As4()
-	var b dirBlock
-	if err := m.Lookup(uint32(n.settings.ActiveCIDRs())<<16|uint32(ip[0])<<8|uint32(ip[1]), &b); err != nil {
+	v, err := ReadDirVerdict(m, uint32(n.settings.ActiveCIDRs()), netip.MustParseAddr(a))
+	if err != nil {
 		t.Fatal(err)
 	}
-	return (b.Verdicts[ip[2]/4] >> ((ip[2] % 4) * 2)) & 3
+	return v
 }
 
 // A /24 that a new set covers starts as "mapped" (flows masqueraded before

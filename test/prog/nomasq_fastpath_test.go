@@ -77,12 +77,11 @@ func TestNonMasqueradeFastPath(t *testing.T) {
 // blockVerdict reads the active ipm_cidr4_dir verdict of a's /24.
 func (e *env) blockVerdict(t *testing.T, a netip.Addr) uint8 {
 	t.Helper()
-	ip := a.As4()
-	var b loader.BPFIpmCidr4Block
-	if err := e.dp.Maps.IpmCidr4Dir.Lookup(uint32(e.settings.ActiveCIDRs())<<16|uint32(ip[0])<<8|uint32(ip[1]), &b); err != nil {
+	v, err := maps.ReadDirVerdict(e.dp.Maps.IpmCidr4Dir, uint32(e.settings.ActiveCIDRs()), a)
+	if err != nil {
 		t.Fatal(err)
 	}
-	return (b.Verdicts[ip[2]/4] >> ((ip[2] % 4) * 2)) & 3
+	return v
 }
 
 // countEntries counts the entries of a NAT-keyed map.
