@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -56,21 +55,12 @@ func listenBigUDP(t testing.TB, n *Netns, addr netip.AddrPort) *bigUDPServer {
 }
 
 func (s *bigUDPServer) serve() {
-	defer close(s.done)
-	buf := make([]byte, 65536)
-	for {
-		m, peer, err := s.conn.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			continue
-		}
-		head, body, _ := bytes.Cut(buf[:m], []byte("\n"))
+	serveReads(s.done, 65536, s.conn.ReadFromUDPAddrPort, func(b []byte, peer netip.AddrPort) {
+		head, body, _ := bytes.Cut(b, []byte("\n"))
 		token, sizeStr, _ := strings.Cut(string(head), " ")
 		size, err := strconv.Atoi(sizeStr)
 		if err != nil || size > 65000 {
-			continue
+			return
 		}
 		verdict := "ok"
 		if !bytes.Equal(body, pattern(len(body))) {
@@ -81,7 +71,7 @@ func (s *bigUDPServer) serve() {
 			reply = append(reply, pattern(size-len(reply))...)
 		}
 		s.conn.WriteToUDPAddrPort(reply, peer)
-	}
+	})
 }
 
 // bigUDPExchange sends a request of reqSize bytes from the namespace (from

@@ -182,20 +182,6 @@ func (c *udpClient) expectNothing(t testing.TB, d time.Duration, what string) {
 
 // --- hand-built packets ----------------------------------------------------
 
-// sum16 is the one's complement sum of b folded to 16 bits, not inverted.
-func sum16(b []byte, sum uint32) uint32 {
-	for i := 0; i+1 < len(b); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		sum += uint32(b[len(b)-1]) << 8
-	}
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	return sum
-}
-
 // ipv4Packet builds an IPv4 header (no options, DF clear) in front of
 // payload, with a correct header checksum.
 func ipv4Packet(src, dst netip.Addr, proto uint8, ttl uint8, id uint16, payload []byte) []byte {
