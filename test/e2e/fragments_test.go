@@ -42,13 +42,7 @@ func pattern(n int) []byte {
 
 func listenBigUDP(t testing.TB, n *Netns, addr netip.AddrPort) *bigUDPServer {
 	t.Helper()
-	s := &bigUDPServer{done: make(chan struct{})}
-	if err := n.Do(func() (err error) {
-		s.conn, err = net.ListenUDP(network("udp", addr.Addr()), net.UDPAddrFromAddrPort(addr))
-		return err
-	}); err != nil {
-		t.Fatalf("netns %s: listen udp %s: %v", n.Name, addr, err)
-	}
+	s := &bigUDPServer{conn: n.listenUDP(t, addr), done: make(chan struct{})}
 	go s.serve()
 	t.Cleanup(func() { s.conn.Close(); <-s.done })
 	return s

@@ -219,17 +219,24 @@ type UDPServer struct {
 // ListenUDP starts a UDPServer on addr inside the namespace; t.Cleanup stops it.
 func (n *Netns) ListenUDP(t testing.TB, addr netip.AddrPort) *UDPServer {
 	t.Helper()
-	s := &UDPServer{done: make(chan struct{}), seen: map[string]netip.AddrPort{}}
+	s := &UDPServer{conn: n.listenUDP(t, addr), done: make(chan struct{}), seen: map[string]netip.AddrPort{}}
+	go s.serve()
+	t.Cleanup(func() { s.conn.Close(); <-s.done })
+	return s
+}
+
+// listenUDP opens a UDP socket on addr inside the namespace, for a server.
+func (n *Netns) listenUDP(t testing.TB, addr netip.AddrPort) *net.UDPConn {
+	t.Helper()
+	var conn *net.UDPConn
 	err := n.Do(func() (err error) {
-		s.conn, err = net.ListenUDP(network("udp", addr.Addr()), net.UDPAddrFromAddrPort(addr))
+		conn, err = net.ListenUDP(network("udp", addr.Addr()), net.UDPAddrFromAddrPort(addr))
 		return err
 	})
 	if err != nil {
 		t.Fatalf("netns %s: listen udp %s: %v", n.Name, addr, err)
 	}
-	go s.serve()
-	t.Cleanup(func() { s.conn.Close(); <-s.done })
-	return s
+	return conn
 }
 
 func (s *UDPServer) serve() {
