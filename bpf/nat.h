@@ -50,6 +50,15 @@ static __always_inline struct ipm_settings *get_settings(void)
 	return bpf_map_lookup_elem(&ipm_settings, &zero);
 }
 
+/* The verdict of /24 number n (0-255) of the /16 that b covers, as struct
+ * ipm_cidr4_block lays it out: the one reader of that layout (the agent's
+ * twin is maps.BlockVerdict). */
+static __always_inline enum ipm_block_verdict cidr4_block_verdict(const struct ipm_cidr4_block *b,
+								  __u32 n)
+{
+	return (b->verdicts[n / 4] >> ((n % 4) * 2)) & 3;
+}
+
 /* What the active half of ipm_cidr4_dir says about daddr's /24. */
 static __always_inline enum ipm_block_verdict block_verdict(const struct ipm_settings *s,
 							    __be32 daddr)
@@ -61,7 +70,7 @@ static __always_inline enum ipm_block_verdict block_verdict(const struct ipm_set
 	b = bpf_map_lookup_elem(&ipm_cidr4_dir, &idx);
 	if (!b)
 		return IPM_BLOCK_TRIE;
-	return (b->verdicts[block / 4] >> ((block % 4) * 2)) & 3;
+	return cidr4_block_verdict(b, block);
 }
 
 /* True when daddr is in the active non-masquerade set: ipm_cidr4_dir

@@ -67,6 +67,16 @@ func writeFile(t *testing.T, path, content string) {
 
 // mustLoad reads the file as the agent would and returns its resyncInterval
 // in seconds, a handy marker of which version was read.
+// expectReload waits for the notification of what and requires the file
+// to read as resyncInterval want (seconds) afterwards.
+func expectReload(t *testing.T, ch <-chan struct{}, path, what string, want int) {
+	t.Helper()
+	expectChange(t, ch, what)
+	if got := mustLoad(t, path); got != want {
+		t.Errorf("after %s: resyncInterval %ds, want %d", what, got, want)
+	}
+}
+
 func mustLoad(t *testing.T, path string) int {
 	t.Helper()
 	c, err := Load(path, Options{})
@@ -88,10 +98,7 @@ func TestWatchRenameOverFile(t *testing.T) {
 	if err := os.Rename(tmp, path); err != nil {
 		t.Fatal(err)
 	}
-	expectChange(t, ch, "rename over the file")
-	if got := mustLoad(t, path); got != 2 {
-		t.Errorf("read resyncInterval %ds, want 2", got)
-	}
+	expectReload(t, ch, path, "rename over the file", 2)
 }
 
 func TestWatchRewriteInPlace(t *testing.T) {
@@ -114,10 +121,7 @@ func TestWatchRewriteInPlace(t *testing.T) {
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
-	expectChange(t, ch, "truncate and rewrite")
-	if got := mustLoad(t, path); got != 3 {
-		t.Errorf("read resyncInterval %ds, want 3", got)
-	}
+	expectReload(t, ch, path, "truncate and rewrite", 3)
 }
 
 func TestWatchConfigMapSymlinkSwap(t *testing.T) {
@@ -154,20 +158,14 @@ func TestWatchConfigMapSymlinkSwap(t *testing.T) {
 	if err := os.RemoveAll(filepath.Join(dir, "..2026_01_01_00_00_00.000000001")); err != nil {
 		t.Fatal(err)
 	}
-	expectChange(t, ch, "..data symlink swap")
-	if got := mustLoad(t, path); got != 4 {
-		t.Errorf("after the swap: resyncInterval %ds, want 4", got)
-	}
+	expectReload(t, ch, path, "..data symlink swap", 4)
 
 	// Removing the key (or the ConfigMap) removes the file's symlink: the
 	// defaults apply again.
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	expectChange(t, ch, "file removed")
-	if got := mustLoad(t, path); got != defaultSeconds {
-		t.Errorf("after removal: resyncInterval %ds, want the default %d", got, defaultSeconds)
-	}
+	expectReload(t, ch, path, "file removed", defaultSeconds)
 }
 
 func TestWatchDirectoryCreatedLater(t *testing.T) {
@@ -190,10 +188,7 @@ func TestWatchDirectoryCreatedLater(t *testing.T) {
 	// Now that it is watched, a later change is seen too.
 	drain(ch, quietFor)
 	writeFile(t, path, "resyncInterval: 6s\n")
-	expectChange(t, ch, "write in the new directory")
-	if got := mustLoad(t, path); got != 6 {
-		t.Errorf("resyncInterval %ds, want 6", got)
-	}
+	expectReload(t, ch, path, "write in the new directory", 6)
 }
 
 func TestWatchDirectoryRemovedAndRecreated(t *testing.T) {
@@ -209,10 +204,7 @@ func TestWatchDirectoryRemovedAndRecreated(t *testing.T) {
 	if err := os.RemoveAll(dir); err != nil {
 		t.Fatal(err)
 	}
-	expectChange(t, ch, "directory removed")
-	if got := mustLoad(t, path); got != defaultSeconds {
-		t.Errorf("resyncInterval %ds, want the default", got)
-	}
+	expectReload(t, ch, path, "directory removed", defaultSeconds)
 
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -221,10 +213,7 @@ func TestWatchDirectoryRemovedAndRecreated(t *testing.T) {
 	expectChange(t, ch, "directory recreated")
 	drain(ch, quietFor)
 	writeFile(t, path, "resyncInterval: 8s\n")
-	expectChange(t, ch, "write in the recreated directory")
-	if got := mustLoad(t, path); got != 8 {
-		t.Errorf("resyncInterval %ds, want 8", got)
-	}
+	expectReload(t, ch, path, "write in the recreated directory", 8)
 }
 
 func TestWatchDirectoryRenamedAway(t *testing.T) {
@@ -268,10 +257,7 @@ func TestWatchBurstIsCoalesced(t *testing.T) {
 	for i := 1; i <= 50; i++ {
 		writeFile(t, path, "resyncInterval: "+strconv.Itoa(i)+"s\n")
 	}
-	expectChange(t, ch, "burst of writes")
-	if got := mustLoad(t, path); got != 50 {
-		t.Errorf("resyncInterval %ds, want the last write, 50", got)
-	}
+	expectReload(t, ch, path, "burst of writes", 50)
 	expectQuiet(t, ch, "after the burst")
 }
 

@@ -79,17 +79,26 @@ func pinnedMaxEntries(t *testing.T, pin, name string) uint32 {
 	return m.MaxEntries()
 }
 
+// openWith100Flows opens a datapath with a NAT table of 256 entries, pinned
+// on a fresh bpffs, that holds flows 0-99: flow i last used i seconds before
+// now.
+func openWith100Flows(t *testing.T) (pin string, d *Datapath, now uint64) {
+	t.Helper()
+	pin = migrationBPFFS(t)
+	d = openDatapath(t, pin, 256)
+	now = uint64(monotonic())
+	for i := range 100 {
+		putFlow4(t, d.Maps.IpmNat4, i, now-uint64(i)*uint64(time.Second))
+	}
+	return pin, d, now
+}
+
 // TestMigrateGrow: a larger --nat-max-entries carries every flow, host
 // reservation, inbound record and the settings over; the old pins stay
 // until the takeover, and what the old programs create between the first
 // copy and the takeover is copied too.
 func TestMigrateGrow(t *testing.T) {
-	pin := migrationBPFFS(t)
-	d := openDatapath(t, pin, 256)
-	now := uint64(monotonic())
-	for i := range 100 {
-		putFlow4(t, d.Maps.IpmNat4, i, now-uint64(i)*uint64(time.Second))
-	}
+	pin, d, now := openWith100Flows(t)
 	_, hk, hv, _ := testFlow4(500, now)
 	hv.Kind = BPFIpmKindIPM_KIND_HOST
 	if err := d.Maps.IpmHostres4.Put(&hk, &hv); err != nil {
@@ -152,13 +161,8 @@ func TestMigrateGrow(t *testing.T) {
 // TestMigrateShrink: a smaller --nat-max-entries keeps the most recently
 // used flows, each with both halves; a reply half without its flow is left.
 func TestMigrateShrink(t *testing.T) {
-	pin := migrationBPFFS(t)
-	d := openDatapath(t, pin, 256)
-	now := uint64(monotonic())
 	// Flow i was last used i seconds ago: 0-63 are the newest.
-	for i := range 100 {
-		putFlow4(t, d.Maps.IpmNat4, i, now-uint64(i)*uint64(time.Second))
-	}
+	pin, d, now := openWith100Flows(t)
 	_, rk, _, rv := testFlow4(200, now)
 	if err := d.Maps.IpmNat4.Put(&rk, &rv); err != nil {
 		t.Fatal(err)

@@ -37,6 +37,30 @@ const dirChunk = 4096
 
 type dirBlock = loader.BPFIpmCidr4Block
 
+// BlockVerdict reads the verdict of /24 number n24 (its third octet) of the
+// /16 that b covers: two bits, as struct ipm_cidr4_block in bpf/ipmasq.h
+// lays them out and cidr4_block_verdict in bpf/nat.h reads them.
+func BlockVerdict(b *loader.BPFIpmCidr4Block, n24 uint8) uint8 {
+	return b.Verdicts[n24/4] >> (n24 % 4 * 2) & 3
+}
+
+// setBlockVerdict writes the verdict BlockVerdict reads.
+func setBlockVerdict(b *dirBlock, n24, v uint8) {
+	shift := n24 % 4 * 2
+	b.Verdicts[n24/4] = b.Verdicts[n24/4]&^(3<<shift) | v<<shift
+}
+
+// ReadDirVerdict reads the verdict of a's /24 from one half of the
+// ipm_cidr4_dir map m (for tests).
+func ReadDirVerdict(m *ebpf.Map, half uint32, a netip.Addr) (uint8, error) {
+	a4 := a.As4()
+	var b dirBlock
+	if err := m.Lookup(half<<16|uint32(a4[0])<<8|uint32(a4[1]), &b); err != nil {
+		return 0, err
+	}
+	return BlockVerdict(&b, a4[2]), nil
+}
+
 // dirBlocks computes the entries of one half of ipm_cidr4_dir for the IPv4
 // prefixes of set; entries that are blockMasq throughout are left out. The
 // longest matching prefix decides, as in the trie: prefixes of /24 or
@@ -52,14 +76,10 @@ func dirBlocks(set CIDRSet) map[uint16]dirBlock {
 		}
 		return blockNoMasq
 	}
-	slot := func(n16, n24 uint32) (*dirBlock, uint32, uint32) {
-		b := out[uint16(n16)]
-		return &b, n24 / 4, (n24 % 4) * 2
-	}
 	set24 := func(n16, n24 uint32, v uint8) {
-		b, byteIdx, shift := slot(n16, n24)
-		b.Verdicts[byteIdx] = b.Verdicts[byteIdx]&^(3<<shift) | v<<shift
-		out[uint16(n16)] = *b
+		b := out[uint16(n16)]
+		setBlockVerdict(&b, uint8(n24), v)
+		out[uint16(n16)] = b
 	}
 	var short, long []netip.Prefix
 	for p := range set {
@@ -93,8 +113,8 @@ func dirBlocks(set CIDRSet) map[uint16]dirBlock {
 	}
 	for _, p := range long {
 		addr := addrUint32(p.Addr())
-		b, byteIdx, shift := slot(addr>>16, (addr>>8)&0xff)
-		if cur := (b.Verdicts[byteIdx] >> shift) & 3; cur != blockTrie && cur != verdictOf(set[p]) {
+		b := out[uint16(addr>>16)]
+		if cur := BlockVerdict(&b, uint8(addr>>8)); cur != blockTrie && cur != verdictOf(set[p]) {
 			set24(addr>>16, (addr>>8)&0xff, blockTrie)
 		}
 	}
@@ -111,7 +131,7 @@ func dirBlocks(set CIDRSet) map[uint16]dirBlock {
 func dirVerdict(blocks map[uint16]dirBlock, a netip.Addr) uint8 {
 	a4 := a.As4()
 	b := blocks[uint16(a4[0])<<8|uint16(a4[1])]
-	return (b.Verdicts[a4[2]/4] >> ((a4[2] % 4) * 2)) & 3
+	return BlockVerdict(&b, a4[2])
 }
 
 // markMapped turns blockNoMasq into blockNoMasqMapped in want wherever the
@@ -287,12 +307,11 @@ func (n *NonMasq) SettleDir(mapped *Set24, readAt time.Time) (int, error) {
 	settled := 0
 	for n16, b := range held {
 		changed := false
-		for slot := uint32(0); slot < 256; slot++ {
-			i, shift := slot/4, (slot%4)*2
-			if (b.Verdicts[i]>>shift)&3 != blockNoMasqMapped || mapped.Has(uint32(n16)<<8|slot) {
+		for slot := range uint32(256) {
+			if BlockVerdict(&b, uint8(slot)) != blockNoMasqMapped || mapped.Has(uint32(n16)<<8|slot) {
 				continue
 			}
-			b.Verdicts[i] = b.Verdicts[i]&^(3<<shift) | blockNoMasq<<shift
+			setBlockVerdict(&b, uint8(slot), blockNoMasq)
 			changed = true
 			settled++
 		}

@@ -31,6 +31,23 @@ func readDirHalf(t *testing.T, m *ebpf.Map, half uint32) map[uint16]dirBlock {
 	return out
 }
 
+// newTestDir makes test tries and an ipm_cidr4_dir; open makes a NonMasq
+// on them, each call as a restarted agent would.
+func newTestDir(t *testing.T) (open func() *NonMasq, dir *ebpf.Map) {
+	t.Helper()
+	tt := newTestTries(t)
+	spec, err := loader.LoadBPF()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir = newTestMap(t, spec, loader.BPFMapIpmCidr4Dir)
+	return func() *NonMasq {
+		n := tt.open(t)
+		n.dir.m = dir
+		return n
+	}, dir
+}
+
 func sameBlocks(a, b map[uint16]dirBlock) bool {
 	if len(a) != len(b) {
 		return false
@@ -47,17 +64,7 @@ func sameBlocks(a, b map[uint16]dirBlock) bool {
 // the trie that decides, and a restarted NonMasq repairs a table it did not
 // write (an upgrade from a datapath without one).
 func TestNonMasqWritesTheDir(t *testing.T) {
-	tt := newTestTries(t)
-	spec, err := loader.LoadBPF()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := newTestMap(t, spec, loader.BPFMapIpmCidr4Dir)
-	open := func() *NonMasq {
-		n := tt.open(t)
-		n.dir.m = dir
-		return n
-	}
+	open, dir := newTestDir(t)
 	check := func(n *NonMasq, want CIDRSet) {
 		t.Helper()
 		active := uint32(n.settings.ActiveCIDRs())
@@ -121,26 +128,19 @@ func settledView(h map[uint16]dirBlock) map[uint16]dirBlock {
 // verdictOf reads the verdict of a's /24 from the active half.
 func verdictOf(t *testing.T, m *ebpf.Map, n *NonMasq, a string) uint8 {
 	t.Helper()
-	ip := netip.MustParseAddr(a).As4()
-	var b dirBlock
-	if err := m.Lookup(uint32(n.settings.ActiveCIDRs())<<16|uint32(ip[0])<<8|uint32(ip[1]), &b); err != nil {
+	v, err := ReadDirVerdict(m, uint32(n.settings.ActiveCIDRs()), netip.MustParseAddr(a))
+	if err != nil {
 		t.Fatal(err)
 	}
-	return (b.Verdicts[ip[2]/4] >> ((ip[2] % 4) * 2)) & 3
+	return v
 }
 
 // A /24 that a new set covers starts as "mapped" (flows masqueraded before
 // may hold mappings), settles once the NAT table shows none into it, and
 // stays settled through later sets that keep covering it.
 func TestNonMasqSettlesTheDir(t *testing.T) {
-	tt := newTestTries(t)
-	spec, err := loader.LoadBPF()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := newTestMap(t, spec, loader.BPFMapIpmCidr4Dir)
-	n := tt.open(t)
-	n.dir.m = dir
+	open, dir := newTestDir(t)
+	n := open()
 	a := CIDRSet{netip.MustParsePrefix("10.1.0.0/16"): Configured}
 	if err := n.Apply(a); err != nil {
 		t.Fatal(err)

@@ -10,30 +10,42 @@ func addr4(v uint32) netip.Addr {
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
 
+// randomSet draws n IPv4 prefixes of /8 to /32 clustered in the first nets
+// /8s, so that they nest and share /24s; origin gives each its origin.
+func randomSet(rng *rand.Rand, n, nets int, origin func() Origin) (CIDRSet, []netip.Prefix) {
+	set := CIDRSet{}
+	var list []netip.Prefix
+	for i := 0; i < n; i++ {
+		v := uint32(rng.IntN(nets))<<24 | rng.Uint32()&0x00ffffff
+		p := netip.PrefixFrom(addr4(v), 8+rng.IntN(25)).Masked()
+		set[p] = origin()
+		list = append(list, p)
+	}
+	return set, list
+}
+
+// probe draws the i-th address to ask the table about, in the first nets
+// /8s: every other one next to a prefix of list.
+func probe(rng *rand.Rand, list []netip.Prefix, i, nets int) netip.Addr {
+	a := addr4(uint32(rng.IntN(nets))<<24 | rng.Uint32()&0x00ffffff)
+	if i%2 == 0 {
+		p := list[rng.IntN(len(list))]
+		a = addr4(be(p.Addr()) ^ rng.Uint32()&0x3ff)
+	}
+	return a
+}
+
 // The table must agree with prefix containment wherever it answers itself,
 // and send an address to the trie only when a prefix longer than /24 shares
 // its /24 and none of /24 or shorter covers it.
 func TestDirBlocksAgreeWithContainment(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 11))
 	for round := 0; round < 8; round++ {
-		set := CIDRSet{}
-		var list []netip.Prefix
-		for i := 0; i < 200; i++ {
-			// Addresses clustered in a few /8s so prefixes nest and share /24s.
-			v := uint32(rng.IntN(4))<<24 | rng.Uint32()&0x00ffffff
-			p := netip.PrefixFrom(addr4(v), 8+rng.IntN(25)).Masked()
-			set[p] = Configured
-			list = append(list, p)
-		}
+		set, list := randomSet(rng, 200, 4, func() Origin { return Configured })
 		set[netip.MustParsePrefix("fd00::/8")] = Configured // ignored: IPv6
 		blocks := dirBlocks(set)
 		for i := 0; i < 5000; i++ {
-			a := addr4(uint32(rng.IntN(5))<<24 | rng.Uint32()&0x00ffffff)
-			if i%2 == 0 {
-				// Half the probes next to a listed prefix.
-				p := list[rng.IntN(len(list))]
-				a = addr4(be(p.Addr()) ^ rng.Uint32()&0x3ff)
-			}
+			a := probe(rng, list, i, 5)
 			in, longOnly := false, false
 			covered := false
 			for _, p := range list {

@@ -111,9 +111,8 @@ func (c *Clock) Check(cal ClockCalibration) (time.Duration, error) {
 // SetClock gives the datapath a calibration; the zero value makes it read
 // the clock again.
 func (s *Settings) SetClock(c ClockCalibration) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	v := s.val
-	v.ClockBaseNs, v.ClockBaseJiffies, v.NsPerJiffy = c.BaseNs, c.BaseJiffies, c.NsPerJiffy
-	return s.write(v)
+	return s.update(func(v *loader.BPFIpmSettings) error {
+		v.ClockBaseNs, v.ClockBaseJiffies, v.NsPerJiffy = c.BaseNs, c.BaseJiffies, c.NsPerJiffy
+		return nil
+	})
 }

@@ -12,24 +12,15 @@ import (
 func TestDirBlocksLongestPrefixWithExceptions(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 5))
 	for round := 0; round < 8; round++ {
-		set := CIDRSet{}
-		var list []netip.Prefix
-		for i := 0; i < 300; i++ {
-			v := uint32(rng.IntN(3))<<24 | rng.Uint32()&0x00ffffff
-			p := netip.PrefixFrom(addr4(v), 8+rng.IntN(25)).Masked()
-			set[p] = Configured
+		set, list := randomSet(rng, 300, 3, func() Origin {
 			if rng.IntN(3) == 0 {
-				set[p] = Masquerade
+				return Masquerade
 			}
-			list = append(list, p)
-		}
+			return Configured
+		})
 		blocks := dirBlocks(set)
 		for i := 0; i < 5000; i++ {
-			a := addr4(uint32(rng.IntN(4))<<24 | rng.Uint32()&0x00ffffff)
-			if i%2 == 0 {
-				p := list[rng.IntN(len(list))]
-				a = addr4(be(p.Addr()) ^ rng.Uint32()&0x3ff)
-			}
+			a := probe(rng, list, i, 4)
 			_, masq, _ := set.Decide(a)
 			switch v := dirVerdict(blocks, a); v {
 			case blockNoMasq:

@@ -32,19 +32,9 @@ func (c *codec4) walk(m *ebpf.Map, pace func() error, fn func(tuple, half)) erro
 	return c.w.walk(m, pace, func(k *NATKey, e *NATEntry) { fn(c.tuple(*k), c.half(*e)) })
 }
 
-func (c codec4) lookup(m *ebpf.Map, t tuple) (half, bool) {
-	var e NATEntry
-	k := c.key(t)
-	if err := m.Lookup(&k, &e); err != nil {
-		return half{}, false
-	}
-	return c.half(e), true
-}
+func (c codec4) lookup(m *ebpf.Map, t tuple) (half, bool) { return lookupHalf(m, c.key(t), c.half) }
 
-func (c codec4) remove(m *ebpf.Map, t tuple) error {
-	k := c.key(t)
-	return m.Delete(&k)
-}
+func (c codec4) remove(m *ebpf.Map, t tuple) error { return removeKey(m, c.key(t)) }
 
 // codec6 converts ipm_nat6's keys and values, like codec4.
 type codec6 struct {
@@ -70,19 +60,22 @@ func (c *codec6) walk(m *ebpf.Map, pace func() error, fn func(tuple, half)) erro
 	return c.w.walk(m, pace, func(k *loader.BPFIpmNat6Key, e *loader.BPFIpmNat6Entry) { fn(c.tuple(*k), c.half(*e)) })
 }
 
-func (c codec6) lookup(m *ebpf.Map, t tuple) (half, bool) {
-	var e loader.BPFIpmNat6Entry
-	k := c.key(t)
+func (c codec6) lookup(m *ebpf.Map, t tuple) (half, bool) { return lookupHalf(m, c.key(t), c.half) }
+
+func (c codec6) remove(m *ebpf.Map, t tuple) error { return removeKey(m, c.key(t)) }
+
+// lookupHalf reads the value of key k and converts it with toHalf; false
+// when the map holds no such key.
+func lookupHalf[K, E any](m *ebpf.Map, k K, toHalf func(E) half) (half, bool) {
+	var e E
 	if err := m.Lookup(&k, &e); err != nil {
 		return half{}, false
 	}
-	return c.half(e), true
+	return toHalf(e), true
 }
 
-func (c codec6) remove(m *ebpf.Map, t tuple) error {
-	k := c.key(t)
-	return m.Delete(&k)
-}
+// removeKey deletes key k.
+func removeKey[K any](m *ebpf.Map, k K) error { return m.Delete(&k) }
 
 // addr6ToBE returns an IPv6 address as the four uint32 whose memory holds it
 // in network order.

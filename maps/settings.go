@@ -40,51 +40,39 @@ func (s *Settings) SetPorts(ranges []PortRange, randomFully bool) error {
 	if len(ranges) == 0 || len(ranges) > MaxPortRanges {
 		return fmt.Errorf("port ranges: need 1 to %d, got %d", MaxPortRanges, len(ranges))
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	v := s.val
-	v.RangeCount = uint32(len(ranges))
-	v.PortCount = 0
-	for i := range v.Ranges {
-		v.Ranges[i].First, v.Ranges[i].Last = 0, 0
-	}
-	for i, r := range ranges {
-		if r.First == 0 || r.Last < r.First {
-			return fmt.Errorf("port range %d-%d: invalid", r.First, r.Last)
+	return s.update(func(v *loader.BPFIpmSettings) error {
+		v.RangeCount = uint32(len(ranges))
+		v.PortCount = 0
+		for i := range v.Ranges {
+			v.Ranges[i].First, v.Ranges[i].Last = 0, 0
 		}
-		v.Ranges[i].First, v.Ranges[i].Last = r.First, r.Last
-		v.PortCount += uint32(r.Last) - uint32(r.First) + 1
-	}
-	v.RandomFully = 0
-	if randomFully {
-		v.RandomFully = 1
-	}
-	return s.write(v)
+		for i, r := range ranges {
+			if r.First == 0 || r.Last < r.First {
+				return fmt.Errorf("port range %d-%d: invalid", r.First, r.Last)
+			}
+			v.Ranges[i].First, v.Ranges[i].Last = r.First, r.Last
+			v.PortCount += uint32(r.Last) - uint32(r.First) + 1
+		}
+		v.RandomFully = flag(randomFully)
+		return nil
+	})
 }
 
 // SetIPv6 turns IPv6 masquerading on or off (--enable-ipv6).
 func (s *Settings) SetIPv6(enable bool) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	v := s.val
-	v.EnableIpv6 = 0
-	if enable {
-		v.EnableIpv6 = 1
-	}
-	return s.write(v)
+	return s.update(func(v *loader.BPFIpmSettings) error {
+		v.EnableIpv6 = flag(enable)
+		return nil
+	})
 }
 
 // SetSourceCIDRs turns the source check of new mappings on (only sources in
 // ipm_src4/ipm_src6) or off (every source that is not the node's).
 func (s *Settings) SetSourceCIDRs(on bool) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	v := s.val
-	v.SourceCidrs = 0
-	if on {
-		v.SourceCidrs = 1
-	}
-	return s.write(v)
+	return s.update(func(v *loader.BPFIpmSettings) error {
+		v.SourceCidrs = flag(on)
+		return nil
+	})
 }
 
 // SourceCIDRs reports whether the source check is on.
@@ -103,11 +91,10 @@ func (s *Settings) ActiveCIDRs() int {
 
 // SetActiveCIDRs makes trie i decide, for every packet from now on.
 func (s *Settings) SetActiveCIDRs(i int) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	v := s.val
-	v.ActiveCidrs = uint32(i & 1)
-	return s.write(v)
+	return s.update(func(v *loader.BPFIpmSettings) error {
+		v.ActiveCidrs = uint32(i & 1)
+		return nil
+	})
 }
 
 // localInline is how many node IPv4 addresses ipm_settings carries.
@@ -118,23 +105,39 @@ const localInline = len(loader.BPFIpmSettings{}.Local4)
 // caller writes ipm_local4 first when addresses appear and after this when
 // they go, so the datapath never misses one it should know.
 func (s *Settings) SetLocal4(addrs []netip.Addr) error {
+	return s.update(func(v *loader.BPFIpmSettings) error {
+		v.Local4Count = uint32(len(addrs))
+		v.Local4 = [localInline]uint32{}
+		if len(addrs) <= localInline {
+			for i, a := range addrs {
+				v.Local4[i] = addrToBE(a)
+			}
+		}
+		return nil
+	})
+}
+
+// update changes a copy of the value with change and writes it whole; the
+// kept value changes only once the map holds the new one, so a refused
+// change or a failed write leaves both as they were.
+func (s *Settings) update(change func(v *loader.BPFIpmSettings) error) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	v := s.val
-	v.Local4Count = uint32(len(addrs))
-	v.Local4 = [localInline]uint32{}
-	if len(addrs) <= localInline {
-		for i, a := range addrs {
-			v.Local4[i] = addrToBE(a)
-		}
+	if err := change(&v); err != nil {
+		return err
 	}
-	return s.write(v)
-}
-
-func (s *Settings) write(v loader.BPFIpmSettings) error {
 	if err := s.m.Update(uint32(0), &v, ebpf.UpdateExist); err != nil {
 		return fmt.Errorf("write settings: %w", err)
 	}
 	s.val = v
 	return nil
+}
+
+// flag is a setting's on/off as the datapath reads it.
+func flag(on bool) uint32 {
+	if on {
+		return 1
+	}
+	return 0
 }

@@ -39,10 +39,7 @@ func (x *Sources) Set(ps []netip.Prefix) error {
 			return err
 		}
 	}
-	for p := range want {
-		if held[p] {
-			continue
-		}
+	for _, p := range missing(want, held) {
 		m, key := x.trieOf(p)
 		if err := m.Put(key, loader.BPFIpmCidrValue{Origin: Configured}); err != nil {
 			return fmt.Errorf("write source prefix %s: %w", p, err)
@@ -53,10 +50,7 @@ func (x *Sources) Set(ps []netip.Prefix) error {
 			return err
 		}
 	}
-	for p := range held {
-		if want[p] {
-			continue
-		}
+	for _, p := range missing(held, want) {
 		m, key := x.trieOf(p)
 		if err := m.Delete(key); err != nil {
 			return fmt.Errorf("delete source prefix %s: %w", p, err)
@@ -76,6 +70,17 @@ func (x *Sources) Read() ([]netip.Prefix, bool, error) {
 		out = append(out, p)
 	}
 	return out, x.settings.SourceCIDRs(), nil
+}
+
+// missing returns the prefixes of a that b does not hold.
+func missing(a, b map[netip.Prefix]bool) []netip.Prefix {
+	var out []netip.Prefix
+	for p := range a {
+		if !b[p] {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // trieOf returns the trie of p's family and p's key in it.

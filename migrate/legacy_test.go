@@ -145,6 +145,18 @@ func upstreamTable() []sEntry {
 	}
 }
 
+// parsedUpstream builds the IPv4 upstreamTable and parses it back.
+func parsedUpstream(t *testing.T) (*xtFamily, *xtTable) {
+	t.Helper()
+	f := xtFamilies[IPv4]
+	info, blob := build(t, f, upstreamTable())
+	tb, err := parseTable(f, info, blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f, tb
+}
+
 func renderAll(t *xtTable) []string {
 	var out []string
 	for i := range t.entries {
@@ -154,12 +166,7 @@ func renderAll(t *xtTable) []string {
 }
 
 func TestLegacyRebuild(t *testing.T) {
-	f := xtFamilies[IPv4]
-	info, blob := build(t, f, upstreamTable())
-	old, err := parseTable(f, info, blob)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f, old := parsedUpstream(t)
 	p, err := old.plan("IP-MASQ-AGENT")
 	if err != nil || p == nil {
 		t.Fatalf("plan = %+v, %v", p, err)
@@ -224,12 +231,7 @@ func TestLegacyRebuild(t *testing.T) {
 }
 
 func TestLegacyPlanAbsentOrReferenced(t *testing.T) {
-	f := xtFamilies[IPv4]
-	info, blob := build(t, f, upstreamTable())
-	tb, err := parseTable(f, info, blob)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, tb := parsedUpstream(t)
 	if p, err := tb.plan("NO-SUCH-CHAIN"); p != nil || err != nil {
 		t.Errorf("absent chain: %+v, %v", p, err)
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -14,6 +13,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/ipmasq-ebpf/ip-masq-agent/test/nstest"
 )
 
 // These tests change netfilter tables with the real iptables binaries and
@@ -36,22 +37,7 @@ func newTestNS(t *testing.T) *testNS {
 		t.Fatal(err)
 	}
 	name := "ipmt-" + hex.EncodeToString(b)
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
-	}
-	n := &testNS{name: name, handle: netns.None()}
-	t.Cleanup(func() {
-		n.handle.Close()
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", name, err, out)
-		}
-	})
-	h, err := netns.GetFromName(name)
-	if err != nil {
-		t.Fatalf("open netns %s: %v", name, err)
-	}
-	n.handle = h
-	return n
+	return &testNS{name: name, handle: nstest.Add(t, name)}
 }
 
 // run runs a command in the namespace and fails the test on error.
@@ -66,18 +52,7 @@ func (n *testNS) run(t *testing.T, args ...string) string {
 
 // do runs fn on a locked OS thread inside the namespace; the thread is
 // thrown away afterwards (a goroutine that exits locked takes it along).
-func (n *testNS) do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := netns.Set(n.handle); err != nil {
-			errc <- fmt.Errorf("enter netns %s: %w", n.name, err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
+func (n *testNS) do(fn func() error) error { return nstest.Do(n.handle, n.name, fn) }
 
 // backend returns the backend of the namespace.
 func (n *testNS) backend(name string) Backend {

@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -43,34 +42,19 @@ func pattern(n int) []byte {
 
 func listenBigUDP(t testing.TB, n *Netns, addr netip.AddrPort) *bigUDPServer {
 	t.Helper()
-	s := &bigUDPServer{done: make(chan struct{})}
-	if err := n.Do(func() (err error) {
-		s.conn, err = net.ListenUDP(network("udp", addr.Addr()), net.UDPAddrFromAddrPort(addr))
-		return err
-	}); err != nil {
-		t.Fatalf("netns %s: listen udp %s: %v", n.Name, addr, err)
-	}
+	s := &bigUDPServer{conn: n.listenUDP(t, addr), done: make(chan struct{})}
 	go s.serve()
 	t.Cleanup(func() { s.conn.Close(); <-s.done })
 	return s
 }
 
 func (s *bigUDPServer) serve() {
-	defer close(s.done)
-	buf := make([]byte, 65536)
-	for {
-		m, peer, err := s.conn.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			continue
-		}
-		head, body, _ := bytes.Cut(buf[:m], []byte("\n"))
+	serveReads(s.done, 65536, s.conn.ReadFromUDPAddrPort, func(b []byte, peer netip.AddrPort) {
+		head, body, _ := bytes.Cut(b, []byte("\n"))
 		token, sizeStr, _ := strings.Cut(string(head), " ")
 		size, err := strconv.Atoi(sizeStr)
 		if err != nil || size > 65000 {
-			continue
+			return
 		}
 		verdict := "ok"
 		if !bytes.Equal(body, pattern(len(body))) {
@@ -81,7 +65,7 @@ func (s *bigUDPServer) serve() {
 			reply = append(reply, pattern(size-len(reply))...)
 		}
 		s.conn.WriteToUDPAddrPort(reply, peer)
-	}
+	})
 }
 
 // bigUDPExchange sends a request of reqSize bytes from the namespace (from

@@ -37,9 +37,16 @@ func startAgentOn(t *testing.T, tp *Topology, opts AgentOptions) *Agent {
 // the CPUs, by their C names ("egress_no_port").
 type dpStats map[string]uint64
 
-// readStats reads the agent's pinned ipm_stats map with bpftool, which
-// prints the fields by name from the map's BTF. Key 0 holds IPv4.
+// readStats reads the IPv4 datapath counters, see readStatsKey.
 func readStats(t testing.TB, a *Agent) dpStats {
+	t.Helper()
+	return readStatsKey(t, a, 0, "IPv4")
+}
+
+// readStatsKey reads the agent's pinned ipm_stats map with bpftool, which
+// prints the fields by name from the map's BTF, and sums the counters of
+// key (0: IPv4, 1: IPv6, named family in messages) over the CPUs.
+func readStatsKey(t testing.TB, a *Agent, key uint32, family string) dpStats {
 	t.Helper()
 	pin := filepath.Join(a.PinPath, "ipm_stats")
 	out, err := exec.Command("bpftool", "-j", "map", "dump", "pinned", pin).Output()
@@ -59,7 +66,7 @@ func readStats(t testing.TB, a *Agent) dpStats {
 	}
 	s := dpStats{}
 	for _, e := range dump {
-		if e.Formatted.Key != 0 {
+		if e.Formatted.Key != key {
 			continue
 		}
 		for _, cpu := range e.Formatted.Values {
@@ -69,7 +76,7 @@ func readStats(t testing.TB, a *Agent) dpStats {
 		}
 	}
 	if len(s) == 0 {
-		t.Fatalf("bpftool map dump pinned %s: no formatted IPv4 counters:\n%s", pin, out)
+		t.Fatalf("bpftool map dump pinned %s: no formatted %s counters:\n%s", pin, family, out)
 	}
 	return s
 }
@@ -174,20 +181,6 @@ func (c *udpClient) expectNothing(t testing.TB, d time.Duration, what string) {
 }
 
 // --- hand-built packets ----------------------------------------------------
-
-// sum16 is the one's complement sum of b folded to 16 bits, not inverted.
-func sum16(b []byte, sum uint32) uint32 {
-	for i := 0; i+1 < len(b); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		sum += uint32(b[len(b)-1]) << 8
-	}
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	return sum
-}
 
 // ipv4Packet builds an IPv4 header (no options, DF clear) in front of
 // payload, with a correct header checksum.

@@ -2,9 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"encoding/json"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -78,38 +75,8 @@ func failOnChecksumErrors6(t testing.TB, tp *Topology) {
 }
 
 // readStats6 reads the IPv6 datapath counters (key 1 of the agent's pinned
-// ipm_stats) with bpftool, summed over the CPUs, by C name.
+// ipm_stats), see readStatsKey.
 func readStats6(t testing.TB, a *Agent) dpStats {
 	t.Helper()
-	pin := filepath.Join(a.PinPath, "ipm_stats")
-	out, err := exec.Command("bpftool", "-j", "map", "dump", "pinned", pin).Output()
-	if err != nil {
-		t.Fatalf("bpftool map dump pinned %s: %v", pin, err)
-	}
-	var dump []struct {
-		Formatted struct {
-			Key    uint32 `json:"key"`
-			Values []struct {
-				Value map[string]uint64 `json:"value"`
-			} `json:"values"`
-		} `json:"formatted"`
-	}
-	if err := json.Unmarshal(out, &dump); err != nil {
-		t.Fatalf("bpftool map dump pinned %s: %v\n%s", pin, err, out)
-	}
-	s := dpStats{}
-	for _, e := range dump {
-		if e.Formatted.Key != 1 {
-			continue
-		}
-		for _, cpu := range e.Formatted.Values {
-			for k, v := range cpu.Value {
-				s[k] += v
-			}
-		}
-	}
-	if len(s) == 0 {
-		t.Fatalf("bpftool map dump pinned %s: no formatted IPv6 counters:\n%s", pin, out)
-	}
-	return s
+	return readStatsKey(t, a, 1, "IPv6")
 }

@@ -123,101 +123,104 @@ func netfilterTables(t *testing.T, n *Netns) string {
 // migrationMode is the one attach mode these tests use.
 func migrationMode() string { return AttachModes[0] }
 
+// forEachBackend runs body once per iptables backend, in parallel
+// subtests, each on a topology of its own.
+func forEachBackend(t *testing.T, body func(t *testing.T, backend string, tp *Topology)) {
+	requireRoot(t)
+	t.Parallel()
+	for _, backend := range iptablesBackends {
+		t.Run(backend, func(t *testing.T) { body(t, backend, migrationTopology(t)) })
+	}
+}
+
+// migrationTopology starts every migration test and subtest: a topology of
+// its own, built in parallel with the other tests', whose receivers must
+// count no checksum error.
+func migrationTopology(t *testing.T) *Topology {
+	t.Helper()
+	requireRoot(t)
+	t.Parallel()
+	requireAgent(t)
+	tp := NewTopology(t)
+	tp.FailOnChecksumErrors(t)
+	return tp
+}
+
 // TestMigrationRemovesUpstreamChain: the upstream chain (whose list, link-
 // local only, masquerades traffic to the VPC) decides before the agent
 // starts; the agent removes it and its jump, logs each removed rule, keeps
 // every other rule of the table, and from then on its own config (10.0.0.0/8
 // not masqueraded) decides.
 func TestMigrationRemovesUpstreamChain(t *testing.T) {
-	requireRoot(t)
-	t.Parallel()
-	for _, backend := range iptablesBackends {
-		t.Run(backend, func(t *testing.T) {
-			t.Parallel()
-			requireAgent(t)
-			tp := NewTopology(t)
-			tp.FailOnChecksumErrors(t)
-			iptables(t, tp.Node, backend, kubeRules...)
-			iptables(t, tp.Node, backend, upstreamRules()...)
-			before := natRules(t, tp.Node, backend)
-			expectTCP(t, tp.Pod1, tp.VPC, NodeIP) // the stale list decides
+	forEachBackend(t, func(t *testing.T, backend string, tp *Topology) {
+		iptables(t, tp.Node, backend, kubeRules...)
+		iptables(t, tp.Node, backend, upstreamRules()...)
+		before := natRules(t, tp.Node, backend)
+		expectTCP(t, tp.Pod1, tp.VPC, NodeIP) // the stale list decides
 
-			a := StartAgent(t, tp, AgentOptions{Mode: migrationMode(), Config: cfgPrivate})
+		a := StartAgent(t, tp, AgentOptions{Mode: migrationMode(), Config: cfgPrivate})
 
-			after := natRules(t, tp.Node, backend)
-			if want := slices.DeleteFunc(slices.Clone(before), mentionsUpstream); !slices.Equal(after, want) {
-				t.Errorf("nat table after the start:\n%s\nwant:\n%s", strings.Join(after, "\n"), strings.Join(want, "\n"))
+		after := natRules(t, tp.Node, backend)
+		if want := slices.DeleteFunc(slices.Clone(before), mentionsUpstream); !slices.Equal(after, want) {
+			t.Errorf("nat table after the start:\n%s\nwant:\n%s", strings.Join(after, "\n"), strings.Join(want, "\n"))
+		}
+		logs := a.Logs()
+		for _, want := range []string{
+			migrate.LogRemoved,
+			`backend="` + backend + `"`,
+			`chain="IP-MASQ-AGENT"`,
+			"-A POSTROUTING -m comment --comment", // the jump, rendered
+			"-m addrtype ! --dst-type LOCAL -j IP-MASQ-AGENT",
+			"-d 169.254.0.0/16",
+			"-j MASQUERADE --random-fully",
+		} {
+			if !strings.Contains(logs, want) {
+				t.Errorf("agent logs do not mention %q", want)
 			}
-			logs := a.Logs()
-			for _, want := range []string{
-				migrate.LogRemoved,
-				`backend="` + backend + `"`,
-				`chain="IP-MASQ-AGENT"`,
-				"-A POSTROUTING -m comment --comment", // the jump, rendered
-				"-m addrtype ! --dst-type LOCAL -j IP-MASQ-AGENT",
-				"-d 169.254.0.0/16",
-				"-j MASQUERADE --random-fully",
-			} {
-				if !strings.Contains(logs, want) {
-					t.Errorf("agent logs do not mention %q", want)
-				}
-			}
-			expectTCP(t, tp.Pod1, tp.VPC, Pod1IP)
-			expectUDP(t, tp.Pod1, tp.VPC, Pod1IP)
-			expectTCP(t, tp.Pod1, tp.Internet, NodeIP)
-			expectTCP(t, tp.Pod1, tp.LinkLocal, Pod1IP)
+		}
+		expectTCP(t, tp.Pod1, tp.VPC, Pod1IP)
+		expectUDP(t, tp.Pod1, tp.VPC, Pod1IP)
+		expectTCP(t, tp.Pod1, tp.Internet, NodeIP)
+		expectTCP(t, tp.Pod1, tp.LinkLocal, Pod1IP)
 
-			// A restart finds nothing more to remove.
-			off := a.LogOffset()
-			a.Restart(t, syscall.SIGTERM)
-			if strings.Contains(a.Logs()[off:], migrate.LogRemoved) {
-				t.Error("the restarted agent removed something again")
-			}
-			if again := natRules(t, tp.Node, backend); !slices.Equal(again, after) {
-				t.Errorf("nat table changed on restart:\n%s", strings.Join(again, "\n"))
-			}
-		})
-	}
+		// A restart finds nothing more to remove.
+		off := a.LogOffset()
+		a.Restart(t, syscall.SIGTERM)
+		if strings.Contains(a.Logs()[off:], migrate.LogRemoved) {
+			t.Error("the restarted agent removed something again")
+		}
+		if again := natRules(t, tp.Node, backend); !slices.Equal(again, after) {
+			t.Errorf("nat table changed on restart:\n%s", strings.Join(again, "\n"))
+		}
+	})
 }
 
 // TestMigrationOptOut: with --remove-iptables-chain=false the chain and jump
 // stay, and (netfilter running first) the stale list still decides.
 func TestMigrationOptOut(t *testing.T) {
-	requireRoot(t)
-	t.Parallel()
-	for _, backend := range iptablesBackends {
-		t.Run(backend, func(t *testing.T) {
-			t.Parallel()
-			requireAgent(t)
-			tp := NewTopology(t)
-			tp.FailOnChecksumErrors(t)
-			iptables(t, tp.Node, backend, upstreamRules()...)
-			before := natRules(t, tp.Node, backend)
+	forEachBackend(t, func(t *testing.T, backend string, tp *Topology) {
+		iptables(t, tp.Node, backend, upstreamRules()...)
+		before := natRules(t, tp.Node, backend)
 
-			a := StartAgent(t, tp, AgentOptions{Mode: migrationMode(), Config: cfgPrivate,
-				ExtraArgs: []string{"--remove-iptables-chain=false"}})
+		a := StartAgent(t, tp, AgentOptions{Mode: migrationMode(), Config: cfgPrivate,
+			ExtraArgs: []string{"--remove-iptables-chain=false"}})
 
-			if after := natRules(t, tp.Node, backend); !slices.Equal(after, before) {
-				t.Errorf("nat table changed:\n%s\nwant:\n%s", strings.Join(after, "\n"), strings.Join(before, "\n"))
-			}
-			if logs := a.Logs(); strings.Contains(logs, migrate.LogRemoved) || !strings.Contains(logs, logMigrationSkipped) {
-				t.Errorf("agent logs: want %q and no %q", logMigrationSkipped, migrate.LogRemoved)
-			}
-			expectTCP(t, tp.Pod1, tp.VPC, NodeIP)
-			expectTCP(t, tp.Pod1, tp.Internet, NodeIP)
-		})
-	}
+		if after := natRules(t, tp.Node, backend); !slices.Equal(after, before) {
+			t.Errorf("nat table changed:\n%s\nwant:\n%s", strings.Join(after, "\n"), strings.Join(before, "\n"))
+		}
+		if logs := a.Logs(); strings.Contains(logs, migrate.LogRemoved) || !strings.Contains(logs, logMigrationSkipped) {
+			t.Errorf("agent logs: want %q and no %q", logMigrationSkipped, migrate.LogRemoved)
+		}
+		expectTCP(t, tp.Pod1, tp.VPC, NodeIP)
+		expectTCP(t, tp.Pod1, tp.Internet, NodeIP)
+	})
 }
 
 // TestMigrationNothingToRemove: a node namespace that never had a nat table
 // still has none after the agent started (no table created, so no NAT hooks
 // and no conntrack turned on by the agent), and the agent says so at --v=2.
 func TestMigrationNothingToRemove(t *testing.T) {
-	requireRoot(t)
-	t.Parallel()
-	requireAgent(t)
-	tp := NewTopology(t)
-	tp.FailOnChecksumErrors(t)
+	tp := migrationTopology(t)
 	before := netfilterTables(t, tp.Node)
 	if strings.Contains(before, "nat") {
 		t.Fatalf("the fresh node namespace already has a nat table: %s", before)
@@ -250,11 +253,7 @@ func TestMigrationNothingToRemove(t *testing.T) {
 // backends hold. Here it runs with an empty PATH; the chains are made with
 // both backends in the same node namespace beforehand.
 func TestMigrationWithoutIPTablesBinaries(t *testing.T) {
-	requireRoot(t)
-	t.Parallel()
-	requireAgent(t)
-	tp := NewTopology(t)
-	tp.FailOnChecksumErrors(t)
+	tp := migrationTopology(t)
 	for _, b := range iptablesBackends {
 		iptables(t, tp.Node, b, upstreamRules()...)
 	}

@@ -14,12 +14,13 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/ipmasq-ebpf/ip-masq-agent/test/nstest"
 )
 
 // nsPrefix starts the name of every namespace these tests create, so that a
@@ -59,45 +60,11 @@ func randomSuffix(n int) string {
 func newNetns(t testing.TB, id, role string) *Netns {
 	t.Helper()
 	name := nsPrefix + id + "-" + role
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("create netns %s: %v: %s", name, err, out)
-	}
-	n := &Netns{Name: name, Role: role, Handle: netns.None()}
-	t.Cleanup(func() {
-		if n.Handle.IsOpen() {
-			n.Handle.Close()
-		}
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("delete netns %s: %v: %s", name, err, out)
-		}
-	})
-	h, err := netns.GetFromName(name)
-	if err != nil {
-		t.Fatalf("open netns %s: %v", name, err)
-	}
-	n.Handle = h
-	return n
+	return &Netns{Name: name, Role: role, Handle: nstest.Add(t, name)}
 }
 
-// inNS runs fn on a dedicated OS thread that has joined ns. The thread stays
-// locked and is thrown away when fn returns (a goroutine that exits locked
-// takes its thread with it), so no thread is ever handed back to the Go
-// scheduler in another namespace. Sockets created inside fn keep ns and can be
-// used from any goroutine afterwards; goroutines started inside fn do not
-// inherit ns.
-func inNS(ns *Netns, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		// Deliberately no UnlockOSThread: see above.
-		if err := netns.Set(ns.Handle); err != nil {
-			errc <- fmt.Errorf("enter netns %s: %w", ns.Name, err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
+// inNS runs fn on a dedicated OS thread that has joined ns (nstest.Do).
+func inNS(ns *Netns, fn func() error) error { return nstest.Do(ns.Handle, ns.Name, fn) }
 
 // Do runs fn inside the namespace, see inNS.
 func (n *Netns) Do(fn func() error) error { return inNS(n, fn) }

@@ -35,77 +35,119 @@ func TestPMTUDiscovery(t *testing.T) {
 		requireAgent(t)
 		tp := NewTopology(t, WithLowMTUHop())
 		a := startAgentOn(t, tp, AgentOptions{Mode: mode, Config: cfgPrivate})
-		far := tp.Far
+		testPMTU(t, tp, pmtuFamily{
+			name: "IPv4", pod1: tp.Pod1, far: tp.Far, farIP: FarIP, node: NodeIP, router: RouterNodeIP,
+			stats: func(t testing.TB) dpStats { return readStats(t, a) }, sock: errQueue4,
+		})
+	})
+}
 
-		// Before anything was sent, no pod knows a smaller path MTU.
-		for _, pod := range []*Netns{tp.Pod1, tp.Pod2} {
-			if mtu := routeMTU(t, pod, FarIP); mtu != 0 {
-				t.Fatalf("%s: route to %s has mtu %d before any traffic", pod, FarIP, mtu)
-			}
+// TestIPv6PMTUDiscovery: behind a hop with MTU 1280 (the IPv6 minimum), a
+// server with MTU 1500 is reached from the pods through the NAT. IPv6
+// routers never fragment: the router answers a pod's 1500-byte packet with
+// "packet too big, MTU 1280" sent to the node's address, and only an error
+// translated back to the pod (outer destination and quote, ICMPv6 checksum
+// over the new pseudo-header) lets the pod learn the path MTU; without it a
+// 4 MB upload black-holes (docs/behaviour.md §5.7).
+func TestIPv6PMTUDiscovery(t *testing.T) {
+	forEachMode(t, func(t *testing.T, mode string) {
+		tp, a := startAgent6(t, mode, WithLowMTUHop())
+		testPMTU(t, tp, pmtuFamily{
+			name: "IPv6", flag: []string{"-6"}, pod1: tp.V6.Pod1, far: tp.V6.Far, farIP: Far6, node: Node6, router: RouterNode6,
+			stats: func(t testing.TB) dpStats { return readStats6(t, a) }, sock: errQueue6,
+		})
+	})
+}
+
+// pmtuFamily is what the IPv4 and the IPv6 path MTU tests differ in.
+type pmtuFamily struct {
+	name                string
+	flag                []string // ping's and ip's option for the family
+	pod1                *Netns   // tp.Pod1 with the family's address, to dial from
+	far                 *Host
+	farIP, node, router netip.Addr
+	stats               func(testing.TB) dpStats // the family's datapath counters
+	sock                errQueueFamily
+}
+
+// testPMTU runs the path MTU cases of one family on a topology with the low
+// MTU hop: a TCP upload, ping with DF, and a UDP socket with DF.
+func testPMTU(t *testing.T, tp *Topology, f pmtuFamily) {
+	// Before anything was sent, no pod knows a smaller path MTU.
+	for _, pod := range []*Netns{tp.Pod1, tp.Pod2} {
+		if mtu := routeMTU(t, pod, f.farIP); mtu != 0 {
+			t.Fatalf("%s: route to %s has mtu %d before any traffic", pod, f.farIP, mtu)
 		}
+	}
+	// Each case must see the translated error counted.
+	icmpErrorCounted := func(t *testing.T, before dpStats) {
+		t.Helper()
+		if d := f.stats(t).delta(before); d["ingress_icmp_error"] == 0 {
+			t.Errorf("%s ingress_icmp_error did not grow: %v", f.name, d)
+		}
+	}
 
-		t.Run("tcp upload", func(t *testing.T) {
-			before := readStats(t, a)
-			c, err := tp.Pod1.DialTCP(far.TCPAddr(), 0, ProbeTimeout)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			if c.Peer.Addr() != NodeIP {
-				t.Errorf("far server saw %s, want address %s", c.Peer, NodeIP)
-			}
-			start := time.Now()
-			if err := uploadEcho(c, UploadSize, UploadDeadline); err != nil {
-				t.Fatalf("upload of %d bytes through the MTU %d hop (%v): %v; datapath counters %v",
-					UploadSize, LowMTU, time.Since(start).Round(time.Millisecond), err, readStats(t, a).delta(before))
-			}
-			t.Logf("uploaded %d bytes and read them back in %v", UploadSize, time.Since(start).Round(time.Millisecond))
-			if mtu := routeMTU(t, tp.Pod1, FarIP); mtu != LowMTU {
-				t.Errorf("pod1: route to %s has mtu %d after the upload, want %d", FarIP, mtu, LowMTU)
-			}
-			if d := readStats(t, a).delta(before); d["ingress_icmp_error"] == 0 {
-				t.Errorf("ingress_icmp_error did not grow: %v", d)
-			}
-		})
+	t.Run("tcp upload", func(t *testing.T) {
+		before := f.stats(t)
+		c, err := f.pod1.DialTCP(f.far.TCPAddr(), 0, ProbeTimeout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if c.Peer.Addr() != f.node {
+			t.Errorf("far server saw %s, want address %s", c.Peer, f.node)
+		}
+		start := time.Now()
+		if err := uploadEcho(c, UploadSize, UploadDeadline); err != nil {
+			t.Fatalf("upload of %d bytes through the MTU %d hop (%v): %v; %s datapath counters %v",
+				UploadSize, LowMTU, time.Since(start).Round(time.Millisecond), err, f.name, f.stats(t).delta(before))
+		}
+		t.Logf("uploaded %d bytes over %s and read them back in %v", UploadSize, f.name, time.Since(start).Round(time.Millisecond))
+		if mtu := routeMTU(t, tp.Pod1, f.farIP); mtu != LowMTU {
+			t.Errorf("pod1: route to %s has mtu %d after the upload, want %d", f.farIP, mtu, LowMTU)
+		}
+		icmpErrorCounted(t, before)
+	})
 
-		t.Run("ping", func(t *testing.T) {
-			// 1400 bytes of payload make 1428-byte packets: too big for the
-			// hop. ping prints the translated error ("Frag needed and DF
-			// set (mtu = 1280)") and then the local one for the next
-			// requests ("message too long, mtu=1280"); without the error
-			// it prints nothing but a loss.
-			before := readStats(t, a)
-			out, _ := tp.Pod2.Exec("ping", "-n", "-M", "do", "-s", "1400", "-c", "3", "-i", "0.2", "-W", "1", FarIP.String())
-			if !regexp.MustCompile(`mtu ?= ?1280`).MatchString(out) {
-				t.Errorf("pod2: ping -M do -s 1400 %s does not report mtu 1280:\n%s", FarIP, out)
-			}
-			if !strings.Contains(out, "From "+RouterNodeIP.String()) {
-				t.Errorf("pod2: ping did not get the router's error (From %s):\n%s", RouterNodeIP, out)
-			}
-			if mtu := routeMTU(t, tp.Pod2, FarIP); mtu != LowMTU {
-				t.Errorf("pod2: route to %s has mtu %d, want %d", FarIP, mtu, LowMTU)
-			}
-			if d := readStats(t, a).delta(before); d["ingress_icmp_error"] == 0 {
-				t.Errorf("ingress_icmp_error did not grow: %v", d)
-			}
-			// What fits the path goes through, masqueraded.
-			if out, err := tp.Pod2.Exec("ping", "-n", "-M", "do", "-s", "1200", "-c", "1", "-W", "2", FarIP.String()); err != nil {
-				t.Errorf("pod2: ping -M do -s 1200 %s: %v\n%s", FarIP, err, out)
-			}
-		})
+	t.Run("ping", func(t *testing.T) {
+		// 1400 bytes of payload make packets too big for the hop. ping
+		// prints the translated error (IPv4: "Frag needed and DF set (mtu
+		// = 1280)", IPv6: "Packet too big: mtu=1280" from the router), and
+		// for IPv4 then the local one for the next requests ("message too
+		// long, mtu=1280"); without the error it prints nothing but a loss.
+		ping := func(size, count string, more ...string) []string {
+			args := append(append([]string{"ping"}, f.flag...), "-n", "-M", "do", "-s", size, "-c", count)
+			return append(append(args, more...), f.farIP.String())
+		}
+		before := f.stats(t)
+		args := ping("1400", "3", "-i", "0.2", "-W", "1")
+		out, _ := tp.Pod2.Exec(args...)
+		if !regexp.MustCompile(`mtu ?= ?1280`).MatchString(out) {
+			t.Errorf("pod2: %s does not report mtu 1280:\n%s", strings.Join(args, " "), out)
+		}
+		if !strings.Contains(out, "From "+f.router.String()) {
+			t.Errorf("pod2: ping did not get the router's error (From %s):\n%s", f.router, out)
+		}
+		if mtu := routeMTU(t, tp.Pod2, f.farIP); mtu != LowMTU {
+			t.Errorf("pod2: route to %s has mtu %d, want %d", f.farIP, mtu, LowMTU)
+		}
+		icmpErrorCounted(t, before)
+		// What fits the path goes through, masqueraded.
+		args = ping("1200", "1", "-W", "2")
+		if out, err := tp.Pod2.Exec(args...); err != nil {
+			t.Errorf("pod2: %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	})
 
-		t.Run("udp", func(t *testing.T) {
-			// Forget what the ping taught pod2.
-			tp.Pod2.IP(t, "route", "flush", "cache")
-			if mtu := routeMTU(t, tp.Pod2, FarIP); mtu != 0 {
-				t.Fatalf("pod2: route to %s still has mtu %d after a flush", FarIP, mtu)
-			}
-			before := readStats(t, a)
-			checkUDPPMTU(t, tp.Pod2, far.UDPAddr())
-			if d := readStats(t, a).delta(before); d["ingress_icmp_error"] == 0 {
-				t.Errorf("ingress_icmp_error did not grow: %v", d)
-			}
-		})
+	t.Run("udp", func(t *testing.T) {
+		// Forget what the ping taught pod2.
+		tp.Pod2.IP(t, append(f.flag, "route", "flush", "cache")...)
+		if mtu := routeMTU(t, tp.Pod2, f.farIP); mtu != 0 {
+			t.Fatalf("pod2: route to %s still has mtu %d after a flush", f.farIP, mtu)
+		}
+		before := f.stats(t)
+		checkUDPPMTU(t, tp.Pod2, f.far.UDPAddr(), f.sock, f.router, f.node)
+		icmpErrorCounted(t, before)
 	})
 }
 
@@ -151,27 +193,63 @@ func routeMTU(t testing.TB, n *Netns, dst netip.Addr) int {
 	return mtu
 }
 
-// checkUDPPMTU sends a 1400-byte datagram with DF (IP_PMTUDISC_DO) on a
-// connected UDP socket from the namespace to dst, and expects the router's
-// "fragmentation needed" on the socket's error queue (IP_RECVERR), a path MTU
-// of 1280 on the socket (IP_MTU), EMSGSIZE for the next big datagram, and a
-// datagram that fits to be answered through the NAT.
-func checkUDPPMTU(t *testing.T, n *Netns, dst netip.AddrPort) {
+// errQueueFamily is the socket API of one family for the error queue
+// checks: the options that turn on path MTU discovery and IP_RECVERR, and
+// the extended error that a "fragmentation needed" or "packet too big"
+// leaves on the queue.
+type errQueueFamily struct {
+	domain, level            int // socket domain; option and control message level
+	mtuDiscover, pmtuDo, mtu int
+	recvErr                  int
+	origin, tooBigT, tooBigC uint8 // SO_EE_ORIGIN_ICMP(6), ICMP type and code
+	tooBig                   string
+	offenderAt, offenderLen  int // the address in the sockaddr after the extended error
+	sockaddr                 func(netip.AddrPort) unix.Sockaddr
+}
+
+var (
+	errQueue4 = errQueueFamily{
+		domain: unix.AF_INET, level: unix.IPPROTO_IP,
+		mtuDiscover: unix.IP_MTU_DISCOVER, pmtuDo: unix.IP_PMTUDISC_DO, mtu: unix.IP_MTU, recvErr: unix.IP_RECVERR,
+		origin: unix.SO_EE_ORIGIN_ICMP, tooBigT: 3, tooBigC: 4, tooBig: "ICMP (2) fragmentation needed (3/4)",
+		offenderAt: 4, offenderLen: 4, // sockaddr_in: family, port, address
+		sockaddr: func(a netip.AddrPort) unix.Sockaddr {
+			return &unix.SockaddrInet4{Addr: a.Addr().As4(), Port: int(a.Port())}
+		},
+	}
+	errQueue6 = errQueueFamily{
+		domain: unix.AF_INET6, level: unix.IPPROTO_IPV6,
+		mtuDiscover: unix.IPV6_MTU_DISCOVER, pmtuDo: unix.IPV6_PMTUDISC_DO, mtu: unix.IPV6_MTU, recvErr: unix.IPV6_RECVERR,
+		origin: unix.SO_EE_ORIGIN_ICMP6, tooBigT: 2, tooBigC: 0, tooBig: "ICMPv6 (3) packet too big (2/0)",
+		offenderAt: 8, offenderLen: 16, // sockaddr_in6: family, port, flow info, address
+		sockaddr: func(a netip.AddrPort) unix.Sockaddr {
+			return &unix.SockaddrInet6{Addr: a.Addr().As16(), Port: int(a.Port())}
+		},
+	}
+)
+
+// checkUDPPMTU sends a 1400-byte datagram with DF (path MTU discovery "do")
+// on a connected UDP socket of family f from the namespace to dst, and
+// expects the router's "fragmentation needed" or "packet too big" on the
+// socket's error queue (IP(V6)_RECVERR), a path MTU of 1280 on the socket
+// (IP(V6)_MTU), EMSGSIZE for the next big datagram, and a datagram that
+// fits to be answered through the NAT, seen from the node address.
+func checkUDPPMTU(t *testing.T, n *Netns, dst netip.AddrPort, f errQueueFamily, router, node netip.Addr) {
 	t.Helper()
 	var fd int
 	err := n.Do(func() error {
 		var err error
-		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		fd, err = unix.Socket(f.domain, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			return err
 		}
-		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_DO); err != nil {
+		if err := unix.SetsockoptInt(fd, f.level, f.mtuDiscover, f.pmtuDo); err != nil {
 			return err
 		}
-		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_RECVERR, 1); err != nil {
+		if err := unix.SetsockoptInt(fd, f.level, f.recvErr, 1); err != nil {
 			return err
 		}
-		return unix.Connect(fd, &unix.SockaddrInet4{Addr: dst.Addr().As4(), Port: int(dst.Port())})
+		return unix.Connect(fd, f.sockaddr(dst))
 	})
 	if err != nil {
 		t.Fatalf("%s: udp socket to %s: %v", n, dst, err)
@@ -182,18 +260,18 @@ func checkUDPPMTU(t *testing.T, n *Netns, dst netip.AddrPort) {
 	if _, err := unix.Write(fd, big); err != nil {
 		t.Fatalf("%s: first 1400-byte datagram to %s: %v (the path MTU must not be known yet)", n, dst, err)
 	}
-	ee, offender, err := waitErrQueue(fd, ProbeTimeout)
+	ee, offender, err := waitErrQueueOf(fd, f, ProbeTimeout)
 	if err != nil {
 		t.Fatalf("%s: udp to %s: no error on the socket after a 1400-byte datagram with DF: %v", n, dst, err)
 	}
-	if ee.Origin != unix.SO_EE_ORIGIN_ICMP || ee.Type != 3 || ee.Code != 4 || ee.Info != LowMTU ||
-		unix.Errno(ee.Errno) != unix.EMSGSIZE || offender != RouterNodeIP {
+	if ee.Origin != f.origin || ee.Type != f.tooBigT || ee.Code != f.tooBigC || ee.Info != LowMTU ||
+		unix.Errno(ee.Errno) != unix.EMSGSIZE || offender != router {
 		t.Errorf("%s: udp to %s: error queue has origin %d type %d code %d info %d errno %v from %s; "+
-			"want ICMP (2) fragmentation needed (3/4) mtu %d EMSGSIZE from %s",
-			n, dst, ee.Origin, ee.Type, ee.Code, ee.Info, unix.Errno(ee.Errno), offender, LowMTU, RouterNodeIP)
+			"want %s mtu %d EMSGSIZE from %s",
+			n, dst, ee.Origin, ee.Type, ee.Code, ee.Info, unix.Errno(ee.Errno), offender, f.tooBig, LowMTU, router)
 	}
-	if mtu, err := unix.GetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_MTU); err != nil || mtu != LowMTU {
-		t.Errorf("%s: udp to %s: IP_MTU %d (%v), want %d", n, dst, mtu, err, LowMTU)
+	if mtu, err := unix.GetsockoptInt(fd, f.level, f.mtu); err != nil || mtu != LowMTU {
+		t.Errorf("%s: udp to %s: path MTU of the socket %d (%v), want %d", n, dst, mtu, err, LowMTU)
 	}
 	if _, err := unix.Write(fd, big); !errors.Is(err, unix.EMSGSIZE) {
 		t.Errorf("%s: udp to %s: second 1400-byte datagram: %v, want EMSGSIZE", n, dst, err)
@@ -212,7 +290,7 @@ func checkUDPPMTU(t *testing.T, n *Netns, dst netip.AddrPort) {
 		t.Fatalf("%s: udp to %s: no answer to a datagram that fits: %v", n, dst, err)
 	}
 	token, peer, _ := strings.Cut(string(buf[:m]), " ")
-	if token != string(small) || !strings.HasPrefix(peer, NodeIP.String()+":") {
+	if p, err := netip.ParseAddrPort(peer); token != string(small) || err != nil || p.Addr() != node {
 		t.Errorf("%s: udp to %s: answer %.40q... (peer %q), want the token back and the node address", n, dst, buf[:m], peer)
 	}
 }
@@ -220,13 +298,18 @@ func checkUDPPMTU(t *testing.T, n *Netns, dst netip.AddrPort) {
 // waitErrQueue polls the socket's error queue until an IP_RECVERR message
 // arrives; it returns the extended error and the address of its offender.
 func waitErrQueue(fd int, timeout time.Duration) (unix.SockExtendedErr, netip.Addr, error) {
+	return waitErrQueueOf(fd, errQueue4, timeout)
+}
+
+// waitErrQueueOf is waitErrQueue for a socket of family f.
+func waitErrQueueOf(fd int, f errQueueFamily, timeout time.Duration) (unix.SockExtendedErr, netip.Addr, error) {
 	deadline := time.Now().Add(timeout)
 	buf := make([]byte, 2048)
 	oob := make([]byte, 512)
 	for {
 		_, oobn, _, _, err := unix.Recvmsg(fd, buf, oob, unix.MSG_ERRQUEUE|unix.MSG_DONTWAIT)
 		if err == nil {
-			return parseRecvErr(oob[:oobn])
+			return parseRecvErr(oob[:oobn], f)
 		}
 		if !errors.Is(err, unix.EAGAIN) {
 			return unix.SockExtendedErr{}, netip.Addr{}, err
@@ -238,23 +321,24 @@ func waitErrQueue(fd int, timeout time.Duration) (unix.SockExtendedErr, netip.Ad
 	}
 }
 
-func parseRecvErr(oob []byte) (unix.SockExtendedErr, netip.Addr, error) {
+func parseRecvErr(oob []byte, f errQueueFamily) (unix.SockExtendedErr, netip.Addr, error) {
 	msgs, err := unix.ParseSocketControlMessage(oob)
 	if err != nil {
 		return unix.SockExtendedErr{}, netip.Addr{}, err
 	}
 	for _, m := range msgs {
-		if m.Header.Level != unix.SOL_IP || m.Header.Type != unix.IP_RECVERR {
+		if int(m.Header.Level) != f.level || int(m.Header.Type) != f.recvErr {
 			continue
 		}
 		const eeLen = int(unsafe.Sizeof(unix.SockExtendedErr{}))
-		if len(m.Data) < eeLen+8 {
-			return unix.SockExtendedErr{}, netip.Addr{}, fmt.Errorf("short IP_RECVERR message (%d bytes)", len(m.Data))
+		at := eeLen + f.offenderAt
+		if len(m.Data) < at+f.offenderLen {
+			return unix.SockExtendedErr{}, netip.Addr{}, fmt.Errorf("short IP(V6)_RECVERR message (%d bytes)", len(m.Data))
 		}
 		ee := *(*unix.SockExtendedErr)(unsafe.Pointer(&m.Data[0]))
-		// The offender (SO_EE_OFFENDER) is a sockaddr_in right after it.
-		off := netip.AddrFrom4([4]byte(m.Data[eeLen+4 : eeLen+8]))
+		// The offender (SO_EE_OFFENDER) is a sockaddr right after it.
+		off, _ := netip.AddrFromSlice(m.Data[at : at+f.offenderLen])
 		return ee, off, nil
 	}
-	return unix.SockExtendedErr{}, netip.Addr{}, errors.New("no IP_RECVERR control message")
+	return unix.SockExtendedErr{}, netip.Addr{}, errors.New("no IP(V6)_RECVERR control message")
 }

@@ -219,35 +219,51 @@ type UDPServer struct {
 // ListenUDP starts a UDPServer on addr inside the namespace; t.Cleanup stops it.
 func (n *Netns) ListenUDP(t testing.TB, addr netip.AddrPort) *UDPServer {
 	t.Helper()
-	s := &UDPServer{done: make(chan struct{}), seen: map[string]netip.AddrPort{}}
-	err := n.Do(func() (err error) {
-		s.conn, err = net.ListenUDP(network("udp", addr.Addr()), net.UDPAddrFromAddrPort(addr))
-		return err
-	})
-	if err != nil {
-		t.Fatalf("netns %s: listen udp %s: %v", n.Name, addr, err)
-	}
+	s := &UDPServer{conn: n.listenUDP(t, addr), done: make(chan struct{}), seen: map[string]netip.AddrPort{}}
 	go s.serve()
 	t.Cleanup(func() { s.conn.Close(); <-s.done })
 	return s
 }
 
+// listenUDP opens a UDP socket on addr inside the namespace, for a server.
+func (n *Netns) listenUDP(t testing.TB, addr netip.AddrPort) *net.UDPConn {
+	t.Helper()
+	var conn *net.UDPConn
+	err := n.Do(func() (err error) {
+		conn, err = net.ListenUDP(network("udp", addr.Addr()), net.UDPAddrFromAddrPort(addr))
+		return err
+	})
+	if err != nil {
+		t.Fatalf("netns %s: listen udp %s: %v", n.Name, addr, err)
+	}
+	return conn
+}
+
 func (s *UDPServer) serve() {
-	defer close(s.done)
-	buf := make([]byte, 2048)
+	serveReads(s.done, 2048, s.conn.ReadFromUDPAddrPort, func(b []byte, peer netip.AddrPort) {
+		token := string(b)
+		s.mu.Lock()
+		s.seen[token] = peer
+		s.mu.Unlock()
+		s.conn.WriteToUDPAddrPort([]byte(token+" "+peer.String()), peer)
+	})
+}
+
+// serveReads hands every read of read (into a buffer of bufSize bytes) to
+// handle, skipping failed reads, until the socket is closed; then it closes
+// done.
+func serveReads[A any](done chan struct{}, bufSize int, read func([]byte) (int, A, error), handle func(b []byte, from A)) {
+	defer close(done)
+	buf := make([]byte, bufSize)
 	for {
-		n, peer, err := s.conn.ReadFromUDPAddrPort(buf)
+		n, from, err := read(buf)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
 			continue
 		}
-		token := string(buf[:n])
-		s.mu.Lock()
-		s.seen[token] = peer
-		s.mu.Unlock()
-		s.conn.WriteToUDPAddrPort([]byte(token+" "+peer.String()), peer)
+		handle(buf[:n], from)
 	}
 }
 
@@ -328,8 +344,10 @@ func icmpSocket(a netip.Addr) (netw, laddr string, request, reply byte) {
 }
 
 // icmpChecksum is the Internet checksum of b.
-func icmpChecksum(b []byte) uint16 {
-	var sum uint32
+func icmpChecksum(b []byte) uint16 { return ^uint16(sum16(b, 0)) }
+
+// sum16 is the one's complement sum of b folded to 16 bits, not inverted.
+func sum16(b []byte, sum uint32) uint32 {
 	for i := 0; i+1 < len(b); i += 2 {
 		sum += uint32(binary.BigEndian.Uint16(b[i:]))
 	}
@@ -339,7 +357,7 @@ func icmpChecksum(b []byte) uint16 {
 	for sum > 0xffff {
 		sum = sum>>16 + sum&0xffff
 	}
-	return ^uint16(sum)
+	return sum
 }
 
 func icmpEcho(typ uint8, id, seq uint16, payload []byte) []byte {
@@ -387,28 +405,19 @@ func (n *Netns) ListenICMP(t testing.TB) *ICMPListener {
 }
 
 func (l *ICMPListener) serve() {
-	defer close(l.done)
-	buf := make([]byte, 2048)
-	for {
-		m, from, err := l.conn.ReadFrom(buf)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			continue
-		}
-		if m < 8 || buf[0] != l.request {
-			continue
+	serveReads(l.done, 2048, l.conn.ReadFrom, func(b []byte, from net.Addr) {
+		if len(b) < 8 || b[0] != l.request {
+			return
 		}
 		src, _ := netip.AddrFromSlice(from.(*net.IPAddr).IP)
 		l.mu.Lock()
-		if !l.v6 && icmpChecksum(buf[:m]) != 0 {
+		if !l.v6 && icmpChecksum(b) != 0 {
 			l.badSums++
 		} else {
-			l.seen[string(buf[8:m])] = src.Unmap()
+			l.seen[string(b[8:])] = src.Unmap()
 		}
 		l.mu.Unlock()
-	}
+	})
 }
 
 // Source waits up to timeout for the echo request carrying payload and

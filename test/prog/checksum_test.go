@@ -72,10 +72,7 @@ func checkFrame(frame []byte) error {
 		if len(seg) < 20 {
 			return fmt.Errorf("TCP segment of %d bytes", len(seg))
 		}
-		ph := pseudoHeader(ip, 6, len(seg))
-		if csum(append(ph, seg...)) != 0 {
-			return fmt.Errorf("TCP checksum 0x%04x, want 0x%04x", binary.BigEndian.Uint16(seg[16:]), fieldSum(ph, seg, 16))
-		}
+		return l4Checksum(ip, seg, 6, 16, "TCP")
 	case 17:
 		if len(seg) < 8 {
 			return fmt.Errorf("UDP datagram of %d bytes", len(seg))
@@ -86,10 +83,7 @@ func checkFrame(frame []byte) error {
 		if binary.BigEndian.Uint16(seg[6:]) == 0 {
 			return nil // no checksum
 		}
-		ph := pseudoHeader(ip, 17, len(seg))
-		if csum(append(ph, seg...)) != 0 {
-			return fmt.Errorf("UDP checksum 0x%04x, want 0x%04x", binary.BigEndian.Uint16(seg[6:]), fieldSum(ph, seg, 6))
-		}
+		return l4Checksum(ip, seg, 17, 6, "UDP")
 	case 1:
 		if len(seg) < 8 {
 			return fmt.Errorf("ICMP message of %d bytes", len(seg))
@@ -97,6 +91,17 @@ func checkFrame(frame []byte) error {
 		if csum(seg) != 0 {
 			return fmt.Errorf("ICMP checksum 0x%04x, want 0x%04x", binary.BigEndian.Uint16(seg[2:]), fieldSum(nil, seg, 2))
 		}
+	}
+	return nil
+}
+
+// l4Checksum checks the checksum of the segment seg of the IPv4 packet ip
+// (protocol proto, named name; the checksum field at off), which covers
+// the pseudo-header.
+func l4Checksum(ip, seg []byte, proto uint8, off int, name string) error {
+	ph := pseudoHeader(ip, proto, len(seg))
+	if csum(append(ph, seg...)) != 0 {
+		return fmt.Errorf("%s checksum 0x%04x, want 0x%04x", name, binary.BigEndian.Uint16(seg[off:]), fieldSum(ph, seg, off))
 	}
 	return nil
 }

@@ -65,44 +65,42 @@ var (
 	costD = netip.AddrPortFrom(remote, 443)
 )
 
-// requireAlternation checks one repeat: the frame becomes its translation to
-// want with every checksum right, and three repeats give the same.
-func requireAlternation(t *testing.T, prog *ebpf.Program, in []byte, want pkt) {
-	t.Helper()
-	for _, n := range []uint32{1, 3} {
-		opts := ebpf.RunOptions{Data: append([]byte(nil), in...), DataOut: make([]byte, len(in)+256), Repeat: n}
-		if _, err := prog.Run(&opts); err != nil {
-			t.Fatal(err)
-		}
-		requireSameExceptChecksums(t, opts.DataOut, want.frame(t))
-		requireChecksums(t, opts.DataOut)
-	}
-}
-
 // TestEstablishedEgressCost: established-flow egress, every repeat a real
 // translation of address and port.
 func TestEstablishedEgressCost(t *testing.T) {
-	e := newEnv(t, config{})
-	a, b, d := costA, costB, costD
-	e.putEntry(t, natKey(dirEgress, protoTCP, a.Addr(), d.Addr(), a.Port(), d.Port()), kindMasq, b.Addr(), b.Port())
-	e.putEntry(t, natKey(dirEgress, protoTCP, b.Addr(), d.Addr(), b.Port(), d.Port()), kindMasq, a.Addr(), a.Port())
-	p := tcpPkt(a.Addr(), a.Port(), d.Addr(), d.Port(), "PA")
-	requireAlternation(t, e.dp.Programs.IpmEgress, p.frame(t), tcpPkt(b.Addr(), b.Port(), d.Addr(), d.Port(), "PA"))
-	ns := e.measure(t, e.dp.Programs.IpmEgress, p.frame(t), actPass, "egress_translated")
-	t.Logf("established egress (TCP, address and port rewritten): %s per packet over %d repeats", fmtNs(ns), costRepeats())
+	establishedCost(t, ipv4, true, costA, costB, costD)
 }
 
 // TestReverseIngressCost: reply ingress, every repeat a real translation of
 // the destination address and port.
 func TestReverseIngressCost(t *testing.T) {
-	e := newEnv(t, config{})
-	a, b, d := costA, costB, costD
-	e.putEntry(t, natKey(dirIngress, protoTCP, d.Addr(), a.Addr(), d.Port(), a.Port()), kindMasq, b.Addr(), b.Port())
-	e.putEntry(t, natKey(dirIngress, protoTCP, d.Addr(), b.Addr(), d.Port(), b.Port()), kindMasq, a.Addr(), a.Port())
-	p := tcpPkt(d.Addr(), d.Port(), a.Addr(), a.Port(), "PA")
-	requireAlternation(t, e.dp.Programs.IpmIngress, p.frame(t), tcpPkt(d.Addr(), d.Port(), b.Addr(), b.Port(), "PA"))
-	ns := e.measure(t, e.dp.Programs.IpmIngress, p.frame(t), actPass, "ingress_translated")
-	t.Logf("reverse ingress (TCP, address and port rewritten): %s per packet over %d repeats", fmtNs(ns), costRepeats())
+	establishedCost(t, ipv4, false, costA, costB, costD)
+}
+
+// establishedCost measures the established egress path (egress) or the
+// reply ingress one of family f: two halves map the pod end A:p -> B:q and
+// B:q -> A:p of a TCP flow with D:r, so that every repeat on the same
+// buffer translates the segment.
+func establishedCost(t *testing.T, f family, egress bool, a, b, d netip.AddrPort) {
+	e := f.newEnv(t)
+	prog, dir, counter, what := e.dp.Programs.IpmEgress, dirEgress, "egress_translated", "established egress"
+	// seg is the segment of the flow between the pod end x and d, in
+	// the program's direction.
+	seg := func(x netip.AddrPort) (netip.AddrPort, netip.AddrPort) { return x, d }
+	if !egress {
+		prog, dir, counter, what = e.dp.Programs.IpmIngress, dirIngress, "ingress_translated", "reverse ingress"
+		seg = func(x netip.AddrPort) (netip.AddrPort, netip.AddrPort) { return d, x }
+	}
+	for _, m := range [][2]netip.AddrPort{{a, b}, {b, a}} {
+		src, dst := seg(m[0])
+		f.putMasq(e, t, dir, protoTCP, src, dst, m[1])
+	}
+	src, dst := seg(a)
+	in := f.tcp(t, src, dst, "PA")
+	src, dst = seg(b)
+	f.requireAlternation(t, prog, in, f.tcp(t, src, dst, "PA"))
+	ns := e.measure(t, prog, in, actPass, counter)
+	t.Logf("%s %s (TCP, address and port rewritten): %s per packet over %d repeats", f.name, what, fmtNs(ns), costRepeats())
 }
 
 // manyCIDRs returns n distinct /24s in 11.0.0.0/8.

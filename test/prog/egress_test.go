@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ipmasq-ebpf/ip-masq-agent/loader"
 	"github.com/ipmasq-ebpf/ip-masq-agent/maps"
 )
 
@@ -25,79 +26,119 @@ func (e *env) inRanges(port uint16) bool {
 // returns the node port or identifier.
 func (e *env) masquerade(t testing.TB, p pkt) uint16 {
 	t.Helper()
-	in := p.frame(t)
-	r := e.egress(t, in)
-	requireVerdict(t, r, actPass)
-	d := decode(t, r.out)
-	if d.src != nodeAddr {
-		t.Fatalf("source %s, want the node address %s\n%s", d.src, nodeAddr, hexdump(r.out))
-	}
-	if d.proto != p.proto || d.dst != p.dst || d.dport != p.dport {
-		t.Fatalf("output %v, want only the source of %v changed", d.tuple, p.tuple)
-	}
-	if p.proto != protoICMP && !e.inRanges(d.sport) {
-		t.Fatalf("node port %d outside --to-ports %v", d.sport, e.ports)
-	}
+	decode4 := func(t testing.TB, b []byte) tuple { return decode(t, b).tuple }
+	out, d := e.egressMasqueraded(t, p.frame(t), p.tuple, decode4, nodeAddr, protoICMP)
 	want := p.with(tuple{p.proto, nodeAddr, p.dst, d.sport, p.dport}).frame(t)
-	requireSameExceptChecksums(t, r.out, want)
-	requireChecksums(t, r.out)
-	if p.noUDPCsum && udpChecksum(r.out) != 0 {
-		t.Fatalf("UDP checksum 0x%04x, want 0 (none) kept", udpChecksum(r.out))
+	requireSameExceptChecksums(t, out, want)
+	requireChecksums(t, out)
+	if p.noUDPCsum && udpChecksum(out) != 0 {
+		t.Fatalf("UDP checksum 0x%04x, want 0 (none) kept", udpChecksum(out))
 	}
 	return d.sport
+}
+
+// egressMasqueraded runs in, the frame of the tuple sent, through egress
+// and requires it to pass with only the source changed (read with decode),
+// to node and, but for the echo protocol echo (its identifier comes from
+// the 16-bit space), a port of the configured ranges. It returns the frame
+// that left and its tuple.
+func (e *env) egressMasqueraded(t testing.TB, in []byte, sent tuple, decode func(testing.TB, []byte) tuple,
+	node netip.Addr, echo uint8) (out []byte, got tuple) {
+	t.Helper()
+	r := e.egress(t, in)
+	requireVerdict(t, r, actPass)
+	out, got = r.out, decode(t, r.out)
+	if got.src != node {
+		t.Fatalf("source %s, want the node's address %s\n%s", got.src, node, hexdump(out))
+	}
+	if got.proto != sent.proto || got.dst != sent.dst || got.dport != sent.dport {
+		t.Fatalf("output %v, want only the source of %v changed", got, sent)
+	}
+	if sent.proto != echo && !e.inRanges(got.sport) {
+		t.Fatalf("node port %d outside --to-ports %v", got.sport, e.ports)
+	}
+	return out, got
 }
 
 // requireMapping checks the NAT table holds exactly the two halves of the
 // mapping of orig to node:nodePort, with the expected keys and values.
 func (e *env) requireMapping(t testing.TB, orig tuple, nodePort uint16, since time.Duration) {
 	t.Helper()
+	ov, iv := requireHalves(t, e.natEntries(t), natKey, protoICMP, func(v maps.NATEntry) natHalf {
+		return natHalf{fromBE32(v.Addr), fromBE16(v.Port), v.Kind, v.Ifindex, v.CreatedNs}
+	}, orig, nodeAddr, nodePort, since)
+	if ov.LastSeenNs != ov.CreatedNs || iv.LastSeenNs != 0 {
+		t.Errorf("last seen: egress %d (want %d, its creation), ingress %d (want 0: no reply yet)", ov.LastSeenNs, ov.CreatedNs, iv.LastSeenNs)
+	}
+	requireOneFlow(t, "NATTable", e.nat, orig, nodeAddr, nodePort)
+}
+
+// natHalf is what requireHalves checks of a raw NAT half of either family.
+type natHalf struct {
+	addr      netip.Addr
+	port      uint16
+	kind      loader.BPFIpmKind
+	ifindex   uint32
+	createdNs uint64
+}
+
+// requireHalves checks that the raw entries all (of one family, keyed as
+// key makes them; icmp is the family's echo protocol) hold exactly the two
+// halves of the mapping of orig to node:nodePort, made since since, and
+// returns them.
+func requireHalves[K comparable, V any](t testing.TB, all map[K]V, key func(loader.BPFIpmDir, uint8, netip.Addr, netip.Addr, uint16, uint16) K,
+	icmp uint8, decode func(V) natHalf, orig tuple, node netip.Addr, nodePort uint16, since time.Duration) (ov, iv V) {
+	t.Helper()
 	until := maps.Now()
-	all := e.natEntries(t)
-	out := natKey(dirEgress, orig.proto, orig.src, orig.dst, orig.sport, orig.dport)
+	out := key(dirEgress, orig.proto, orig.src, orig.dst, orig.sport, orig.dport)
 	rsport := orig.dport
-	if orig.proto == protoICMP {
+	if orig.proto == icmp {
 		rsport = 0
 	}
-	in := natKey(dirIngress, orig.proto, orig.dst, nodeAddr, rsport, nodePort)
+	in := key(dirIngress, orig.proto, orig.dst, node, rsport, nodePort)
 	if len(all) != 2 {
-		t.Errorf("NAT table has %d entries, want the 2 halves of one mapping: %+v", len(all), all)
+		t.Errorf("NAT table of %s has %d entries, want the 2 halves of one mapping: %+v", node, len(all), all)
 	}
 	ov, ok := all[out]
 	if !ok {
 		t.Fatalf("no egress half %+v in %+v", out, all)
 	}
-	iv, ok := all[in]
+	iv, ok = all[in]
 	if !ok {
 		t.Fatalf("no ingress half %+v in %+v", in, all)
 	}
-	if fromBE32(ov.Addr) != nodeAddr || fromBE16(ov.Port) != nodePort || ov.Kind != kindMasq || ov.Ifindex != testIfindex {
-		t.Errorf("egress half %+v, want %s:%d kind masq ifindex %d", ov, nodeAddr, nodePort, testIfindex)
+	o, i := decode(ov), decode(iv)
+	if o.addr != node || o.port != nodePort || o.kind != kindMasq || o.ifindex != testIfindex {
+		t.Errorf("egress half %+v, want %s port %d kind masq ifindex %d", ov, node, nodePort, testIfindex)
 	}
-	if fromBE32(iv.Addr) != orig.src || fromBE16(iv.Port) != orig.sport || iv.Kind != kindMasq || iv.Ifindex != testIfindex {
-		t.Errorf("ingress half %+v, want %s:%d kind masq ifindex %d", iv, orig.src, orig.sport, testIfindex)
+	if i.addr != orig.src || i.port != orig.sport || i.kind != kindMasq || i.ifindex != testIfindex {
+		t.Errorf("ingress half %+v, want %s port %d kind masq ifindex %d", iv, orig.src, orig.sport, testIfindex)
 	}
-	for name, v := range map[string]maps.NATEntry{"egress": ov, "ingress": iv} {
-		if c := time.Duration(v.CreatedNs); c < since-clockSlack || c > until {
+	for name, h := range map[string]natHalf{"egress": o, "ingress": i} {
+		if c := time.Duration(h.createdNs); c < since-clockSlack || c > until {
 			t.Errorf("%s half created at %v, want within [%v, %v] of CLOCK_MONOTONIC", name, c, since, until)
 		}
 	}
-	if ov.LastSeenNs != ov.CreatedNs || iv.LastSeenNs != 0 {
-		t.Errorf("last seen: egress %d (want %d, its creation), ingress %d (want 0: no reply yet)", ov.LastSeenNs, ov.CreatedNs, iv.LastSeenNs)
-	}
+	return ov, iv
+}
 
-	snap, err := e.nat.Read()
+// requireOneFlow checks that table (named name) reads as the one flow of
+// orig through node:nodePort, with both halves.
+func requireOneFlow(t testing.TB, name string, table *maps.NATTable, orig tuple, node netip.Addr, nodePort uint16) {
+	t.Helper()
+	snap, err := table.Read()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(snap.Flows) != 1 || snap.Orphans != 0 {
-		t.Fatalf("NATTable.Read: %d flows, %d orphans; want 1 flow, no orphan", len(snap.Flows), snap.Orphans)
+		t.Fatalf("%s.Read: %d flows, %d orphans; want 1 flow, no orphan", name, len(snap.Flows), snap.Orphans)
 	}
 	f := snap.Flows[0]
 	wantPod := netip.AddrPortFrom(orig.src, orig.sport)
 	wantRemote := netip.AddrPortFrom(orig.dst, orig.dport)
-	wantNode := netip.AddrPortFrom(nodeAddr, nodePort)
+	wantNode := netip.AddrPortFrom(node, nodePort)
 	if f.Proto != orig.proto || f.Pod != wantPod || f.Remote != wantRemote || f.Node != wantNode || !f.HasIn {
-		t.Errorf("NATTable.Read flow %v (has reply half %v), want %s -> %s via %s", f, f.HasIn, wantPod, wantRemote, wantNode)
+		t.Errorf("%s.Read flow %v (has reply half %v), want %s -> %s via %s", name, f, f.HasIn, wantPod, wantRemote, wantNode)
 	}
 }
 
@@ -243,19 +284,8 @@ func TestEgressConfigChange(t *testing.T) {
 	}
 	e.expectCounters(t, before, map[string]uint64{"egress_translated": 1})
 
-	before = e.readCounters(t)
-	mid := tcpPkt(podA, 40001, inCluster, 443, "PA").frame(t)
-	r := e.egress(t, mid)
-	requireVerdict(t, r, actPass)
-	requireUnchanged(t, r.out, mid)
-	e.expectCounters(t, before, map[string]uint64{"egress_tcp_no_map": 1})
-
-	before = e.readCounters(t)
-	fresh := tcpPkt(podA, 40002, remote, 443, "S").frame(t)
-	r = e.egress(t, fresh)
-	requireVerdict(t, r, actPass)
-	requireUnchanged(t, r.out, fresh)
-	e.expectCounters(t, before, map[string]uint64{"egress_nomasq": 1})
+	e.requirePassed(t, false, tcpPkt(podA, 40001, inCluster, 443, "PA").frame(t), "egress_tcp_no_map")
+	e.requirePassed(t, false, tcpPkt(podA, 40002, remote, 443, "S").frame(t), "egress_nomasq")
 
 	before = e.readCounters(t)
 	e.masquerade(t, udpPkt(podA, 40003, inCluster, 53))

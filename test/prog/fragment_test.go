@@ -153,12 +153,7 @@ func TestOrphanFragments(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, config{})
 			before := e.readCounters(t)
-			var r result
-			if tc.ingress {
-				r = e.ingress(t, tc.f)
-			} else {
-				r = e.egress(t, tc.f)
-			}
+			r := e.through(t, tc.ingress, tc.f)
 			requireVerdict(t, r, tc.verdict)
 			if tc.verdict == actPass {
 				requireUnchanged(t, r.out, tc.f)

@@ -582,6 +582,24 @@ func fuzzSeeds(t testing.TB, ingress bool, m pkt, nodePort uint16) [][]byte {
 	return out
 }
 
+// fuzz adds seeds to f and runs every input the test run takes through
+// ingress or else egress; check judges the result against the counters
+// before the run. The NAT state goes back to baseline after each input.
+func (e *env) fuzz(f *testing.F, seeds [][]byte, ingress bool, baseline map[maps.NATKey]maps.NATEntry,
+	check func(t *testing.T, in []byte, r result, before map[string]uint64)) {
+	for _, s := range seeds {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		if refusedByTestRun(in) || len(in) > maxFrame {
+			return
+		}
+		defer e.resetState(t, baseline)
+		before := e.readCounters(t)
+		check(t, in, e.through(t, ingress, in), before)
+	})
+}
+
 // FuzzEgress: arbitrary frames through ipm_egress in the default
 // configuration, with one mapping in place (TCP podB:41000 -> remote:443);
 // every translated flow is answered and the answer must come back to the
@@ -594,17 +612,8 @@ func FuzzEgress(f *testing.F) {
 	port := e.masquerade(f, m)
 	baseline := e.natEntries(f)
 	state := newNATState(e, f)
-	for _, s := range fuzzSeeds(f, false, m, port) {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, in []byte) {
-		if refusedByTestRun(in) || len(in) > maxFrame {
-			return
-		}
-		defer e.resetState(t, baseline)
+	e.fuzz(f, fuzzSeeds(f, false, m, port), false, baseline, func(t *testing.T, in []byte, r result, before map[string]uint64) {
 		p, q, x := egressOracle(in, local, state)
-		before := e.readCounters(t)
-		r := e.egress(t, in)
 		moved := e.countersMoved(t, before)
 
 		switch {
@@ -729,17 +738,8 @@ func FuzzIngress(f *testing.F) {
 	}
 	baseline := e.natEntries(f)
 	state := newNATState(e, f)
-	for _, s := range fuzzSeeds(f, true, flows[0], flows[0].sport) {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, in []byte) {
-		if refusedByTestRun(in) || len(in) > maxFrame {
-			return
-		}
-		defer e.resetState(t, baseline)
+	e.fuzz(f, fuzzSeeds(f, true, flows[0], flows[0].sport), true, baseline, func(t *testing.T, in []byte, r result, before map[string]uint64) {
 		p, q, x := ingressOracle(in, local, state)
-		before := e.readCounters(t)
-		r := e.ingress(t, in)
 		if r.ret != actPass {
 			t.Fatalf("ingress verdict %d %s: it only drops a half-rewritten packet, which must not happen\n%s", r.ret, verdictName(r.ret), hexdump(in))
 		}

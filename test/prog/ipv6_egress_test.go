@@ -147,11 +147,7 @@ func TestIPv6NotMasqueraded(t *testing.T) {
 			if err := checkPacket6(ip6Of(in), false); err != nil {
 				t.Fatal(err)
 			}
-			before := e.snap(t)
-			r := e.egress(t, in)
-			requireVerdict(t, r, actPass)
-			requireUnchanged6(t, r.out, in)
-			e.expect6(t, before, map[string]uint64{tc.counter: 1})
+			e.requirePassed6(t, false, in, tc.counter)
 			if n := len(e.natEntries6(t)); n != 0 {
 				t.Errorf("IPv6 NAT table has %d entries, want none", n)
 			}
@@ -178,11 +174,7 @@ func TestIPv6HostTraffic(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := envs.get(t, config6{})
 			in := tc.p.frame(t)
-			before := e.snap(t)
-			r := e.egress(t, in)
-			requireVerdict(t, r, actPass)
-			requireUnchanged6(t, r.out, in)
-			e.expect6(t, before, map[string]uint64{"egress_host": 1})
+			e.requirePassed6(t, false, in, "egress_host")
 			// The reservation, as NAT6Table.Read reports it (wherever the
 			// datapath keeps it), keyed as the reply arrives.
 			snap, err := maps.NewNAT6Table(e.dp).Read()
@@ -207,12 +199,7 @@ func TestIPv6HostTraffic(t *testing.T) {
 			default:
 				reply = echoReply6(tc.p.dst, tc.p.src, tc.p.sport)
 			}
-			rin := reply.frame(t)
-			before = e.snap(t)
-			r = e.ingress(t, rin)
-			requireVerdict(t, r, actPass)
-			requireUnchanged6(t, r.out, rin)
-			e.expect6(t, before, map[string]uint64{"ingress_host": 1})
+			e.requirePassed6(t, true, reply.frame(t), "ingress_host")
 		})
 	}
 }
@@ -225,9 +212,7 @@ func TestIPv6HostPortCollision(t *testing.T) {
 	t.Run("host first", func(t *testing.T) {
 		e := newEnv6(t, config6{config: config{keepPorts: true}})
 		host := udp6(node6, 46000, remote6, 53)
-		r := e.egress(t, host.frame(t))
-		requireVerdict(t, r, actPass)
-		requireUnchanged6(t, r.out, host.frame(t))
+		e.passUnchanged(t, false, host.frame(t))
 		pod := udp6(pod6A, 46000, remote6, 53)
 		port := e.masquerade6(t, pod)
 		if port == 46000 {
@@ -236,8 +221,8 @@ func TestIPv6HostPortCollision(t *testing.T) {
 		// The host's reply still reaches the host unchanged.
 		hr := udp6(remote6, 53, node6, 46000).frame(t)
 		before := e.snap(t)
-		r = e.ingress(t, hr)
-		requireUnchanged6(t, r.out, hr)
+		r := e.ingress(t, hr)
+		requireUnchanged(t, r.out, hr)
 		e.expect6(t, before, map[string]uint64{"ingress_host": 1})
 		e.unmasquerade6(t, replyTo6(pod, port), pod.tuple)
 	})
@@ -288,9 +273,7 @@ func TestIPv6IngressMiss(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			in := tc.p.frame(t)
 			before := e.snap(t)
-			r := e.ingress(t, in)
-			requireVerdict(t, r, actPass)
-			requireUnchanged6(t, r.out, in)
+			e.passUnchanged(t, true, in)
 			// (UDP to a node address opens no inbound flow: ingress_miss only.)
 			e.expect6(t, before, map[string]uint64{"ingress_miss": 1})
 		})
@@ -307,20 +290,13 @@ func TestIPv6Inbound(t *testing.T) {
 	e := newEnv6(t, config6{})
 	in := udp6(remote6, 5000, pod6A, 53).frame(t)
 	before := e.snap(t)
-	r := e.ingress(t, in)
-	requireVerdict(t, r, actPass)
-	requireUnchanged6(t, r.out, in)
+	e.passUnchanged(t, true, in)
 	// Counted as an inbound flow (earlier datapaths also counted it as a
 	// miss).
 	if got, v4 := e.moved6(t, before); got["ingress_inbound"] != 1 || len(v4) != 0 || len(got) > 2 || (len(got) == 2 && got["ingress_miss"] != 1) {
 		t.Errorf("IPv6 counters moved %v, IPv4 %v; want ingress_inbound once", got, v4)
 	}
-	out := udp6(pod6A, 53, remote6, 5000).frame(t)
-	before = e.snap(t)
-	r = e.egress(t, out)
-	requireVerdict(t, r, actPass)
-	requireUnchanged6(t, r.out, out)
-	e.expect6(t, before, map[string]uint64{"egress_inbound": 1})
+	e.requirePassed6(t, false, udp6(pod6A, 53, remote6, 5000).frame(t), "egress_inbound")
 }
 
 // TestIPv6NoInterfaceAddress: a new IPv6 flow through an interface without
@@ -366,15 +342,12 @@ func TestIPv6Disabled(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			in := tc.p.frame(t)
 			before := e.snap(t)
-			var r result
-			counter := "egress_other"
+			r, counter := e.through(t, tc.ingress, in), "egress_other"
 			if tc.ingress {
-				r, counter = e.ingress(t, in), "ingress_other"
-			} else {
-				r = e.egress(t, in)
+				counter = "ingress_other"
 			}
 			requireVerdict(t, r, actPass)
-			requireUnchanged6(t, r.out, in)
+			requireUnchanged(t, r.out, in)
 			e.expect6(t, before, map[string]uint64{counter: 1})
 		})
 	}
@@ -432,14 +405,9 @@ func TestIPv6NeighbourDiscovery(t *testing.T) {
 			}
 			for _, dir := range []string{"egress", "ingress"} {
 				before := e.snap(t)
-				var r result
-				if dir == "egress" {
-					r = e.egress(t, in)
-				} else {
-					r = e.ingress(t, in)
-				}
+				r := e.through(t, dir != "egress", in)
 				requireVerdict(t, r, actPass)
-				requireUnchanged6(t, r.out, in)
+				requireUnchanged(t, r.out, in)
 				e.expect6(t, before, map[string]uint64{dir + "_other": 1})
 			}
 		})
@@ -542,17 +510,12 @@ func TestIPv6Malformed(t *testing.T) {
 						t.Fatalf("BPF_PROG_TEST_RUN refuses the %d-byte frame", len(in))
 					}
 					before := e.snap(t)
-					var r result
-					if ingress {
-						r = e.ingress(t, in)
-					} else {
-						r = e.egress(t, in)
-					}
+					r := e.through(t, ingress, in)
 					got, v4 := e.moved6(t, before)
 					if r.ret != actPass {
 						t.Errorf("verdict %s, counters %v: want the frame passed unchanged", verdictName(r.ret), got)
 					} else {
-						requireUnchanged6(t, r.out, in)
+						requireUnchanged(t, r.out, in)
 					}
 					if len(got) != 1 || got[dir+"_malformed"] != 1 || len(v4) != 0 {
 						t.Errorf("counters moved IPv6 %v, IPv4 %v; want %s_malformed once", got, v4, dir)

@@ -101,14 +101,7 @@ func (e *env) applyNonMasqBoth(t testing.TB, c config6) {
 func (e *env) familyCounters(t testing.TB, f maps.Family) map[string]uint64 {
 	t.Helper()
 	c, err := e.counters.ReadFamily(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]uint64{}
-	for _, fl := range maps.Fields(c) {
-		out[fl.Name] = fl.Value
-	}
-	return out
+	return countersByName(t, c, err)
 }
 
 // counterSnap is both families' counters at one moment.
@@ -117,16 +110,6 @@ type counterSnap struct{ v4, v6 map[string]uint64 }
 func (e *env) snap(t testing.TB) counterSnap {
 	t.Helper()
 	return counterSnap{v4: e.familyCounters(t, maps.IPv4), v6: e.familyCounters(t, maps.IPv6)}
-}
-
-func movedSince(before, now map[string]uint64) map[string]uint64 {
-	moved := map[string]uint64{}
-	for k, v := range now {
-		if v != before[k] {
-			moved[k] = v - before[k]
-		}
-	}
-	return moved
 }
 
 // moved6 returns what moved since before: the IPv6 counters, and the IPv4
@@ -149,6 +132,15 @@ func (e *env) expect6(t testing.TB, before counterSnap, want map[string]uint64) 
 	if !ok {
 		t.Errorf("IPv6 counters moved %v (IPv4 counters %v), want IPv6 %v and no IPv4 counter", got, v4, want)
 	}
+}
+
+// requirePassed6 is requirePassed for IPv6: the frame passes byte for byte,
+// counted once as counter in the IPv6 counters and by no other counter.
+func (e *env) requirePassed6(t testing.TB, ingress bool, frame []byte, counter string) {
+	t.Helper()
+	before := e.snap(t)
+	e.passUnchanged(t, ingress, frame)
+	e.expect6(t, before, map[string]uint64{counter: 1})
 }
 
 // --- the IPv6 NAT table -----------------------------------------------------
@@ -199,22 +191,7 @@ func (e *env) hostres6() *ebpf.Map {
 // and the host reservations beside it.
 func (e *env) natEntries6(t testing.TB) map[nat6Key]nat6Entry {
 	t.Helper()
-	all := map[nat6Key]nat6Entry{}
-	var k nat6Key
-	var v nat6Entry
-	for _, m := range []*ebpf.Map{e.dp.Maps.IpmNat6, e.hostres6()} {
-		if m == nil {
-			continue
-		}
-		it := m.Iterate()
-		for it.Next(&k, &v) {
-			all[k] = v
-		}
-		if err := it.Err(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return all
+	return entriesOf[nat6Key, nat6Entry](t, e.dp.Maps.IpmNat6, e.hostres6())
 }
 
 // putEntry6 writes one IPv6 NAT table half directly, as a synthetic state;
@@ -240,26 +217,14 @@ func (e *env) putEntry6(t testing.TB, k nat6Key, kind loader.BPFIpmKind, addr ne
 // It returns the node port or identifier.
 func (e *env) masquerade6(t testing.TB, p pkt6) uint16 {
 	t.Helper()
-	in := p.frame(t)
-	r := e.egress(t, in)
-	requireVerdict(t, r, actPass)
-	u := decode6(t, r.out)
-	if u.src != node6 {
-		t.Fatalf("source %s, want the node's IPv6 address %s\n%s", u.src, node6, hexdump(r.out))
-	}
-	if u.proto != p.proto || u.dst != p.dst || u.dport != p.dport {
-		t.Fatalf("output %v, want only the source of %v changed", u, p.tuple)
-	}
-	if p.proto != protoICMPv6 && !e.inRanges(u.sport) {
-		t.Fatalf("node port %d outside --to-ports %v", u.sport, e.ports)
-	}
-	requireSame6(t, r.out, p.with(tuple{p.proto, node6, p.dst, u.sport, p.dport}).frame(t))
+	out, u := e.egressMasqueraded(t, p.frame(t), p.tuple, decode6, node6, protoICMPv6)
+	requireSame6(t, out, p.with(tuple{p.proto, node6, p.dst, u.sport, p.dport}).frame(t))
 	if p.noUDPCsum {
-		if err := checkPacket6(ip6Of(r.out), true); err != nil {
+		if err := checkPacket6(ip6Of(out), true); err != nil {
 			t.Fatal(err)
 		}
 	} else {
-		requireChecksums6(t, r.out)
+		requireChecksums6(t, out)
 	}
 	return u.sport
 }
@@ -300,54 +265,13 @@ func (e *env) unmasquerade6(t testing.TB, r pkt6, to tuple) {
 // NATTable.Read (maps.NewNAT6Table) sees them.
 func (e *env) requireMapping6(t testing.TB, orig tuple, nodePort uint16, since time.Duration) {
 	t.Helper()
-	until := maps.Now()
-	all := e.natEntries6(t)
-	out := natKey6(dirEgress, orig.proto, orig.src, orig.dst, orig.sport, orig.dport)
-	rsport := orig.dport
-	if orig.proto == protoICMPv6 {
-		rsport = 0
-	}
-	in := natKey6(dirIngress, orig.proto, orig.dst, node6, rsport, nodePort)
-	if len(all) != 2 {
-		t.Errorf("IPv6 NAT table has %d entries, want the 2 halves of one mapping: %+v", len(all), all)
-	}
-	ov, ok := all[out]
-	if !ok {
-		t.Fatalf("no egress half %+v in %+v", out, all)
-	}
-	iv, ok := all[in]
-	if !ok {
-		t.Fatalf("no ingress half %+v in %+v", in, all)
-	}
-	if fromBE128(ov.Addr) != node6 || fromBE16(ov.Port) != nodePort || ov.Kind != kindMasq || ov.Ifindex != testIfindex {
-		t.Errorf("egress half %+v, want %s port %d kind masq ifindex %d", ov, node6, nodePort, testIfindex)
-	}
-	if fromBE128(iv.Addr) != orig.src || fromBE16(iv.Port) != orig.sport || iv.Kind != kindMasq || iv.Ifindex != testIfindex {
-		t.Errorf("ingress half %+v, want %s port %d kind masq ifindex %d", iv, orig.src, orig.sport, testIfindex)
-	}
-	for name, v := range map[string]nat6Entry{"egress": ov, "ingress": iv} {
-		if c := time.Duration(v.CreatedNs); c < since-clockSlack || c > until {
-			t.Errorf("%s half created at %v, want within [%v, %v] of CLOCK_MONOTONIC", name, c, since, until)
-		}
-	}
+	requireHalves(t, e.natEntries6(t), natKey6, protoICMPv6, func(v nat6Entry) natHalf {
+		return natHalf{fromBE128(v.Addr), fromBE16(v.Port), v.Kind, v.Ifindex, v.CreatedNs}
+	}, orig, node6, nodePort, since)
 	if n := len(e.natEntries(t)); n != 0 {
 		t.Errorf("the IPv4 NAT table has %d entries after IPv6 traffic", n)
 	}
-
-	snap, err := maps.NewNAT6Table(e.dp).Read()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(snap.Flows) != 1 || snap.Orphans != 0 {
-		t.Fatalf("NAT6Table.Read: %d flows, %d orphans; want 1 flow, no orphan", len(snap.Flows), snap.Orphans)
-	}
-	f := snap.Flows[0]
-	wantPod := netip.AddrPortFrom(orig.src, orig.sport)
-	wantRemote := netip.AddrPortFrom(orig.dst, orig.dport)
-	wantNode := netip.AddrPortFrom(node6, nodePort)
-	if f.Proto != orig.proto || f.Pod != wantPod || f.Remote != wantRemote || f.Node != wantNode || !f.HasIn {
-		t.Errorf("NAT6Table.Read flow %v (has reply half %v), want %s -> %s via %s", f, f.HasIn, wantPod, wantRemote, wantNode)
-	}
+	requireOneFlow(t, "NAT6Table", maps.NewNAT6Table(e.dp), orig, node6, nodePort)
 }
 
 // ipv6State are the IPv6 maps that packets write (the NAT table, host

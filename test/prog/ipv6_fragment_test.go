@@ -33,12 +33,7 @@ func (e *env) runFragments(t *testing.T, ingress bool, frags [][]byte, counters 
 	var outs [][]byte
 	for i, f := range frags {
 		before := e.snap(t)
-		var r result
-		if ingress {
-			r = e.ingress(t, f)
-		} else {
-			r = e.egress(t, f)
-		}
+		r := e.through(t, ingress, f)
 		got, v4 := e.moved6(t, before)
 		if r.ret != actPass {
 			t.Fatalf("fragment %d: verdict %s, counters moved IPv6 %v, IPv4 %v; want pass and %s\n%s", i, verdictName(r.ret), got, v4, counters[i], hexdump(f))
@@ -157,24 +152,20 @@ func TestIPv6FragmentAheadOfFirst(t *testing.T) {
 			r := e.egress(t, tc.frame)
 			requireVerdict(t, r, tc.verdict)
 			if tc.verdict == actPass {
-				requireUnchanged6(t, r.out, tc.frame)
+				requireUnchanged(t, r.out, tc.frame)
 			}
 			e.expect6(t, before, map[string]uint64{tc.counter: 1})
 		})
 	}
 	t.Run("ingress without a first", func(t *testing.T) {
 		f := later(udp6(remote6, 53, node6, 40000))
-		before := e.snap(t)
-		r := e.ingress(t, f)
-		requireVerdict(t, r, actPass)
-		requireUnchanged6(t, r.out, f)
-		e.expect6(t, before, map[string]uint64{"ingress_frag_orphan": 1})
+		e.requirePassed6(t, true, f, "ingress_frag_orphan")
 	})
 	t.Run("later fragments of a non-masqueraded datagram", func(t *testing.T) {
 		frags := fragments6(t, big6(udp6(pod6A, 40000, vpc6, 53)).frame(t), 0, 100, 1200)
 		outs := e.runFragments(t, false, frags, []string{"egress_nomasq", "egress_fragment"})
 		for i := range frags {
-			requireUnchanged6(t, outs[i], frags[i])
+			requireUnchanged(t, outs[i], frags[i])
 		}
 	})
 	if n := len(e.natEntries6(t)); n != 0 {

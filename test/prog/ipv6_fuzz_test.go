@@ -268,22 +268,36 @@ func isNomasq6(a netip.Addr) bool {
 	return linkLocal6.Contains(a) || slices.ContainsFunc(nonMasq6, func(p netip.Prefix) bool { return p.Contains(a) })
 }
 
-// egressOracle6 says what ipm_egress must do with an IPv6 frame.
-func egressOracle6(f []byte, s nat6State) (parsed6, quote6, expect6x) {
-	p, what := parse6Frame(f)
-	var q quote6
-	isLocal := slices.Contains(local6, p.src)
+// classify6 parses an IPv6 frame and, where both programs treat it alike
+// (malformed, too many extension headers, another protocol), says what the
+// program of direction dir ("egress", "ingress") must do: done. Otherwise
+// the program's own oracle decides on what the frame is.
+func classify6(f []byte, dir string) (p parsed6, what string, x expect6x, done bool) {
+	p, what = parse6Frame(f)
 	switch what {
 	case parsedTruncExt, parsedTooMany:
-		return p, q, expect6x{counters: one6("egress_malformed", "egress_other")}
+		return p, what, expect6x{counters: one6(dir+"_malformed", dir+"_other")}, true
 	case parsedMalformed:
 		if binary.BigEndian.Uint16(f[18:]) == 0 && f[14]>>4 == 6 {
 			// An empty packet: malformed or, by its next header, other.
-			return p, q, expect6x{counters: one6("egress_malformed", "egress_other")}
+			return p, what, expect6x{counters: one6(dir+"_malformed", dir+"_other")}, true
 		}
 		fallthrough
 	case parsedOther:
-		return p, q, expect6x{counters: one6("egress_" + what)}
+		return p, what, expect6x{counters: one6(dir + "_" + what)}, true
+	}
+	return p, what, x, false
+}
+
+// egressOracle6 says what ipm_egress must do with an IPv6 frame.
+func egressOracle6(f []byte, s nat6State) (parsed6, quote6, expect6x) {
+	p, what, x, done := classify6(f, "egress")
+	var q quote6
+	if done {
+		return p, q, x
+	}
+	isLocal := slices.Contains(local6, p.src)
+	switch what {
 	case parsedFragment:
 		if isLocal || isNomasq6(p.dst) {
 			return p, q, expect6x{counters: one6("egress_fragment")}
@@ -332,18 +346,12 @@ func egressOracle6(f []byte, s nat6State) (parsed6, quote6, expect6x) {
 
 // ingressOracle6 says what ipm_ingress must do with an IPv6 frame.
 func ingressOracle6(f []byte, s nat6State) (parsed6, quote6, expect6x) {
-	p, what := parse6Frame(f)
+	p, what, x, done := classify6(f, "ingress")
 	var q quote6
+	if done {
+		return p, q, x
+	}
 	switch what {
-	case parsedTruncExt, parsedTooMany:
-		return p, q, expect6x{counters: one6("ingress_malformed", "ingress_other")}
-	case parsedMalformed:
-		if binary.BigEndian.Uint16(f[18:]) == 0 && f[14]>>4 == 6 {
-			return p, q, expect6x{counters: one6("ingress_malformed", "ingress_other")}
-		}
-		fallthrough
-	case parsedOther:
-		return p, q, expect6x{counters: one6("ingress_" + what)}
 	case parsedFragment:
 		return p, q, expect6x{counters: one6("ingress_frag_orphan")}
 	case parsedICMPError:
@@ -566,6 +574,28 @@ func asIPv6(in []byte) []byte {
 	return f
 }
 
+// fuzz6 adds seeds to f and runs every input of a plausible size, made an
+// IPv6 frame, through ingress or else egress; check judges the result and
+// the IPv6 and IPv4 counters that moved. The NAT state goes back to
+// baseline after each input.
+func (e *env) fuzz6(f *testing.F, seeds [][]byte, ingress bool, baseline map[nat6Key]nat6Entry,
+	check func(t *testing.T, in []byte, r result, moved, v4 map[string]uint64)) {
+	for _, s := range seeds {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		if len(raw) < 14+40 || len(raw) > maxFrame {
+			return
+		}
+		in := asIPv6(raw)
+		defer func() { e.reset6(t); e.restore6(t, baseline) }()
+		before := e.snap(t)
+		r := e.through(t, ingress, in)
+		moved, v4 := e.moved6(t, before)
+		check(t, in, r, moved, v4)
+	})
+}
+
 // FuzzEgress6: arbitrary IPv6 frames through ipm_egress with
 // --enable-ipv6, nonMasqueradeCIDRs [fd00::/8] and fe80::/10, with one
 // mapping in place (UDP pod6B:41000 -> remote6:53, node port 41000); every
@@ -578,19 +608,8 @@ func FuzzEgress6(f *testing.F) {
 	port := e.masquerade6(f, m)
 	baseline := e.natEntries6(f)
 	state := newNAT6State(e, f)
-	for _, s := range fuzzSeeds6(f, false, m, port) {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, raw []byte) {
-		if len(raw) < 14+40 || len(raw) > maxFrame {
-			return
-		}
-		in := asIPv6(raw)
-		defer func() { e.reset6(t); e.restore6(t, baseline) }()
+	e.fuzz6(f, fuzzSeeds6(f, false, m, port), false, baseline, func(t *testing.T, in []byte, r result, moved, v4 map[string]uint64) {
 		p, q, x := egressOracle6(in, state)
-		before := e.snap(t)
-		r := e.egress(t, in)
-		moved, v4 := e.moved6(t, before)
 
 		switch {
 		case x.reset:
@@ -618,7 +637,7 @@ func FuzzEgress6(f *testing.F) {
 			return
 		}
 		if x.translate == "" {
-			requireUnchanged6(t, r.out, in)
+			requireUnchanged(t, r.out, in)
 			snap := e.nat6Snapshot(t)
 			want := 0
 			if x.reserve {
@@ -671,7 +690,7 @@ func FuzzEgress6(f *testing.F) {
 		// The reply comes back to the original tuple.
 		reply := replyFrame6(r.out, op)
 		rp, _ := parse6Frame(reply)
-		before = e.snap(t)
+		before := e.snap(t)
 		back := e.ingress(t, reply)
 		requireVerdict(t, back, actPass)
 		moved, v4 = e.moved6(t, before)
@@ -706,19 +725,8 @@ func FuzzIngress6(f *testing.F) {
 	}
 	baseline := e.natEntries6(f)
 	state := newNAT6State(e, f)
-	for _, s := range fuzzSeeds6(f, true, flows[0], flows[0].sport) {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, raw []byte) {
-		if len(raw) < 14+40 || len(raw) > maxFrame {
-			return
-		}
-		in := asIPv6(raw)
-		defer func() { e.reset6(t); e.restore6(t, baseline) }()
+	e.fuzz6(f, fuzzSeeds6(f, true, flows[0], flows[0].sport), true, baseline, func(t *testing.T, in []byte, r result, moved, v4 map[string]uint64) {
 		p, q, x := ingressOracle6(in, state)
-		before := e.snap(t)
-		r := e.ingress(t, in)
-		moved, v4 := e.moved6(t, before)
 		if r.ret != actPass {
 			t.Fatalf("ingress verdict %d %s (counters %v): it only drops a half-rewritten packet, which must not happen\n%s", r.ret, verdictName(r.ret), moved, hexdump(in))
 		}
@@ -727,7 +735,7 @@ func FuzzIngress6(f *testing.F) {
 			t.Fatalf("ingress changed the IPv6 NAT table: %d flows, %d orphans, %d reservations, %d entries; want %d flows, %d entries", len(snap.Flows), snap.Orphans, len(snap.Reserved), len(e.natEntries6(t)), len(state.out), len(baseline))
 		}
 		if x.translate == "" {
-			requireUnchanged6(t, r.out, in)
+			requireUnchanged(t, r.out, in)
 			return
 		}
 		requireOnlyChanged(t, in, r.out, translatedOffsets6(p, q, x, false)...)

@@ -60,15 +60,8 @@ func TestIPv6IngressICMPError(t *testing.T) {
 					for _, q := range quoteLens {
 						t.Run(fmt.Sprintf("%s from %s, %s", kind.name, from, q.name), func(t *testing.T) {
 							in := icmp6Error(t, from, node6, kind.typ, kind.code, quote6Of(sent, q.n))
-							requireChecksums6(t, in)
-							before := e.snap(t)
-							r := e.ingress(t, in)
-							got, v4 := e.moved6(t, before)
-							if r.ret != actPass || len(got) != 1 || got["ingress_icmp_error"] != 1 || len(v4) != 0 {
-								t.Fatalf("verdict %s, counters moved IPv6 %v, IPv4 %v; want pass and ingress_icmp_error once", verdictName(r.ret), got, v4)
-							}
-							requireSame6(t, r.out, icmp6Error(t, from, pod6A, kind.typ, kind.code, quote6Of(orig, q.n)))
-							requireChecksums6(t, r.out)
+							e.requireTranslated6(t, e.ingress, in, "ingress_icmp_error",
+								icmp6Error(t, from, pod6A, kind.typ, kind.code, quote6Of(orig, q.n)))
 						})
 					}
 				}
@@ -97,15 +90,8 @@ func TestIPv6EgressICMPError(t *testing.T) {
 					for _, q := range quoteLens {
 						t.Run(fmt.Sprintf("%s %s, %s", kind.name, sender.name, q.name), func(t *testing.T) {
 							in := icmp6Error(t, sender.src, flow.dst, kind.typ, kind.code, quote6Of(delivered.frame(t), q.n))
-							requireChecksums6(t, in)
-							before := e.snap(t)
-							r := e.egress(t, in)
-							got, v4 := e.moved6(t, before)
-							if r.ret != actPass || len(got) != 1 || got["egress_icmp_error"] != 1 || len(v4) != 0 {
-								t.Fatalf("verdict %s, counters moved IPv6 %v, IPv4 %v; want pass and egress_icmp_error once", verdictName(r.ret), got, v4)
-							}
-							requireSame6(t, r.out, icmp6Error(t, sender.out, flow.dst, kind.typ, kind.code, quote6Of(arrived.frame(t), q.n)))
-							requireChecksums6(t, r.out)
+							e.requireTranslated6(t, e.egress, in, "egress_icmp_error",
+								icmp6Error(t, sender.out, flow.dst, kind.typ, kind.code, quote6Of(arrived.frame(t), q.n)))
 						})
 					}
 				}
@@ -143,15 +129,26 @@ func TestIPv6ICMPErrorNotOurs(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := e.snap(t)
-			var r result
-			if tc.ingress {
-				r = e.ingress(t, tc.frame)
-			} else {
-				r = e.egress(t, tc.frame)
-			}
+			r := e.through(t, tc.ingress, tc.frame)
 			requireVerdict(t, r, actPass)
-			requireUnchanged6(t, r.out, tc.frame)
+			requireUnchanged(t, r.out, tc.frame)
 			e.expect6(t, before, map[string]uint64{tc.counter: 1})
 		})
 	}
+}
+
+// requireTranslated6 runs the ICMPv6 error in (its checksums right) through
+// run and requires it to pass as want with every checksum right, counted
+// once as counter and by no IPv4 counter.
+func (e *env) requireTranslated6(t *testing.T, run func(testing.TB, []byte) result, in []byte, counter string, want []byte) {
+	t.Helper()
+	requireChecksums6(t, in)
+	before := e.snap(t)
+	r := run(t, in)
+	got, v4 := e.moved6(t, before)
+	if r.ret != actPass || len(got) != 1 || got[counter] != 1 || len(v4) != 0 {
+		t.Fatalf("verdict %s, counters moved IPv6 %v, IPv4 %v; want pass and %s once", verdictName(r.ret), got, v4, counter)
+	}
+	requireSame6(t, r.out, want)
+	requireChecksums6(t, r.out)
 }

@@ -578,14 +578,6 @@ func requireSame6(t testing.TB, got, want []byte) {
 	}
 }
 
-// requireUnchanged6 fails unless the program left the frame byte for byte.
-func requireUnchanged6(t testing.TB, got, in []byte) {
-	t.Helper()
-	if !bytes.Equal(got, in) {
-		t.Fatalf("frame changed, want it byte-identical\ngot:\n%sin:\n%s", hexdump(got), hexdump(in))
-	}
-}
-
 // --- fragments ------------------------------------------------------------
 
 // fragments6 splits the IPv6 packet of frame into fragment frames at the

@@ -5,9 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-
-	"github.com/ipmasq-ebpf/ip-masq-agent/loader"
 	"github.com/ipmasq-ebpf/ip-masq-agent/maps"
 )
 
@@ -66,10 +63,10 @@ func TestNonMasqueradeFastPath(t *testing.T) {
 	}
 	send(t, flow, "egress_nomasq")
 	send(t, tcpPkt(nodeAddr, 41000, dst, 443, "S"), "egress_host")
-	if n := countEntries(t, e.dp.Maps.IpmNat4); n != 0 {
+	if n := mapLen(t, e.dp.Maps.IpmNat4); n != 0 {
 		t.Errorf("NAT table holds %d entries, want none", n)
 	}
-	if n := countEntries(t, e.dp.Maps.IpmHostres4); n != 1 {
+	if n := mapLen(t, e.dp.Maps.IpmHostres4); n != 1 {
 		t.Errorf("%d host reservations, want the host's one", n)
 	}
 }
@@ -77,28 +74,11 @@ func TestNonMasqueradeFastPath(t *testing.T) {
 // blockVerdict reads the active ipm_cidr4_dir verdict of a's /24.
 func (e *env) blockVerdict(t *testing.T, a netip.Addr) uint8 {
 	t.Helper()
-	ip := a.As4()
-	var b loader.BPFIpmCidr4Block
-	if err := e.dp.Maps.IpmCidr4Dir.Lookup(uint32(e.settings.ActiveCIDRs())<<16|uint32(ip[0])<<8|uint32(ip[1]), &b); err != nil {
+	v, err := maps.ReadDirVerdict(e.dp.Maps.IpmCidr4Dir, uint32(e.settings.ActiveCIDRs()), a)
+	if err != nil {
 		t.Fatal(err)
 	}
-	return (b.Verdicts[ip[2]/4] >> ((ip[2] % 4) * 2)) & 3
-}
-
-// countEntries counts the entries of a NAT-keyed map.
-func countEntries(t *testing.T, m *ebpf.Map) int {
-	t.Helper()
-	var k loader.BPFIpmNatKey
-	var v loader.BPFIpmNatEntry
-	n := 0
-	it := m.Iterate()
-	for it.Next(&k, &v) {
-		n++
-	}
-	if err := it.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return n
+	return v
 }
 
 // TestLocalAddressesInlineAndMapped: the node's addresses are recognised

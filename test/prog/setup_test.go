@@ -211,6 +211,42 @@ func (e *env) ingress(t testing.TB, frame []byte) result {
 	return run(t, e.dp.Programs.IpmIngress, frame)
 }
 
+// through runs frame through ingress or else egress.
+func (e *env) through(t testing.TB, ingress bool, frame []byte) result {
+	t.Helper()
+	if ingress {
+		return e.ingress(t, frame)
+	}
+	return e.egress(t, frame)
+}
+
+// requirePassed runs frame through ingress or else egress and requires it
+// to pass byte for byte, counted once as counter and by no other counter.
+func (e *env) requirePassed(t testing.TB, ingress bool, frame []byte, counter string) {
+	t.Helper()
+	before := e.readCounters(t)
+	e.passUnchanged(t, ingress, frame)
+	e.expectCounters(t, before, map[string]uint64{counter: 1})
+}
+
+// requirePassCounted runs frame through egress and requires it to pass,
+// counted once as counter and by no other counter.
+func (e *env) requirePassCounted(t testing.TB, frame []byte, counter string) {
+	t.Helper()
+	before := e.readCounters(t)
+	requireVerdict(t, e.egress(t, frame), actPass)
+	e.expectCounters(t, before, map[string]uint64{counter: 1})
+}
+
+// passUnchanged runs frame through ingress or else egress and requires it
+// to pass byte for byte.
+func (e *env) passUnchanged(t testing.TB, ingress bool, frame []byte) {
+	t.Helper()
+	r := e.through(t, ingress, frame)
+	requireVerdict(t, r, actPass)
+	requireUnchanged(t, r.out, frame)
+}
+
 // run runs prog once on a copy of frame.
 func run(t testing.TB, prog *ebpf.Program, frame []byte) result {
 	t.Helper()
@@ -269,6 +305,12 @@ func requireVerdict(t testing.TB, r result, want int32) {
 func (e *env) readCounters(t testing.TB) map[string]uint64 {
 	t.Helper()
 	c, err := e.counters.Read()
+	return countersByName(t, c, err)
+}
+
+// countersByName returns the counters c (read with error err), by C name.
+func countersByName(t testing.TB, c loader.BPFIpmCounters, err error) map[string]uint64 {
+	t.Helper()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -283,10 +325,16 @@ func (e *env) readCounters(t testing.TB) map[string]uint64 {
 // much.
 func (e *env) countersMoved(t testing.TB, before map[string]uint64) map[string]uint64 {
 	t.Helper()
+	return movedSince(before, e.readCounters(t))
+}
+
+// movedSince returns the counters that changed from before to now, by how
+// much.
+func movedSince(before, now map[string]uint64) map[string]uint64 {
 	moved := map[string]uint64{}
-	for name, v := range e.readCounters(t) {
-		if v != before[name] {
-			moved[name] = v - before[name]
+	for k, v := range now {
+		if v != before[k] {
+			moved[k] = v - before[k]
 		}
 	}
 	return moved
@@ -365,10 +413,20 @@ func (e *env) putEntry(t testing.TB, k maps.NATKey, kind loader.BPFIpmKind, addr
 // the host reservations beside it.
 func (e *env) natEntries(t testing.TB) map[maps.NATKey]maps.NATEntry {
 	t.Helper()
-	all := map[maps.NATKey]maps.NATEntry{}
-	var k maps.NATKey
-	var v maps.NATEntry
-	for _, m := range []*ebpf.Map{e.dp.Maps.IpmNat4, e.dp.Maps.IpmHostres4} {
+	return entriesOf[maps.NATKey, maps.NATEntry](t, e.dp.Maps.IpmNat4, e.dp.Maps.IpmHostres4)
+}
+
+// entriesOf returns every entry of the maps ms (a nil one left out), which
+// share the key type K and the value type V.
+func entriesOf[K comparable, V any](t testing.TB, ms ...*ebpf.Map) map[K]V {
+	t.Helper()
+	all := map[K]V{}
+	var k K
+	var v V
+	for _, m := range ms {
+		if m == nil {
+			continue
+		}
 		it := m.Iterate()
 		for it.Next(&k, &v) {
 			all[k] = v
