@@ -149,7 +149,8 @@ static __always_inline int host_egress(struct __sk_buff *skb, struct ipm_counter
 		hv.kind = IPM_KIND_HOST;
 		hv.ifindex = skb->ifindex;
 		/* A race with another CPU reserves it all the same. */
-		bpf_map_update_elem(&ipm_hostres4, &rk, &hv, BPF_NOEXIST);
+		if (!insert_new(&ipm_hostres4, &rk, &hv))
+			COUNT(c, lru_hostres_new);
 	}
 	COUNT(c, egress_host);
 	return TC_ACT_UNSPEC;
@@ -176,7 +177,7 @@ static __noinline void note_nomasq_syn(const struct ipm_settings *s, const struc
 	struct ipm_nat_key k = {};
 
 	egress_key(f, false, &k);
-	record_exempt(&ipm_nomasq_tcp4, &k, ipm_clock(s));
+	record_exempt(&ipm_nomasq_tcp4, &k, ipm_clock(s), FAMILY_IPV4, IPM_LRU_NOMASQ_TCP);
 }
 
 /* The key of the other half of a TCP mapping, in direction dir, from the
@@ -482,15 +483,15 @@ static __always_inline bool note_inbound(const struct ipm_settings *s, const str
 	if (is_nomasq_dest(s, f->saddr)) {
 		if (f->proto != IPPROTO_TCP)
 			return false;
-		record_exempt(&ipm_nomasq_tcp4, &rk, now);
+		record_exempt(&ipm_nomasq_tcp4, &rk, now, FAMILY_IPV4, IPM_LRU_NOMASQ_TCP);
 		return true;
 	}
 	if (f->proto == IPPROTO_TCP) {
-		record_exempt(&ipm_inbound4, &rk, now);
+		record_exempt(&ipm_inbound4, &rk, now, FAMILY_IPV4, IPM_LRU_INBOUND);
 		return true;
 	}
 	if (!refresh_exempt(&ipm_inbound4, &rk, now))
-		record_exempt(&ipm_inbound4, &rk, now);
+		record_exempt(&ipm_inbound4, &rk, now, FAMILY_IPV4, IPM_LRU_INBOUND);
 	return true;
 }
 

@@ -2,6 +2,7 @@ package maps
 
 import (
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -19,6 +20,7 @@ type Inbound struct {
 	// Pace, when set, runs between the chunks of a walk (NATTable.Pace).
 	Pace    func()
 	collect func(i *Inbound, to Timeouts) (int, error)
+	removed atomic.Uint64 // entries Collect ever deleted, for LRUEvictions
 }
 
 func NewInbound(d *loader.Datapath) *Inbound {
@@ -41,6 +43,10 @@ func NewNomasqTCP(d *loader.Datapath) *Inbound {
 func NewNomasqTCP6(d *loader.Datapath) *Inbound {
 	return &Inbound{m: d.Maps.IpmNomasqTcp6, collect: collectInbound[loader.BPFIpmNat6Key]}
 }
+
+// Removed is how many entries Collect deleted since the Inbound was made.
+// Safe to call while a Collect runs.
+func (i *Inbound) Removed() uint64 { return i.removed.Load() }
 
 // idleLimit is how long an entry for a flow of proto may stay idle: a TCP
 // connection as long as an established mapping (its packets refresh it in
@@ -84,6 +90,7 @@ func collectInbound[K any](i *Inbound, to Timeouts) (int, error) {
 		}
 		if i.m.Delete(k) == nil {
 			removed++
+			i.removed.Add(1)
 		}
 	})
 	if err != nil {

@@ -107,6 +107,7 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 	nats := []*maps.NATTable{maps.NewNATTable(dp), maps.NewNAT6Table(dp)}
 	inbounds := []*maps.Inbound{maps.NewInbound(dp), maps.NewInbound6(dp)}
 	exempts := []*maps.Inbound{maps.NewNomasqTCP(dp), maps.NewNomasqTCP6(dp)}
+	trackEvictions(ctx, obs.metrics.reg, maps.NewLRUEvictions(dp, [2]*maps.NATTable(nats), [2]*maps.Inbound(inbounds), [2]*maps.Inbound(exempts)), f.GCInterval)
 	resync := time.NewTimer(cfg.interval())
 	defer resync.Stop()
 	gc := time.NewTicker(f.GCInterval)
