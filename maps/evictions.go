@@ -26,10 +26,6 @@ import (
 // Counted from the first Update (the counters and the maps may be older
 // than the agent), and never decreasing.
 
-// LRUMapNames are the values of the map label, in the order Read returns
-// them for each family.
-var LRUMapNames = []string{"hostres", "inbound", "nomasq_tcp", "frag"}
-
 // fragTTL is how long a first fragment's record is of use
 // (IPM_FRAG_TTL_NS in bpf/frag.h, the reassembly timeout). Older records
 // are removed by Update, so that recycling them is not taken for
@@ -38,7 +34,7 @@ const fragTTL = 30 * time.Second
 
 // Eviction is the derived eviction count of one LRU map of one family.
 type Eviction struct {
-	Map     string // one of LRUMapNames
+	Map     string // hostres, inbound, nomasq_tcp or frag
 	Family  Family
 	Evicted uint64
 }
@@ -208,7 +204,7 @@ func (e *LRUEvictions) Update() error {
 }
 
 // Read returns the eviction counts as of the last Update: every LRU map of
-// both families, in the order of LRUMapNames for IPv4, then for IPv6.
+// IPv4 (hostres, inbound, nomasq_tcp, frag), then of IPv6.
 func (e *LRUEvictions) Read() []Eviction {
 	e.mu.Lock()
 	defer e.mu.Unlock()
