@@ -35,4 +35,44 @@ static __always_inline void count_csum_ambiguous(__u32 family)
 	COUNT(c, egress_csum_ambiguous);
 }
 
+/* The LRU maps whose new entries are counted. */
+enum ipm_lru {
+	IPM_LRU_HOSTRES,
+	IPM_LRU_INBOUND,
+	IPM_LRU_NOMASQ_TCP,
+	IPM_LRU_FRAG,
+};
+
+/* Not a verdict: a new entry in an LRU map, which may have evicted the
+ * least recently used one; the agent derives the evictions from these. */
+static __always_inline void count_lru_new(__u32 family, enum ipm_lru map)
+{
+	struct ipm_counters *c = get_counters(family);
+
+	if (!c)
+		return;
+	switch (map) {
+	case IPM_LRU_HOSTRES:
+		c->lru_hostres_new++;
+		break;
+	case IPM_LRU_INBOUND:
+		c->lru_inbound_new++;
+		break;
+	case IPM_LRU_NOMASQ_TCP:
+		c->lru_nomasq_tcp_new++;
+		break;
+	case IPM_LRU_FRAG:
+		c->lru_frag_new++;
+		break;
+	}
+}
+
+/* Not a verdict: a host reservation removed by port allocation. */
+static __always_inline void count_hostres_reclaimed(__u32 family)
+{
+	struct ipm_counters *c = get_counters(family);
+
+	COUNT(c, lru_hostres_reclaimed);
+}
+
 #endif /* IPMASQ_COUNTERS_H */

@@ -11,14 +11,21 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
+#include "counters.h"
 #include "ipmasq.h"
 #include "nat.h"
 
-/* Records key in map as seen now (created anew: a SYN starts a new one). */
-static __always_inline void record_exempt(void *map, const void *key, __u64 now)
+/* Records key in map (which, of family) as seen now (created anew: a SYN
+ * starts a new one). A key that was not there is counted as a new entry. */
+static __always_inline void record_exempt(void *map, const void *key, __u64 now, __u32 family,
+					  enum ipm_lru which)
 {
 	struct ipm_inbound v = { .created_ns = now, .last_seen_ns = now };
 
+	if (!insert_new(map, key, &v)) {
+		count_lru_new(family, which);
+		return;
+	}
 	bpf_map_update_elem(map, key, &v, BPF_ANY);
 }
 

@@ -10,6 +10,7 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
+#include "counters.h"
 #include "ipmasq.h"
 #include "maps.h"
 #include "packet.h"
@@ -38,6 +39,11 @@ static __always_inline void remember_first_fragment(const struct flow4 *f, enum 
 	struct ipm_frag_entry fe = { .created_ns = now, .addr = addr };
 
 	frag_key(f, dir, &fk);
+	if (!insert_new(&ipm_frag4, &fk, &fe)) {
+		count_lru_new(FAMILY_IPV4, IPM_LRU_FRAG);
+		return;
+	}
+	/* An earlier datagram with the same identification: replaced. */
 	bpf_map_update_elem(&ipm_frag4, &fk, &fe, BPF_ANY);
 }
 

@@ -368,6 +368,16 @@ struct ipm_counters {
 	__u64 nat_early_drop; /* flows that never got a reply, removed for a new flow in a full
 				 table */
 	__u64 nat_reclaimed;  /* expired flows (or host reservations) removed by port allocation */
+	/* Not packets either: entries the programs added to the LRU maps (a
+	 * key that was not there), and the host reservations that port
+	 * allocation removed. The kernel does not count what an LRU map
+	 * evicts to make room; the agent derives it as entries added minus
+	 * entries removed minus entries left (docs/behaviour.md §14.1). */
+	__u64 lru_hostres_new;	     /* ipm_hostres4/6 */
+	__u64 lru_hostres_reclaimed; /* ipm_hostres4/6, also counted in nat_reclaimed */
+	__u64 lru_inbound_new;	     /* ipm_inbound4/6 */
+	__u64 lru_nomasq_tcp_new;    /* ipm_nomasq_tcp4/6 */
+	__u64 lru_frag_new;	     /* ipm_frag4/6 */
 };
 
 #endif /* IPMASQ_H */

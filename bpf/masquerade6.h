@@ -200,7 +200,8 @@ static __always_inline int host_egress6(struct __sk_buff *skb, struct ipm_counte
 		hv.port = f->sport;
 		hv.kind = IPM_KIND_HOST;
 		hv.ifindex = skb->ifindex;
-		bpf_map_update_elem(&ipm_hostres6, &rk, &hv, BPF_NOEXIST);
+		if (!insert_new(&ipm_hostres6, &rk, &hv))
+			COUNT(c, lru_hostres_new);
 	}
 	COUNT(c, egress_host);
 	return TC_ACT_UNSPEC;
@@ -211,7 +212,7 @@ static __noinline void note_nomasq_syn6(const struct ipm_settings *s, const stru
 	struct ipm_nat6_key k = {};
 
 	nat6_key(f, IPM_DIR_EGRESS, &k);
-	record_exempt(&ipm_nomasq_tcp6, &k, ipm_clock(s));
+	record_exempt(&ipm_nomasq_tcp6, &k, ipm_clock(s), FAMILY_IPV6, IPM_LRU_NOMASQ_TCP);
 }
 
 static __always_inline void tcp_other_half6(struct ipm_nat6_key *k, enum ipm_dir dir,
@@ -358,6 +359,10 @@ static __always_inline void remember_first_fragment6(const struct flow6 *f, enum
 
 	frag6_key(f, dir, &fk);
 	addr6_copy(fe.addr, addr);
+	if (!insert_new(&ipm_frag6, &fk, &fe)) {
+		count_lru_new(FAMILY_IPV6, IPM_LRU_FRAG);
+		return;
+	}
 	bpf_map_update_elem(&ipm_frag6, &fk, &fe, BPF_ANY);
 }
 
@@ -564,13 +569,32 @@ static __always_inline int egress6(struct __sk_buff *skb)
 	return verdict;
 }
 
+/* reserve_inbound for IPv6. */
+static __always_inline void reserve_inbound6(const struct flow6 *f, __u32 ifindex, __u64 now)
+{
+	struct ipm_nat6_key k = {};
+	struct ipm_nat6_entry hv = {};
+
+	nat6_key(f, IPM_DIR_INGRESS, &k);
+	hv.created_ns = now;
+	hv.last_seen_ns = now;
+	addr6_copy(hv.addr, f->daddr);
+	hv.port = f->dport;
+	hv.kind = IPM_KIND_HOST;
+	hv.ifindex = ifindex;
+	if (!insert_new(&ipm_hostres6, &k, &hv))
+		count_lru_new(FAMILY_IPV6, IPM_LRU_HOSTRES);
+}
+
 static __always_inline bool note_inbound6(const struct ipm_settings *s, const struct flow6 *f,
-					  __u64 now)
+					  __u32 ifindex, __u64 now)
 {
 	struct ipm_nat6_key rk = {};
 
-	if (is_local6(f->daddr))
+	if (is_local6(f->daddr)) {
+		reserve_inbound6(f, ifindex, now); /* for the host itself */
 		return false;
+	}
 	addr6_copy(rk.saddr, f->daddr);
 	addr6_copy(rk.daddr, f->saddr);
 	rk.sport = f->dport;
@@ -580,15 +604,15 @@ static __always_inline bool note_inbound6(const struct ipm_settings *s, const st
 	if (is_nomasq_dest6(s, f->saddr)) {
 		if (f->proto != IPPROTO_TCP)
 			return false;
-		record_exempt(&ipm_nomasq_tcp6, &rk, now);
+		record_exempt(&ipm_nomasq_tcp6, &rk, now, FAMILY_IPV6, IPM_LRU_NOMASQ_TCP);
 		return true;
 	}
 	if (f->proto == IPPROTO_TCP) {
-		record_exempt(&ipm_inbound6, &rk, now);
+		record_exempt(&ipm_inbound6, &rk, now, FAMILY_IPV6, IPM_LRU_INBOUND);
 		return true;
 	}
 	if (!refresh_exempt(&ipm_inbound6, &rk, now))
-		record_exempt(&ipm_inbound6, &rk, now);
+		record_exempt(&ipm_inbound6, &rk, now, FAMILY_IPV6, IPM_LRU_INBOUND);
 	return true;
 }
 
@@ -693,7 +717,7 @@ static __always_inline int ingress6(struct __sk_buff *skb)
 			COUNT(c, ingress_host);
 		} else if ((f.proto == IPPROTO_UDP ||
 			    (f.proto == IPPROTO_TCP && tcp_is_syn(f.tcp_flags))) &&
-			   note_inbound6(s, &f, ipm_clock(s))) {
+			   note_inbound6(s, &f, skb->ifindex, ipm_clock(s))) {
 			COUNT(c, ingress_inbound);
 		} else {
 			COUNT(c, ingress_miss);

@@ -15,6 +15,7 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
+#include "counters.h"
 #include "expiry.h"
 #include "ipmasq.h"
 #include "maps.h"
@@ -31,9 +32,13 @@ static __always_inline bool reclaim4(const struct ipm_settings *s, const struct 
 	struct ipm_nat_entry *in, *out, *h;
 
 	h = bpf_map_lookup_elem(&ipm_hostres4, rk);
-	if (h)
-		return reservation_expired(s, rk->proto, h, now) &&
-		       !bpf_map_delete_elem(&ipm_hostres4, rk);
+	if (h) {
+		if (!reservation_expired(s, rk->proto, h, now) ||
+		    bpf_map_delete_elem(&ipm_hostres4, rk))
+			return false;
+		count_hostres_reclaimed(FAMILY_IPV4);
+		return true;
+	}
 	in = bpf_map_lookup_elem(&ipm_nat4, rk);
 	if (!in || in->kind != IPM_KIND_MASQ)
 		return false;
@@ -61,9 +66,13 @@ static __always_inline bool reclaim6(const struct ipm_settings *s, const struct 
 	struct ipm_nat6_entry *in, *out, *h;
 
 	h = bpf_map_lookup_elem(&ipm_hostres6, rk);
-	if (h)
-		return reservation_expired(s, rk->proto, h, now) &&
-		       !bpf_map_delete_elem(&ipm_hostres6, rk);
+	if (h) {
+		if (!reservation_expired(s, rk->proto, h, now) ||
+		    bpf_map_delete_elem(&ipm_hostres6, rk))
+			return false;
+		count_hostres_reclaimed(FAMILY_IPV6);
+		return true;
+	}
 	in = bpf_map_lookup_elem(&ipm_nat6, rk);
 	if (!in || in->kind != IPM_KIND_MASQ)
 		return false;

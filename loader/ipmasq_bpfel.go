@@ -88,6 +88,11 @@ type BPFIpmCounters struct {
 	EgressCsumAmbiguous   uint64
 	NatEarlyDrop          uint64
 	NatReclaimed          uint64
+	LruHostresNew         uint64
+	LruHostresReclaimed   uint64
+	LruInboundNew         uint64
+	LruNomasqTcpNew       uint64
+	LruFragNew            uint64
 }
 
 type BPFIpmDir uint8

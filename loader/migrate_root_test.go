@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -259,4 +260,59 @@ func mapCount(t *testing.T, m *ebpf.Map) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// TestCountersGrow: counters pinned by a build with fewer of them (new
+// counters go at the end of struct ipm_counters, so its size changes without
+// a layout version) are replaced by a map of this build's size, and the
+// start does not fail; the state maps next to them are reused with their
+// entries.
+func TestCountersGrow(t *testing.T) {
+	pin := migrationBPFFS(t)
+	if err := os.MkdirAll(pin, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	size := int(unsafe.Sizeof(BPFIpmCounters{}))
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: uint32(size - 5*8), MaxEntries: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	hostres, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: uint32(unsafe.Sizeof(BPFIpmNatKey{})),
+		ValueSize: uint32(unsafe.Sizeof(BPFIpmNatEntry{})), MaxEntries: 65536})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hostres.Close()
+	_, rk, _, rv := testFlow4(3, 42)
+	rv.Kind = BPFIpmKindIPM_KIND_HOST
+	if err := hostres.Put(&rk, &rv); err != nil {
+		t.Fatal(err)
+	}
+	for name, m := range map[string]*ebpf.Map{"ipm_stats": old, "ipm_hostres4": hostres} {
+		if err := m.Pin(filepath.Join(pin, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	d := openDatapath(t, pin, 256)
+	defer d.Close()
+	if err := d.CompleteMigration(); err != nil {
+		t.Fatal(err)
+	}
+	if got := d.Maps.IpmStats.ValueSize(); got != uint32(size) {
+		t.Errorf("counters of %d bytes after the start, want %d", got, size)
+	}
+	pinned, err := ebpf.LoadPinnedMap(filepath.Join(pin, "ipm_stats"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pinned.Close()
+	if got := pinned.ValueSize(); got != uint32(size) {
+		t.Errorf("pinned counters of %d bytes, want %d", got, size)
+	}
+	var v BPFIpmNatEntry
+	if err := d.Maps.IpmHostres4.Lookup(&rk, &v); err != nil || v.CreatedNs != 42 {
+		t.Errorf("host reservation after the start: %+v, %v; want it kept", v, err)
+	}
 }

@@ -21,6 +21,7 @@ type Inbound struct {
 	Pace    func() error
 	collect func(i *Inbound, to Timeouts) (int, error)
 	scanned atomic.Int64 // entries the last Collect read
+	removed atomic.Uint64 // entries Collect ever deleted, for LRUEvictions
 }
 
 // Scanned is how many entries the last Collect read, also when it failed
@@ -47,6 +48,10 @@ func NewNomasqTCP(d *loader.Datapath) *Inbound {
 func NewNomasqTCP6(d *loader.Datapath) *Inbound {
 	return &Inbound{m: d.Maps.IpmNomasqTcp6, collect: collectInbound[loader.BPFIpmNat6Key]}
 }
+
+// Removed is how many entries Collect deleted since the Inbound was made.
+// Safe to call while a Collect runs.
+func (i *Inbound) Removed() uint64 { return i.removed.Load() }
 
 // idleLimit is how long an entry for a flow of proto may stay idle: a TCP
 // connection as long as an established mapping (its packets refresh it in
@@ -92,6 +97,7 @@ func collectInbound[K any](i *Inbound, to Timeouts) (int, error) {
 		}
 		if i.m.Delete(k) == nil {
 			removed++
+			i.removed.Add(1)
 		}
 	})
 	if err != nil {

@@ -94,7 +94,13 @@ type NATTable struct {
 	mapped, building *Set24
 	readAt           time.Time
 	last             atomic.Pointer[PassStats]
+	// Host reservations Collect ever deleted, for LRUEvictions.
+	hostresRemoved atomic.Uint64
 }
+
+// ReservationsRemoved is how many host reservations Collect deleted since
+// the table was made. Safe to call while a Collect runs.
+func (t *NATTable) ReservationsRemoved() uint64 { return t.hostresRemoved.Load() }
 
 // Mapped24 returns the /24s (IPv4 address >> 8) that destinations of
 // mappings fell into at the last complete Collect, and when its read began;
@@ -309,5 +315,9 @@ func (t *NATTable) removeReservationIfExpired(k tuple, to Timeouts) bool {
 	if Now()-r.LastSeen <= r.timeout(to) {
 		return false
 	}
-	return t.c.remove(t.hostres, k) == nil
+	if t.c.remove(t.hostres, k) != nil {
+		return false
+	}
+	t.hostresRemoved.Add(1)
+	return true
 }

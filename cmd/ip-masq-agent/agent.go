@@ -106,17 +106,19 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 	defer verify.Stop()
 	heartbeat := time.NewTicker(loopHeartbeat)
 	defer heartbeat.Stop()
+	// The expiry and the eviction count share these: evictions are what
+	// left the LRU maps without the expiry removing it.
+	nats := []*maps.NATTable{maps.NewNATTable(dp), maps.NewNAT6Table(dp)}
+	inbounds := []*maps.Inbound{maps.NewInbound(dp), maps.NewInbound6(dp)}
+	exempts := []*maps.Inbound{maps.NewNomasqTCP(dp), maps.NewNomasqTCP6(dp)}
+	trackEvictions(ctx, obs.metrics.reg, maps.NewLRUEvictions(dp, [2]*maps.NATTable(nats), [2]*maps.Inbound(inbounds), [2]*maps.Inbound(exempts)), f.GCInterval)
 	resync := time.NewTimer(cfg.interval())
 	defer resync.Stop()
 
 	// The expiry runs on its own goroutine: a pass over a large table
 	// must not hold up config syncs, interface repairs or SIGTERM.
 	obs.progress.setInterval(f.GCInterval)
-	exp := newExpiry(f.GCInterval, timeouts,
-		[]*maps.NATTable{maps.NewNATTable(dp), maps.NewNAT6Table(dp)},
-		[]*maps.Inbound{maps.NewInbound(dp), maps.NewInbound6(dp)},
-		[]*maps.Inbound{maps.NewNomasqTCP(dp), maps.NewNomasqTCP6(dp)},
-		nonMasq, clock, obs)
+	exp := newExpiry(f.GCInterval, timeouts, nats, inbounds, exempts, nonMasq, clock, obs)
 	expiryDone := make(chan struct{})
 	defer func() { <-expiryDone }() // the datapath closes after the last pass
 	go func() {
