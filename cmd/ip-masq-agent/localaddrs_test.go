@@ -13,19 +13,20 @@ import (
 // interfaces with the fewest addresses first.
 func TestRankLocalAddrs(t *testing.T) {
 	a := netip.MustParseAddr
+	la := func(s string, ifindex int) maps.LocalAddr { return maps.LocalAddr{Addr: a(s), Ifindex: ifindex} }
 	const lo, eth0, cni0, ipvs = 1, 2, 3, 4
 	in := []maps.LocalAddr{
-		{a("10.96.0.2"), ipvs}, {a("10.96.0.1"), ipvs}, {a("10.96.0.3"), ipvs},
-		{a("127.0.0.1"), lo},
-		{a("10.244.1.1"), cni0}, {a("fd00::1"), cni0},
-		{a("172.31.0.9"), eth0}, {a("172.31.0.2"), eth0},
+		la("10.96.0.2", ipvs), la("10.96.0.1", ipvs), la("10.96.0.3", ipvs),
+		la("127.0.0.1", lo),
+		la("10.244.1.1", cni0), la("fd00::1", cni0),
+		la("172.31.0.9", eth0), la("172.31.0.2", eth0),
 	}
 	got := rankLocalAddrs(in, map[int]bool{eth0: true}, []netip.Addr{a("172.31.0.2"), {}})
 	want := []maps.LocalAddr{
-		{a("172.31.0.2"), eth0}, {a("172.31.0.9"), eth0},
-		{a("127.0.0.1"), lo},
-		{a("10.244.1.1"), cni0}, {a("fd00::1"), cni0},
-		{a("10.96.0.1"), ipvs}, {a("10.96.0.2"), ipvs}, {a("10.96.0.3"), ipvs},
+		la("172.31.0.2", eth0), la("172.31.0.9", eth0),
+		la("127.0.0.1", lo),
+		la("10.244.1.1", cni0), la("fd00::1", cni0),
+		la("10.96.0.1", ipvs), la("10.96.0.2", ipvs), la("10.96.0.3", ipvs),
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("rank:\n got %v\nwant %v", got, want)

@@ -66,6 +66,9 @@ func TestManyNodeAddresses(t *testing.T) {
 		if v := m.Must(t, "ip_masq_agent_local_addresses_dropped", "family=ipv4"); v != 0 {
 			t.Errorf("local_addresses_dropped{ipv4} = %v, want 0", v)
 		}
+		if rss, ok := m.Value("process_resident_memory_bytes"); ok {
+			t.Logf("agent resident memory with %d node addresses: %.1f MiB", ipvsAddrs, rss/(1<<20))
+		}
 		// What the map costs at this size (docs/behaviour.md §8.1).
 		if out, err := tp.Node.Exec("bpftool", "map", "show", "pinned", filepath.Join(a.PinPath, "ipm_local4")); err == nil {
 			t.Logf("ipm_local4 with %d addresses: %s", ipvsAddrs, strings.Join(strings.Fields(out), " "))
