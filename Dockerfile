@@ -1,6 +1,7 @@
 # The ip-masq-agent image: one static binary on an empty base.
 #
 #   docker build --build-arg VERSION=v0.1.0 -t REGISTRY/ip-masq-agent:v0.1.0 .
+#   docker buildx build --platform linux/amd64,linux/arm64 ... --push .
 #
 # Offline (no base image can be pulled), `make image` builds the binary on
 # the host the same way and runs only the final stage around it:
@@ -15,7 +16,10 @@
 # build context).
 ARG BINARY=build
 
-FROM docker.io/library/golang:1.26-bookworm AS build
+# The compiler runs on the builder's platform and cross-compiles for the
+# image's (docker buildx build --platform linux/amd64,linux/arm64): the Go
+# toolchain needs no emulation, and the embedded BPF objects are the same.
+FROM --platform=${BUILDPLATFORM} docker.io/library/golang:1.26-bookworm AS build
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
@@ -23,7 +27,8 @@ COPY . .
 ARG VERSION=dev
 # The same command as `make build`: static (no cgo), no paths of this
 # machine, version stamped.
-RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" \
+ARG TARGETARCH
+RUN CGO_ENABLED=0 GOARCH=${TARGETARCH} go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" \
 	-o /out/ip-masq-agent ./cmd/ip-masq-agent
 
 FROM scratch AS prebuilt

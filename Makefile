@@ -12,7 +12,7 @@ FUZZTIME ?= 20s
 # (`systemctl disable --now prometheus` stops it); containers forbid that with policy-rc.d.
 DEBIAN_PACKAGES := clang-19 llvm-19 clang-format-19 libbpf-dev bpftool iproute2 iptables \
 	iperf3 socat tcpdump conntrack iputils-ping ethtool \
-	buildah podman runc prometheus
+	buildah podman runc prometheus qemu-user-static
 
 .DEFAULT_GOAL := help
 
@@ -39,20 +39,29 @@ check-generate: generate ## Fail when the committed BPF object or bindings diffe
 build: ## Build the agent binary (static, no cgo) into bin/.
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/ip-masq-agent
 
-# The image is built offline: the binary as `make build` makes it, wrapped by
-# the Dockerfile's final stage (FROM scratch) with buildah, without a daemon
-# and without pulling anything. `docker build .` compiles in a Go image instead.
+# The image is built offline: the binary as `make build` makes it, once per
+# architecture (GOARCH; static, and the embedded BPF objects are
+# little-endian, the same for both), each wrapped by the Dockerfile's final
+# stage (FROM scratch) with buildah, without a daemon and without pulling
+# anything, into one manifest list. `docker build .` compiles in a Go image
+# instead.
 IMAGE         ?= ip-masq-agent
 IMAGE_ARCHIVE ?= bin/ip-masq-agent-image.tar
 BUILDAH       ?= buildah --storage-driver vfs
+ARCHES        ?= amd64 arm64
 
 .PHONY: image
-image: build ## Build the container image from bin/ into an OCI archive (buildah, offline).
-	$(BUILDAH) build --pull=never --build-arg BINARY=prebuilt --build-arg PREBUILT=$(BIN) --build-arg VERSION=$(VERSION) \
-		-t $(IMAGE):$(VERSION) -f Dockerfile .
+image: ## Build the container image for $(ARCHES) from bin/ into one OCI archive (manifest list; buildah, offline).
+	@# A list or an image of the same name from an earlier run would take the builds.
+	$(BUILDAH) manifest rm $(IMAGE):$(VERSION) >/dev/null 2>&1 || $(BUILDAH) rmi $(IMAGE):$(VERSION) >/dev/null 2>&1 || true
+	set -e; for arch in $(ARCHES); do \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)-$$arch ./cmd/ip-masq-agent; \
+		$(BUILDAH) build --pull=never --platform linux/$$arch --manifest $(IMAGE):$(VERSION) \
+			--build-arg BINARY=prebuilt --build-arg PREBUILT=$(BIN)-$$arch --build-arg VERSION=$(VERSION) -f Dockerfile .; \
+	done
 	rm -f $(IMAGE_ARCHIVE)
-	$(BUILDAH) push $(IMAGE):$(VERSION) oci-archive:$(IMAGE_ARCHIVE):$(IMAGE):$(VERSION)
-	@echo "image $(IMAGE):$(VERSION), also in $(IMAGE_ARCHIVE); push it with: $(BUILDAH) push $(IMAGE):$(VERSION) docker://REGISTRY/$(IMAGE):$(VERSION)"
+	$(BUILDAH) manifest push --all $(IMAGE):$(VERSION) oci-archive:$(IMAGE_ARCHIVE):$(IMAGE):$(VERSION)
+	@echo "image $(IMAGE):$(VERSION) for $(ARCHES), also in $(IMAGE_ARCHIVE); push it with: $(BUILDAH) manifest push --all $(IMAGE):$(VERSION) docker://REGISTRY/$(IMAGE):$(VERSION)"
 
 .PHONY: lint
 lint: ## gofmt, go vet, clang-format, and no citations of documents outside the repository.

@@ -136,13 +136,21 @@ struct {
 	__uint(max_entries, 256);
 } ipm_ifaces SEC(".maps");
 
+/* Node addresses per family that ipm_local4 and ipm_local6 hold. */
+#define IPM_LOCAL_MAX 65536
+
 /* Key: IPv4 address (network order). Value: struct ipm_local. Every address
- * of the node, so host traffic is recognised whatever interface owns it. */
+ * of the node, so host traffic is recognised whatever interface owns it.
+ * Room for kube-proxy's IPVS mode, which puts every ClusterIP on a dummy
+ * interface; not preallocated, so memory follows the addresses stored. The
+ * agent writes the managed interfaces' addresses first: only the others can
+ * be left out when more than this exist. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, __be32);
 	__type(value, struct ipm_local);
-	__uint(max_entries, 4096);
+	__uint(max_entries, IPM_LOCAL_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 } ipm_local4 SEC(".maps");
 
 /* Key: 0 for IPv4, 1 for IPv6. Value: struct ipm_counters, one per CPU: the
@@ -202,7 +210,8 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct ipm_addr6);
 	__type(value, struct ipm_local);
-	__uint(max_entries, 4096);
+	__uint(max_entries, IPM_LOCAL_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 } ipm_local6 SEC(".maps");
 
 /* Key: struct ipm_frag6_key. Value: struct ipm_frag6_entry. */

@@ -32,7 +32,7 @@ const (
 	defaultMasqChain   = "IP-MASQ-AGENT"
 	defaultRemoveChain = true
 	defaultRandomFully = true
-	defaultNATEntries  = 131072
+	defaultNATEntries  = 262144 // 131,072 flows: docs/scale.md
 	defaultTCPSyn      = 60 * time.Second
 	defaultTCPEst      = 6 * time.Hour
 	defaultTCPFin      = 120 * time.Second
@@ -166,7 +166,8 @@ func NewFlagSet(name string) (*flag.FlagSet, *Flags) {
 			"or \"auto\" (tcx when the kernel has it, else tc).")
 	fs.IntVar(&f.NATMaxEntries, "nat-max-entries", defaultNATEntries,
 		fmt.Sprintf("Size of the NAT table in entries. Every masqueraded flow uses two entries; a new flow that "+
-			"finds the table full is dropped, never sent with the pod address. Between %d and %d.",
+			"finds the table full is dropped, never sent with the pod address. Each entry takes 120 bytes of kernel "+
+			"memory per family, charged to the agent's memory limit (docs/scale.md). Between %d and %d.",
 			MinNATEntries, MaxNATEntries))
 
 	fs.StringVar(&f.MasqueradeAddress, "masquerade-address", "",

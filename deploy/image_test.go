@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -80,11 +81,13 @@ func blob(t *testing.T, files map[string][]byte, digest string) []byte {
 	return b
 }
 
-// TestImage runs `make image` (the agent built as `make build` does, the
-// Dockerfile's final stage around it, with buildah offline, written as an
-// OCI archive), checks that the image holds one static binary as its
-// entrypoint, and runs it with podman: it prints its flags, its version and
-// a clear error from the debug command, without a shell in the image.
+// TestImage runs `make image` (the agent built as `make build` does for
+// amd64 and arm64, the Dockerfile's final stage around each, with buildah
+// offline, written as one manifest list in an OCI archive), checks that
+// each image holds one static binary of its architecture as its
+// entrypoint, runs the other architecture's binary under qemu-user, and
+// runs the image with podman: it prints its flags, its version and a clear
+// error from the debug command, without a shell in the image.
 func TestImage(t *testing.T) {
 	containerTools(t)
 	tmp := t.TempDir()
@@ -98,61 +101,36 @@ func TestImage(t *testing.T) {
 
 	files := readArchive(t, archive)
 	var index struct {
-		Manifests []struct{ Digest string } `json:"manifests"`
+		Manifests []struct{ Digest, MediaType string } `json:"manifests"`
 	}
 	if err := json.Unmarshal(files["index.json"], &index); err != nil || len(index.Manifests) != 1 {
 		t.Fatalf("index.json: %v %s", err, files["index.json"])
 	}
-	var manifest struct {
-		Config struct{ Digest string } `json:"config"`
-		Layers []struct{ Digest, MediaType string }
+	// One manifest list, with one image per architecture.
+	var list struct {
+		Manifests []struct {
+			Digest   string
+			Platform struct{ Architecture, OS string }
+		} `json:"manifests"`
 	}
-	if err := json.Unmarshal(blob(t, files, index.Manifests[0].Digest), &manifest); err != nil {
+	if err := json.Unmarshal(blob(t, files, index.Manifests[0].Digest), &list); err != nil {
 		t.Fatal(err)
 	}
-	var cfg struct {
-		Config struct {
-			Entrypoint []string
-			Cmd        []string
-			User       string
-		} `json:"config"`
-	}
-	if err := json.Unmarshal(blob(t, files, manifest.Config.Digest), &cfg); err != nil {
-		t.Fatal(err)
-	}
-	if strings.Join(cfg.Config.Entrypoint, " ") != "/ip-masq-agent" || len(cfg.Config.Cmd) != 0 {
-		t.Errorf("entrypoint %q, cmd %q; want [/ip-masq-agent] and none", cfg.Config.Entrypoint, cfg.Config.Cmd)
-	}
-	if len(manifest.Layers) != 1 {
-		t.Fatalf("%d layers, want one (the binary on scratch)", len(manifest.Layers))
-	}
-	var layer io.Reader = bytes.NewReader(blob(t, files, manifest.Layers[0].Digest))
-	if strings.HasSuffix(manifest.Layers[0].MediaType, "+gzip") {
-		zr, err := gzip.NewReader(layer)
-		if err != nil {
-			t.Fatal(err)
+	var arches []string
+	for _, m := range list.Manifests {
+		arch := m.Platform.Architecture
+		arches = append(arches, m.Platform.OS+"/"+arch)
+		if m.Platform.OS != "linux" {
+			continue
 		}
-		layer = zr
-	}
-	content := readTar(t, layer)
-	var names []string
-	for n := range content {
-		names = append(names, n)
-	}
-	if len(names) != 1 || names[0] != "ip-masq-agent" {
-		t.Fatalf("the image holds %v, want the binary alone", names)
-	}
-	bin, err := elf.NewFile(bytes.NewReader(content["ip-masq-agent"]))
-	if err != nil {
-		t.Fatalf("the binary is not ELF: %v", err)
-	}
-	for _, p := range bin.Progs {
-		if p.Type == elf.PT_INTERP {
-			t.Error("the binary has an ELF interpreter: it is not static (CGO_ENABLED=0)")
+		bin := checkImage(t, files, m.Digest, arch)
+		if bin != nil && arch != runtime.GOARCH {
+			// The other architecture's binary runs under qemu-user.
+			runEmulated(t, arch, bin)
 		}
 	}
-	if libs, _ := bin.ImportedLibraries(); len(libs) > 0 {
-		t.Errorf("the binary needs shared libraries %v", libs)
+	if strings.Join(arches, " ") != "linux/amd64 linux/arm64" {
+		t.Fatalf("the manifest list holds %v, want linux/amd64 and linux/arm64", arches)
 	}
 
 	podman := func(args ...string) (string, error) {
@@ -180,5 +158,100 @@ func TestImage(t *testing.T) {
 	}
 	if out, err := podman("debug", "--pin-path=/sys/fs/bpf/nothing"); err == nil || !strings.Contains(out, "no ip-masq-agent pins") {
 		t.Errorf("podman run IMAGE debug on a missing pin path: %v, want a non-zero exit and a clear message:\n%s", err, out)
+	}
+}
+
+// elfMachine is the ELF machine of each image architecture.
+var elfMachine = map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64}
+
+// qemuUser is the qemu-user binary (make setup: qemu-user-static) that runs
+// each architecture's binary on another.
+var qemuUser = map[string]string{"amd64": "qemu-x86_64-static", "arm64": "qemu-aarch64-static"}
+
+// checkImage checks the image of one architecture: its config says that
+// architecture, its entrypoint is the binary, and its one layer holds the
+// binary alone, static and built for it. It returns the binary.
+func checkImage(t *testing.T, files map[string][]byte, digest, arch string) []byte {
+	t.Helper()
+	var manifest struct {
+		Config struct{ Digest string } `json:"config"`
+		Layers []struct{ Digest, MediaType string }
+	}
+	if err := json.Unmarshal(blob(t, files, digest), &manifest); err != nil {
+		t.Fatal(err)
+	}
+	var cfg struct {
+		Architecture string `json:"architecture"`
+		Config       struct {
+			Entrypoint []string
+			Cmd        []string
+			User       string
+		} `json:"config"`
+	}
+	if err := json.Unmarshal(blob(t, files, manifest.Config.Digest), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Architecture != arch {
+		t.Errorf("%s: the image config says architecture %q", arch, cfg.Architecture)
+	}
+	if strings.Join(cfg.Config.Entrypoint, " ") != "/ip-masq-agent" || len(cfg.Config.Cmd) != 0 {
+		t.Errorf("%s: entrypoint %q, cmd %q; want [/ip-masq-agent] and none", arch, cfg.Config.Entrypoint, cfg.Config.Cmd)
+	}
+	if len(manifest.Layers) != 1 {
+		t.Errorf("%s: %d layers, want one (the binary on scratch)", arch, len(manifest.Layers))
+		return nil
+	}
+	var layer io.Reader = bytes.NewReader(blob(t, files, manifest.Layers[0].Digest))
+	if strings.HasSuffix(manifest.Layers[0].MediaType, "+gzip") {
+		zr, err := gzip.NewReader(layer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		layer = zr
+	}
+	content := readTar(t, layer)
+	var names []string
+	for n := range content {
+		names = append(names, n)
+	}
+	if len(names) != 1 || names[0] != "ip-masq-agent" {
+		t.Errorf("%s: the image holds %v, want the binary alone", arch, names)
+		return nil
+	}
+	bin, err := elf.NewFile(bytes.NewReader(content["ip-masq-agent"]))
+	if err != nil {
+		t.Errorf("%s: the binary is not ELF: %v", arch, err)
+		return nil
+	}
+	if bin.Machine != elfMachine[arch] {
+		t.Errorf("%s: the binary is built for %v", arch, bin.Machine)
+	}
+	for _, p := range bin.Progs {
+		if p.Type == elf.PT_INTERP {
+			t.Errorf("%s: the binary has an ELF interpreter: it is not static (CGO_ENABLED=0)", arch)
+		}
+	}
+	if libs, _ := bin.ImportedLibraries(); len(libs) > 0 {
+		t.Errorf("%s: the binary needs shared libraries %v", arch, libs)
+	}
+	return content["ip-masq-agent"]
+}
+
+// runEmulated runs the version subcommand of another architecture's binary
+// under qemu-user, called directly (no binfmt_misc registration needed).
+func runEmulated(t *testing.T, arch string, bin []byte) {
+	t.Helper()
+	qemu, err := exec.LookPath(qemuUser[arch])
+	if err != nil {
+		t.Errorf("%s: %s is not installed (make setup installs qemu-user-static): the %s binary is not run", arch, qemuUser[arch], arch)
+		return
+	}
+	path := filepath.Join(t.TempDir(), "ip-masq-agent-"+arch)
+	if err := os.WriteFile(path, bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(qemu, path, "version").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), testVersion) {
+		t.Errorf("%s: %s ip-masq-agent version: %v, want %s:\n%s", arch, qemuUser[arch], err, testVersion, out)
 	}
 }

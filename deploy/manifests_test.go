@@ -323,6 +323,7 @@ func checkDaemonSet(t *testing.T, objs objects) (corev1.Container, *config.Flags
 				healthHost, healthPort, p.path, f.HealthAddress)
 		}
 	}
+	checkMemoryLimit(t, &c, f)
 	return c, f
 }
 

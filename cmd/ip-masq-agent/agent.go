@@ -75,6 +75,7 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 		ifaces.chosen.report = obs.metrics.masqueradeAddress
 	}
 	ifaces.heal.repairs = newRepairCounter(obs.metrics.reg)
+	ifaces.localReport = obs.metrics.localAddresses
 	if err := ifaces.reconcile(); err != nil {
 		return err
 	}

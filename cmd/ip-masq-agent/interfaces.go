@@ -29,6 +29,11 @@ type interfaceSet struct {
 	// chosen holds --masquerade-address; nil: primary addresses only.
 	chosen *masqueradeAddresses
 	heal   *healer
+	// localDropped is how many node addresses per family (IPv4, IPv6) did
+	// not fit at the last sync, to log each change once; localReport,
+	// when set, is told the stored and dropped counts (metrics).
+	localDropped [2]int
+	localReport  func(stored, dropped [2]int)
 }
 
 func newInterfaceSet(dp *loader.Datapath, settings *maps.Settings, mode loader.Mode, names []string) *interfaceSet {
@@ -50,7 +55,10 @@ func (s *interfaceSet) attachedNames() []string {
 }
 
 // reconcile attaches to every wanted interface not yet attached and writes
-// every interface's masquerade address and the node's local addresses.
+// every interface's masquerade address and the node's local addresses. The
+// addresses are all written before any attach: programs new to these maps
+// (a first start, or maps replaced on an upgrade) know the host's addresses
+// from their first packet.
 func (s *interfaceSet) reconcile() error {
 	names := s.names
 	if names == nil {
@@ -60,6 +68,8 @@ func (s *interfaceSet) reconcile() error {
 		}
 	}
 	keep := map[int]bool{}
+	var found []netlink.Link
+	var first []netip.Addr // the masquerade addresses, stored before any other
 	for _, name := range names {
 		l, err := netlink.LinkByName(name)
 		if err != nil {
@@ -76,6 +86,7 @@ func (s *interfaceSet) reconcile() error {
 		delete(s.waiting, name)
 		idx := l.Attrs().Index
 		keep[idx] = true
+		found = append(found, l)
 		// The address first: a new flow through an interface without
 		// one is dropped, never leaked.
 		addr4, addr6 := primaryIPv4(l), primaryIPv6(l)
@@ -85,6 +96,16 @@ func (s *interfaceSet) reconcile() error {
 		if err := s.ifaces.Set(idx, addr4, addr6); err != nil {
 			return err
 		}
+		first = append(first, addr4, addr6)
+	}
+	if err := s.ifaces.Retain(keep); err != nil {
+		return err
+	}
+	if err := s.syncLocal(keep, first); err != nil {
+		return err
+	}
+	for _, l := range found {
+		name, idx := l.Attrs().Name, l.Attrs().Index
 		if s.attached[name] == idx {
 			continue
 		}
@@ -97,14 +118,7 @@ func (s *interfaceSet) reconcile() error {
 		s.heal.attached(name, used, cause)
 		klog.InfoS("Attached", "interface", name, "ifindex", idx, "mode", used)
 	}
-	if err := s.ifaces.Retain(keep); err != nil {
-		return err
-	}
-	addrs, err := localAddrs()
-	if err != nil {
-		return err
-	}
-	return s.local.Sync(addrs)
+	return nil
 }
 
 // primaryIPv4 is the first non-secondary global IPv4 address of l, which
@@ -143,22 +157,6 @@ func primaryIPv6(l netlink.Link) netip.Addr {
 		}
 	}
 	return netip.Addr{}
-}
-
-// localAddrs lists every address of the node, both families.
-func localAddrs() (map[netip.Addr]int, error) {
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
-	if err != nil {
-		return nil, fmt.Errorf("list addresses: %w", err)
-	}
-	out := map[netip.Addr]int{}
-	for _, a := range addrs {
-		ip, ok := netip.AddrFromSlice(a.IP)
-		if ok {
-			out[ip.Unmap()] = a.LinkIndex
-		}
-	}
-	return out, nil
 }
 
 // defaultRouteInterfaces names the interfaces that carry an IPv4 default

@@ -48,6 +48,8 @@ type agentMetrics struct {
 	natExpired      prometheus.Counter
 	masqAddrMissing *prometheus.GaugeVec
 	expiry          *expiryMetrics
+	localStored     *prometheus.GaugeVec
+	localDropped    *prometheus.GaugeVec
 
 	datapath datapathCollector
 }
@@ -86,6 +88,17 @@ func newAgentMetrics() *agentMetrics {
 		Namespace: metricsNamespace, Name: "masquerade_address_missing",
 		Help: "1 while an address chosen with --masquerade-address is not on its interface (new flows of its family through it are dropped), else 0.",
 	}, []string{"interface", "address"})
+	m.localStored = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: metricsNamespace, Name: "local_addresses",
+		Help: "Addresses of the node that the datapath knows as the host's, by family.",
+	}, []string{"family"})
+	m.localDropped = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: metricsNamespace, Name: "local_addresses_dropped",
+		Help: "Addresses of the node left out of the datapath's map because it is full, by family: host traffic from them is masqueraded like a pod's.",
+	}, []string{"family"})
+	for _, f := range []string{"ipv4", "ipv6"} {
+		m.localDropped.WithLabelValues(f) // 0 from the start, for alerts
+	}
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: metricsNamespace, Name: "build_info",
 		Help: "Always 1; the labels say which build runs.",
@@ -93,7 +106,7 @@ func newAgentMetrics() *agentMetrics {
 	buildInfo.WithLabelValues(version, runtime.Version()).Set(1)
 
 	m.reg.MustRegister(m.configSyncs, m.configDuration, m.configLastOK, m.configRejected, m.cidrs,
-		m.natExpired, m.masqAddrMissing, buildInfo, &m.datapath,
+		m.natExpired, m.masqAddrMissing, m.localStored, m.localDropped, buildInfo, &m.datapath,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.expiry = newExpiryMetrics(m.reg)
 	return m
@@ -153,6 +166,15 @@ func (m *agentMetrics) collected(r tableResult) {
 	}
 	if r.table == "nat_ipv4" || r.table == "nat_ipv6" {
 		m.natExpired.Add(float64(r.removed))
+	}
+}
+
+// localAddresses records how many node addresses the datapath holds and
+// how many did not fit, per family (IPv4, IPv6).
+func (m *agentMetrics) localAddresses(stored, dropped [2]int) {
+	for i, f := range []string{"ipv4", "ipv6"} {
+		m.localStored.WithLabelValues(f).Set(float64(stored[i]))
+		m.localDropped.WithLabelValues(f).Set(float64(dropped[i]))
 	}
 }
 

@@ -68,7 +68,7 @@ func TestDebugCommand(t *testing.T) {
 				`(?m)^  10\.0\.0\.0/8 +configured$`,
 				`(?m)^  169\.254\.0\.0/16 +link-local`,
 				`(?m)^Non-masquerade CIDRs \(trie [01] active, 2 prefixes\):$`,
-				`(?m)^NAT table \(IPv4\): \d+ of 131072 entries in use, [3-9] flows, [1-9]\d* host reservations`,
+				`(?m)^NAT table \(IPv4\): \d+ of 262144 entries in use, [3-9] flows, [1-9]\d* host reservations`,
 				`(?m)^NAT table \(IPv6\): 0 of 1024 entries in use, 0 flows`, // token size without --enable-ipv6
 				// The interface and how it is attached.
 				fmt.Sprintf(`(?m)^  %s +ifindex \d+ +masquerade as 172\.31\.0\.2 +ingress %s, egress %s$`, Uplink, mode, mode),

@@ -89,8 +89,8 @@ func TestMetrics(t *testing.T) {
 		if v := during.Must(t, "ip_masq_agent_nat_entries"); v < 8 {
 			t.Errorf("nat_entries = %v, want two per flow (at least 8)", v)
 		}
-		if v := during.Must(t, "ip_masq_agent_nat_capacity_entries", "family=ipv4"); v != 131072 {
-			t.Errorf("nat_capacity_entries = %v, want the default --nat-max-entries 131072", v)
+		if v := during.Must(t, "ip_masq_agent_nat_capacity_entries", "family=ipv4"); v != 262144 {
+			t.Errorf("nat_capacity_entries = %v, want the default --nat-max-entries 262144", v)
 		}
 		if v := during.Must(t, "ip_masq_agent_interface_attached", "interface="+Uplink); v != 1 {
 			t.Errorf("interface_attached{%s} = %v, want 1", Uplink, v)

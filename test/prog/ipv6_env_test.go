@@ -46,15 +46,15 @@ func newEnv6(t testing.TB, c config6) *env {
 	if err := maps.NewInterfaces(e.dp).Set(testIfindex, addr4, addr6); err != nil {
 		t.Fatal(err)
 	}
-	la := map[netip.Addr]int{}
+	var la []maps.LocalAddr
 	local := c.local
 	if local == nil {
 		local = []netip.Addr{nodeAddr, nodeOther, netip.MustParseAddr("127.0.0.1")}
 	}
 	for _, a := range append(append([]netip.Addr(nil), local...), local6...) {
-		la[a] = testIfindex
+		la = append(la, maps.LocalAddr{Addr: a, Ifindex: testIfindex})
 	}
-	if err := maps.NewLocalAddrs(e.dp, e.settings).Sync(la); err != nil {
+	if _, err := maps.NewLocalAddrs(e.dp, e.settings).Sync(la); err != nil {
 		t.Fatal(err)
 	}
 	e.applyNonMasqBoth(t, c)

@@ -168,11 +168,11 @@ func newEnv(t testing.TB, c config) *env {
 	if local == nil {
 		local = []netip.Addr{nodeAddr, nodeOther, netip.MustParseAddr("127.0.0.1")}
 	}
-	la := map[netip.Addr]int{}
+	var la []maps.LocalAddr
 	for _, a := range local {
-		la[a] = testIfindex
+		la = append(la, maps.LocalAddr{Addr: a, Ifindex: testIfindex})
 	}
-	if err := maps.NewLocalAddrs(dp, e.settings).Sync(la); err != nil {
+	if _, err := maps.NewLocalAddrs(dp, e.settings).Sync(la); err != nil {
 		t.Fatal(err)
 	}
 	return e
