@@ -20,7 +20,7 @@ type Inbound struct {
 	// Pace, when set, runs between the chunks of a walk (NATTable.Pace).
 	Pace    func() error
 	collect func(i *Inbound, to Timeouts) (int, error)
-	scanned atomic.Int64 // entries the last Collect read
+	scanned atomic.Int64  // entries the last Collect read
 	removed atomic.Uint64 // entries Collect ever deleted, for LRUEvictions
 }
 
