@@ -15,20 +15,6 @@ import (
 	"github.com/ipmasq-ebpf/ip-masq-agent/maps"
 )
 
-// pendingMetrics are the expiry metrics being added to cmd/ip-masq-agent
-// alongside this component (a histogram, counters and a gauge by table).
-// The alerts and the dashboard use them already. They count as known only
-// while the agent's source registers no ip_masq_agent_expiry_ metric at
-// all: once it does, its own names are checked; then delete this list.
-var pendingMetrics = []string{
-	"ip_masq_agent_expiry_failures_total",                 // counter: table, reason
-	"ip_masq_agent_expiry_last_success_timestamp_seconds", // gauge: table
-	"ip_masq_agent_expiry_pass_duration_seconds_bucket",   // histogram: table
-	"ip_masq_agent_expiry_pass_duration_seconds_sum",      //
-	"ip_masq_agent_expiry_pass_duration_seconds_count",    //
-	"ip_masq_agent_expiry_entries_scanned_total",          // counter: table
-}
-
 // prometheusSeries are the series Prometheus itself writes for each target.
 var prometheusSeries = []string{"up"}
 
@@ -204,17 +190,6 @@ func TestMetricNames(t *testing.T) {
 // leaving an alert that can never fire.
 func TestMonitoringUsesRealMetrics(t *testing.T) {
 	known := agentMetricNames(t)
-	hasExpiry := false
-	for n := range known {
-		hasExpiry = hasExpiry || strings.HasPrefix(n, "ip_masq_agent_expiry_")
-	}
-	if hasExpiry {
-		t.Log("the agent registers expiry metrics: pendingMetrics is not used (delete it)")
-	} else {
-		for _, n := range pendingMetrics {
-			known[n] = true
-		}
-	}
 	for _, n := range prometheusSeries {
 		known[n] = true
 	}

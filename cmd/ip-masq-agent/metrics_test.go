@@ -18,23 +18,22 @@ import (
 	"github.com/ipmasq-ebpf/ip-masq-agent/maps"
 )
 
-// TestREADMEListsEveryCounter: every datapath counter is a value of the
-// event label of ip_masq_agent_datapath_packets_total, so the README's
-// table of events must name each one.
-func TestREADMEListsEveryCounter(t *testing.T) {
-	data, err := os.ReadFile("../../README.md")
+// TestDocsListEveryCounter: every datapath counter is a value of the event
+// label of ip_masq_agent_datapath_packets_total, so the table of events in
+// docs/behaviour.md §14.1 must name each one.
+func TestDocsListEveryCounter(t *testing.T) {
+	data, err := os.ReadFile("../../docs/behaviour.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	readme := string(data)
-	_, observe, ok := strings.Cut(readme, "\n## Observe\n")
+	_, metrics, ok := strings.Cut(string(data), "\n### §14.1 Metrics\n")
 	if !ok {
-		t.Fatal("the README has no Observe section")
+		t.Fatal("docs/behaviour.md has no §14.1 Metrics")
 	}
-	observe, _, _ = strings.Cut(observe, "\n## ")
+	metrics, _, _ = strings.Cut(metrics, "\n### ")
 	for _, f := range maps.Fields(loader.BPFIpmCounters{}) {
-		if !strings.Contains(observe, "| `"+f.Name+"` |") {
-			t.Errorf("the README's Observe section has no row for the counter %s", f.Name)
+		if !strings.Contains(metrics, "`"+f.Name+"`") {
+			t.Errorf("docs/behaviour.md §14.1 has no row for the counter %s", f.Name)
 		}
 	}
 }
