@@ -465,36 +465,6 @@ int ipm_egress(struct __sk_buff *skb)
 	return verdict;
 }
 
-/*
- * A UDP datagram or a TCP SYN from outside to a node address, without a
- * mapping or reservation: a flow towards the host (a host socket, or a
- * hostPort or NodePort that netfilter DNATs to a pod). Its tuple is reserved
- * now, not only once the host answers, so that no pod mapping takes it
- * towards this remote meanwhile (the remote's next packet would go to that
- * pod); conntrack's own masquerade avoids such a tuple too. A flood of these
- * evicts old reservations and never touches a pod mapping.
- */
-static __always_inline void reserve_inbound(const struct flow4 *f, __u32 ifindex, __u64 now)
-{
-	struct ipm_nat_key k = {};
-	struct ipm_nat_entry hv = {};
-
-	k.saddr = f->saddr;
-	k.daddr = f->daddr;
-	k.sport = f->sport;
-	k.dport = f->dport;
-	k.proto = f->proto;
-	k.dir = IPM_DIR_INGRESS;
-	hv.created_ns = now;
-	hv.last_seen_ns = now;
-	hv.addr = f->daddr;
-	hv.port = f->dport;
-	hv.kind = IPM_KIND_HOST;
-	hv.ifindex = ifindex;
-	if (!insert_new(&ipm_hostres4, &k, &hv))
-		count_lru_new(FAMILY_IPV4, IPM_LRU_HOSTRES);
-}
-
 /* A UDP datagram or a TCP SYN from outside to a pod address without a
  * mapping: a flow opened from outside (VPC-native pod IPs). Its replies must
  * keep the pod address even when the remote is outside the non-masquerade
@@ -503,16 +473,12 @@ static __always_inline void reserve_inbound(const struct flow4 *f, __u32 ifindex
  * as opened non-masqueraded, so a config change does not reset it. Returns
  * whether the packet was for a pod and recorded. */
 static __always_inline bool note_inbound(const struct ipm_settings *s, const struct flow4 *f,
-					 __u32 ifindex, __u64 now)
+					 __u64 now)
 {
 	struct ipm_nat_key rk = {};
 
-	if (!s)
-		return false;
-	if (bpf_map_lookup_elem(&ipm_local4, &f->daddr)) {
-		reserve_inbound(f, ifindex, now); /* for the host itself */
-		return false;
-	}
+	if (!s || bpf_map_lookup_elem(&ipm_local4, &f->daddr))
+		return false; /* for the host itself */
 	egress_key(f, true, &rk);
 	if (is_nomasq_dest(s, f->saddr)) {
 		if (f->proto != IPPROTO_TCP)
@@ -652,7 +618,7 @@ int ipm_ingress(struct __sk_buff *skb)
 			COUNT(c, ingress_host);
 		} else if ((f.proto == IPPROTO_UDP ||
 			    (f.proto == IPPROTO_TCP && tcp_is_syn(f.tcp_flags))) &&
-			   note_inbound(s, &f, skb->ifindex, ipm_clock(s))) {
+			   note_inbound(s, &f, ipm_clock(s))) {
 			COUNT(c, ingress_inbound);
 		} else {
 			COUNT(c, ingress_miss);

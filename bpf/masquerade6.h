@@ -569,32 +569,13 @@ static __always_inline int egress6(struct __sk_buff *skb)
 	return verdict;
 }
 
-/* reserve_inbound for IPv6. */
-static __always_inline void reserve_inbound6(const struct flow6 *f, __u32 ifindex, __u64 now)
-{
-	struct ipm_nat6_key k = {};
-	struct ipm_nat6_entry hv = {};
-
-	nat6_key(f, IPM_DIR_INGRESS, &k);
-	hv.created_ns = now;
-	hv.last_seen_ns = now;
-	addr6_copy(hv.addr, f->daddr);
-	hv.port = f->dport;
-	hv.kind = IPM_KIND_HOST;
-	hv.ifindex = ifindex;
-	if (!insert_new(&ipm_hostres6, &k, &hv))
-		count_lru_new(FAMILY_IPV6, IPM_LRU_HOSTRES);
-}
-
 static __always_inline bool note_inbound6(const struct ipm_settings *s, const struct flow6 *f,
-					  __u32 ifindex, __u64 now)
+					  __u64 now)
 {
 	struct ipm_nat6_key rk = {};
 
-	if (is_local6(f->daddr)) {
-		reserve_inbound6(f, ifindex, now); /* for the host itself */
+	if (is_local6(f->daddr))
 		return false;
-	}
 	addr6_copy(rk.saddr, f->daddr);
 	addr6_copy(rk.daddr, f->saddr);
 	rk.sport = f->dport;
@@ -717,7 +698,7 @@ static __always_inline int ingress6(struct __sk_buff *skb)
 			COUNT(c, ingress_host);
 		} else if ((f.proto == IPPROTO_UDP ||
 			    (f.proto == IPPROTO_TCP && tcp_is_syn(f.tcp_flags))) &&
-			   note_inbound6(s, &f, skb->ifindex, ipm_clock(s))) {
+			   note_inbound6(s, &f, ipm_clock(s))) {
 			COUNT(c, ingress_inbound);
 		} else {
 			COUNT(c, ingress_miss);

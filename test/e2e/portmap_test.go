@@ -10,15 +10,13 @@ import (
 // that our pod mappings want it too.
 const (
 	hostPort     = 46601
-	silentPort   = 46602 // UDP to pod2:9999, where nothing answers
 	hostPortTo   = "--to-ports=46600-46603"
 	farPortFirst = 46600
 	farPortLast  = 46603
 )
 
-// portmapIPTables is what the CNI portmap plugin writes for pod2's hostPorts
-// 46601 (TCP to its port 8080, UDP to 8081) and 46602 (UDP to 9999):
-// CNI-HOSTPORT-DNAT from
+// portmapIPTables is what the CNI portmap plugin writes for pod2's hostPort
+// 46601 (TCP to its port 8080, UDP to 8081): CNI-HOSTPORT-DNAT from
 // PREROUTING and OUTPUT for local destinations, a CNI-DN chain per
 // container that marks hairpin traffic for CNI-HOSTPORT-MASQ and DNATs.
 var portmapIPTables = fmt.Sprintf(`*nat
@@ -32,18 +30,15 @@ var portmapIPTables = fmt.Sprintf(`*nat
 -A CNI-HOSTPORT-MASQ -m mark --mark 0x2000/0x2000 -j MASQUERADE
 -A CNI-HOSTPORT-SETMARK -m comment --comment "CNI portfwd masquerade mark" -j MARK --set-xmark 0x2000/0x2000
 -A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \"cbr0\" id: \"ipme-pod2\"" -m multiport --dports %[1]d -j CNI-DN-ipme0pod2hostport
--A CNI-HOSTPORT-DNAT -p udp -m comment --comment "dnat name: \"cbr0\" id: \"ipme-pod2\"" -m multiport --dports %[1]d,%[2]d -j CNI-DN-ipme0pod2hostport
+-A CNI-HOSTPORT-DNAT -p udp -m comment --comment "dnat name: \"cbr0\" id: \"ipme-pod2\"" -m multiport --dports %[1]d -j CNI-DN-ipme0pod2hostport
 -A CNI-DN-ipme0pod2hostport -s 10.244.1.0/24 -p tcp -m tcp --dport %[1]d -j CNI-HOSTPORT-SETMARK
 -A CNI-DN-ipme0pod2hostport -s 127.0.0.1/32 -p tcp -m tcp --dport %[1]d -j CNI-HOSTPORT-SETMARK
 -A CNI-DN-ipme0pod2hostport -p tcp -m tcp --dport %[1]d -j DNAT --to-destination 10.244.1.3:8080
 -A CNI-DN-ipme0pod2hostport -s 10.244.1.0/24 -p udp -m udp --dport %[1]d -j CNI-HOSTPORT-SETMARK
 -A CNI-DN-ipme0pod2hostport -s 127.0.0.1/32 -p udp -m udp --dport %[1]d -j CNI-HOSTPORT-SETMARK
 -A CNI-DN-ipme0pod2hostport -p udp -m udp --dport %[1]d -j DNAT --to-destination 10.244.1.3:8081
--A CNI-DN-ipme0pod2hostport -s 10.244.1.0/24 -p udp -m udp --dport %[2]d -j CNI-HOSTPORT-SETMARK
--A CNI-DN-ipme0pod2hostport -s 127.0.0.1/32 -p udp -m udp --dport %[2]d -j CNI-HOSTPORT-SETMARK
--A CNI-DN-ipme0pod2hostport -p udp -m udp --dport %[2]d -j DNAT --to-destination 10.244.1.3:9999
 COMMIT
-`, hostPort, silentPort)
+`, hostPort)
 
 // TestHostPortDNAT: a hostPort DNAT like the CNI portmap plugin's on a node
 // port inside --to-ports, next to pod flows we masquerade from the same
@@ -179,49 +174,6 @@ func TestHostPortDNAT(t *testing.T) {
 				t.Errorf("internet udp :%d -> hostPort again: pod2 saw %s (%v), want %s", remotePort, got, err, remote)
 			}
 			expectReservedNotMapped(t, a, "udp", hostPort, remote)
-		})
-
-		// A hostPort flow that its pod never answered (a one-way UDP
-		// receiver, or a TCP connection between its SYN and SYN-ACK)
-		// holds its node tuple too: reserved on its first packet in, as
-		// conntrack's own masquerade would avoid it. Without that, the
-		// pod's flow took the hostPort and the remote's next datagram to
-		// the hostPort went to pod1.
-		t.Run("same remote one-way udp", func(t *testing.T) {
-			const remotePort = 47003
-			remote := netip.AddrPortFrom(InternetIP, remotePort)
-			silentNode := netip.AddrPortFrom(NodeIP, silentPort)
-			silent := openUDP(t, tp.Pod2, 9999)
-			in := openUDP(t, tp.Internet.Netns, remotePort)
-			fromRemote := func(p netip.AddrPort) error {
-				if p != remote {
-					return fmt.Errorf("want %s", remote)
-				}
-				return nil
-			}
-			if err := in.send(silentNode, "one"); err != nil {
-				t.Fatal(err)
-			}
-			silent.expectFrom(t, "one", fromRemote)
-			expectReservedNotMapped(t, a, "udp", silentPort, remote)
-			pod := openUDP(t, tp.Pod1, silentPort)
-			if err := pod.send(remote, "from-pod1"); err != nil {
-				t.Fatal(err)
-			}
-			in.expectFrom(t, "from-pod1", func(p netip.AddrPort) error {
-				if err := inRange(p); err != nil {
-					return err
-				}
-				if p == silentNode {
-					return fmt.Errorf("the pod's mapping took %s, which the hostPort flow holds", silentNode)
-				}
-				return nil
-			})
-			if err := in.send(silentNode, "two"); err != nil {
-				t.Fatal(err)
-			}
-			silent.expectFrom(t, "two", fromRemote)
-			pod.expectNothing(t, dropTimeout, "pod1 after the remote's second datagram to the hostPort")
 		})
 	})
 }
