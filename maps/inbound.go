@@ -95,10 +95,14 @@ func collectInbound[K any](i *Inbound, to Timeouts) (int, error) {
 		if err := i.m.Lookup(k, &again); err != nil || Now()-time.Duration(again.LastSeenNs) <= limit {
 			return
 		}
-		if i.m.Delete(k) == nil {
-			removed++
-			i.removed.Add(1)
+		// Counted before the deletion, as for host reservations
+		// (NATTable.removeReservationIfExpired).
+		i.removed.Add(1)
+		if i.m.Delete(k) != nil {
+			i.removed.Add(^uint64(0))
+			return
 		}
+		removed++
 	})
 	if err != nil {
 		return removed, fmt.Errorf("read inbound records: %w", err)

@@ -315,9 +315,13 @@ func (t *NATTable) removeReservationIfExpired(k tuple, to Timeouts) bool {
 	if Now()-r.LastSeen <= r.timeout(to) {
 		return false
 	}
+	// Counted before the deletion, taken back if it fails: a count read
+	// in between is then one too low, never one too high, which the
+	// eviction count (added - removed - left) would keep.
+	t.hostresRemoved.Add(1)
 	if t.c.remove(t.hostres, k) != nil {
+		t.hostresRemoved.Add(^uint64(0))
 		return false
 	}
-	t.hostresRemoved.Add(1)
 	return true
 }

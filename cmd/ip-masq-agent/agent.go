@@ -88,6 +88,14 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 	removeIPTablesChain(f) // after the attach: see there
 	clock := &datapathClock{clock: maps.NewClock(dp), settings: settings}
 	go clock.calibrate() // 200 ms; the programs read the clock meanwhile
+	// The expiry and the eviction count share these: evictions are what
+	// left the LRU maps without the expiry removing it. The count has its
+	// base and its metric before the agent reports ready.
+	nats := []*maps.NATTable{maps.NewNATTable(dp), maps.NewNAT6Table(dp)}
+	inbounds := []*maps.Inbound{maps.NewInbound(dp), maps.NewInbound6(dp)}
+	exempts := []*maps.Inbound{maps.NewNomasqTCP(dp), maps.NewNomasqTCP6(dp)}
+	evictionsDone := trackEvictions(ctx, obs.metrics.reg, maps.NewLRUEvictions(dp, [2]*maps.NATTable(nats), [2]*maps.Inbound(inbounds), [2]*maps.Inbound(exempts)), f.GCInterval)
+	defer func() { <-evictionsDone }() // the datapath closes after its last walk
 	klog.InfoS("Datapath ready", "pinPath", f.PinPath, "interfaces", ifaces.attachedNames(), "build", dp.Variant)
 	obs.setStarted()
 
@@ -107,12 +115,6 @@ func runAgent(ctx context.Context, f *config.Flags) error {
 	defer verify.Stop()
 	heartbeat := time.NewTicker(loopHeartbeat)
 	defer heartbeat.Stop()
-	// The expiry and the eviction count share these: evictions are what
-	// left the LRU maps without the expiry removing it.
-	nats := []*maps.NATTable{maps.NewNATTable(dp), maps.NewNAT6Table(dp)}
-	inbounds := []*maps.Inbound{maps.NewInbound(dp), maps.NewInbound6(dp)}
-	exempts := []*maps.Inbound{maps.NewNomasqTCP(dp), maps.NewNomasqTCP6(dp)}
-	trackEvictions(ctx, obs.metrics.reg, maps.NewLRUEvictions(dp, [2]*maps.NATTable(nats), [2]*maps.Inbound(inbounds), [2]*maps.Inbound(exempts)), f.GCInterval)
 	resync := time.NewTimer(cfg.interval())
 	defer resync.Stop()
 

@@ -39,8 +39,9 @@ func (c *evictionCollector) Collect(ch chan<- prometheus.Metric) {
 // brings it up to date now (the base the counts start from) and then every
 // interval until ctx ends. It walks the LRU maps on its own, apart from the
 // expiry, and reads the removals of the expiry's NAT tables and record maps
-// that ev was made with.
-func trackEvictions(ctx context.Context, reg prometheus.Registerer, ev *maps.LRUEvictions, interval time.Duration) {
+// that ev was made with. The channel it returns closes once the goroutine
+// has ended (after ctx), so the maps stay open until then.
+func trackEvictions(ctx context.Context, reg prometheus.Registerer, ev *maps.LRUEvictions, interval time.Duration) <-chan struct{} {
 	reg.MustRegister(newEvictionCollector(ev))
 	update := func() {
 		if err := ev.Update(); err != nil {
@@ -48,7 +49,9 @@ func trackEvictions(ctx context.Context, reg prometheus.Registerer, ev *maps.LRU
 		}
 	}
 	update()
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		t := time.NewTicker(interval)
 		defer t.Stop()
 		for {
@@ -61,4 +64,5 @@ func trackEvictions(ctx context.Context, reg prometheus.Registerer, ev *maps.LRU
 			}
 		}
 	}()
+	return done
 }

@@ -54,6 +54,7 @@ type tableResult struct {
 // expiryReport is what the expiry tells the observer.
 type expiryReport interface {
 	passStarted(time.Time)
+	passProgressed(time.Time) // a chunk read
 	tableCollected(tableResult)
 	passEnded(time.Time)
 }
@@ -116,6 +117,7 @@ func (e *expiry) pass(ctx context.Context) {
 	// The expiry decides by the datapath's clock: keep it calibrated.
 	e.clock.check()
 	e.pace.start(ctx, e.interval/expirySpread, e.chunks)
+	e.pace.progressed = e.report.passProgressed
 	defer func() { e.chunks = max(e.pace.chunks, 1) }()
 	for _, t := range e.tables {
 		r := e.collect(t)
@@ -178,6 +180,9 @@ type pacer struct {
 	budget time.Duration
 	step   time.Duration // one chunk's share of the budget
 	chunks int           // chunks read so far in this pass
+	// progressed, when set, hears of each chunk read: a pass that reads
+	// on is alive however long it takes (progress.go).
+	progressed func(time.Time)
 }
 
 // start begins a pass expected to read about chunks chunks.
@@ -193,6 +198,9 @@ func (p *pacer) pace() error {
 		return err
 	}
 	p.chunks++
+	if p.progressed != nil {
+		p.progressed(time.Now())
+	}
 	elapsed := time.Since(p.begin)
 	wait := time.Duration(p.chunks)*p.step - elapsed
 	if wait <= 0 || elapsed >= p.budget {

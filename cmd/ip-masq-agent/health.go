@@ -59,8 +59,9 @@ func (o *observer) configSynced(r syncResult) {
 }
 
 // passStarted, tableCollected and passEnded are the expiry's reports.
-func (o *observer) passStarted(now time.Time) { o.progress.passStarted(now) }
-func (o *observer) passEnded(now time.Time)   { o.progress.passEnded(now) }
+func (o *observer) passStarted(now time.Time)    { o.progress.passStarted(now) }
+func (o *observer) passEnded(now time.Time)      { o.progress.passEnded(now) }
+func (o *observer) passProgressed(now time.Time) { o.progress.passProgressed(now) }
 func (o *observer) tableCollected(r tableResult) {
 	o.metrics.collected(r)
 	o.progress.table(r.table, r.err)

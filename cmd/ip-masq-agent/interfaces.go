@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -101,9 +102,10 @@ func (s *interfaceSet) reconcile() error {
 	if err := s.ifaces.Retain(keep); err != nil {
 		return err
 	}
-	if err := s.syncLocal(keep, first); err != nil {
-		return err
-	}
+	// A failed address sync does not hold up attaching: the addresses
+	// written before stay, and an interface without our programs would
+	// send pod addresses out.
+	errLocal := s.syncLocal(keep, first)
 	for _, l := range found {
 		name, idx := l.Attrs().Name, l.Attrs().Index
 		if s.attached[name] == idx {
@@ -112,13 +114,13 @@ func (s *interfaceSet) reconcile() error {
 		cause := s.repairCause(name, s.attached[name], idx)
 		used, err := s.dp.Attach(idx, name, s.mode)
 		if err != nil {
-			return err
+			return errors.Join(errLocal, err)
 		}
 		s.attached[name] = idx
 		s.heal.attached(name, used, cause)
 		klog.InfoS("Attached", "interface", name, "ifindex", idx, "mode", used)
 	}
-	return nil
+	return errLocal
 }
 
 // primaryIPv4 is the first non-secondary global IPv4 address of l, which

@@ -16,9 +16,12 @@ const loopStall = 2 * time.Minute
 // still comes round.
 const loopHeartbeat = 15 * time.Second
 
-// passOverrun is how many intervals a running expiry pass may take before
-// /healthz fails: a pass is spread over half an interval, so one this late
-// is stuck, not slow. At least loopStall, for very short intervals.
+// passOverrun is how many intervals a running expiry pass may go without
+// reading a chunk before /healthz fails: a chunk takes milliseconds and the
+// pacing waits at most half an interval between two, so a pass this quiet is
+// stuck, not slow. A pass over a huge table may take longer than this as a
+// whole and stays healthy while it reads on (a restart would only begin it
+// again). At least loopStall, for very short intervals.
 const passOverrun = 10
 
 // expiryFailLimit is how many passes in a row a table's collection may fail
@@ -36,6 +39,7 @@ type progress struct {
 	interval  time.Duration // --gc-interval
 	loopBeat  time.Time     // zero before the run loop started
 	passStart time.Time     // zero while no pass runs
+	passBeat  time.Time     // the running pass's last chunk read
 	failed    map[string]int
 	lastErr   map[string]error
 }
@@ -57,7 +61,16 @@ func (p *progress) loop(now time.Time) {
 func (p *progress) passStarted(now time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.passStart = now
+	p.passStart, p.passBeat = now, now
+}
+
+// passProgressed is stamped by the running pass at each chunk it reads.
+func (p *progress) passProgressed(now time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.passStart.IsZero() {
+		p.passBeat = now
+	}
 }
 
 func (p *progress) passEnded(time.Time) {
@@ -83,7 +96,8 @@ func (p *progress) table(name string, err error) {
 }
 
 // stuck is the liveness part: the run loop has not come round for
-// loopStall, or an expiry pass has run for passOverrun intervals.
+// loopStall, or a running expiry pass has read nothing for passOverrun
+// intervals.
 func (p *progress) stuck(now time.Time) []string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -92,8 +106,9 @@ func (p *progress) stuck(now time.Time) []string {
 		problems = append(problems, fmt.Sprintf("run loop stuck: it last came round %s ago", now.Sub(p.loopBeat).Round(time.Second)))
 	}
 	limit := max(passOverrun*p.interval, loopStall)
-	if !p.passStart.IsZero() && now.Sub(p.passStart) > limit {
-		problems = append(problems, fmt.Sprintf("expiry stuck: a pass has run for %s, the interval is %s", now.Sub(p.passStart).Round(time.Second), p.interval))
+	if !p.passStart.IsZero() && now.Sub(p.passBeat) > limit {
+		problems = append(problems, fmt.Sprintf("expiry stuck: the pass running for %s has read nothing for %s, the interval is %s",
+			now.Sub(p.passStart).Round(time.Second), now.Sub(p.passBeat).Round(time.Second), p.interval))
 	}
 	return problems
 }

@@ -61,8 +61,9 @@ func TestExpiryFailuresMakeUnready(t *testing.T) {
 }
 
 // TestStuckLoops: /healthz fails when the run loop has not come round for
-// loopStall, or a pass has run for passOverrun intervals (at least
-// loopStall); a slow but moving agent stays live.
+// loopStall, or a pass has read nothing for passOverrun intervals (at
+// least loopStall); a slow but moving agent stays live, also through a pass
+// over a huge table that reads on for longer than that.
 func TestStuckLoops(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	for _, tc := range []struct {
@@ -70,6 +71,7 @@ func TestStuckLoops(t *testing.T) {
 		interval  time.Duration
 		loopAgo   time.Duration // 0: never stamped
 		passSince time.Duration // 0: no pass running
+		readAgo   time.Duration // 0: the pass read nothing since it started
 		want      string        // "" for live
 	}{
 		{name: "starting", interval: 10 * time.Second},
@@ -78,6 +80,8 @@ func TestStuckLoops(t *testing.T) {
 		{name: "loop stuck", interval: 10 * time.Second, loopAgo: loopStall + time.Second, want: "run loop stuck"},
 		{name: "pass slow", interval: time.Minute, loopAgo: time.Second, passSince: 9 * time.Minute},
 		{name: "pass stuck", interval: time.Minute, loopAgo: time.Second, passSince: 11 * time.Minute, want: "expiry stuck"},
+		{name: "long pass reading on", interval: 10 * time.Second, loopAgo: time.Second, passSince: time.Hour, readAgo: time.Second},
+		{name: "long pass stopped reading", interval: 10 * time.Second, loopAgo: time.Second, passSince: time.Hour, readAgo: loopStall + time.Second, want: "expiry stuck"},
 		{name: "short interval: at least the stall", interval: time.Second, loopAgo: time.Second, passSince: time.Minute},
 		{name: "short interval stuck", interval: time.Second, loopAgo: time.Second, passSince: loopStall + time.Second, want: "expiry stuck"},
 	} {
@@ -89,6 +93,9 @@ func TestStuckLoops(t *testing.T) {
 			}
 			if tc.passSince != 0 {
 				p.passStarted(now.Add(-tc.passSince))
+			}
+			if tc.readAgo != 0 {
+				p.passProgressed(now.Add(-tc.readAgo))
 			}
 			got := p.stuck(now)
 			if tc.want == "" && len(got) != 0 || tc.want != "" && (len(got) != 1 || !strings.Contains(got[0], tc.want)) {
