@@ -194,8 +194,8 @@ func testDebugFilters(t *testing.T, a *Agent, tcpNodePort uint16) {
 			t.Errorf("line of unknown kind %q", d.Kind)
 		}
 	}
-	if v4 := tables["ipv4"]; v4.Capacity != 131072 || !v4.Complete || v4.Flows < 3 || v4.Shown != len(flows)+len(reservations) {
-		t.Errorf("ipv4 table object %+v, want capacity 131072, complete, at least 3 flows, every entry shown (%d)", v4, len(flows)+len(reservations))
+	if v4 := tables["ipv4"]; v4.Capacity != 262144 || !v4.Complete || v4.Flows < 3 || v4.Shown != len(flows)+len(reservations) {
+		t.Errorf("ipv4 table object %+v, want capacity 262144 (the default --nat-max-entries), complete, at least 3 flows, every entry shown (%d)", v4, len(flows)+len(reservations))
 	}
 	if _, ok := tables["ipv6"]; !ok {
 		t.Error("no ipv6 table object")
