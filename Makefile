@@ -9,7 +9,8 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 FUZZTIME ?= 20s
 DEBIAN_PACKAGES := clang-19 llvm-19 clang-format-19 libbpf-dev bpftool iproute2 iptables \
 	iperf3 socat tcpdump conntrack iputils-ping ethtool \
-	buildah podman runc
+	buildah podman runc \
+	etcd-server containerd containernetworking-plugins
 
 .DEFAULT_GOAL := help
 
@@ -76,6 +77,12 @@ test: ## All test tiers (root): unit, BPF program runs, netns end to end in both
 .PHONY: test-unit
 test-unit: ## Only the tests that need no privileges.
 	$(GO) test -count=1 ./config/ ./maps/ ./migrate/ ./cmd/... ./deploy/
+
+# The Kubernetes binaries are built once into /var/cache/ipm-k8s (about 15 minutes cold).
+.PHONY: test-k8s
+test-k8s: image ## A real one-node Kubernetes cluster in namespaces runs the DaemonSet (root, offline, ~4 min warm; KEEP=1 leaves it up).
+	test/k8s/build-components.sh
+	GO=$(GO) test/k8s/run.sh
 
 .PHONY: test-kernels
 test-kernels: ## Program and end-to-end tests inside qemu VMs on Debian's 5.10, 6.1, 6.12 (root, no KVM: slow; KERNELS='5.10').

@@ -1,12 +1,18 @@
 package k8s
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netns"
 
 	"github.com/ipmasq-ebpf/ip-masq-agent/test/e2e"
 )
@@ -58,6 +64,12 @@ func TestDaemonSet(t *testing.T) {
 			}
 			d := c.apply(t, overlay{tag: "k8s-a", config: configVPC})
 			first, _ = c.agentPod(t)
+			// What the kubelet's probes ask, asked from the node too.
+			for _, path := range []string{"/healthz", "/readyz"} {
+				if code, body := c.nodeGet(t, "http://127.0.0.1:9442"+path); code != http.StatusOK {
+					t.Errorf("%s: %d %s", path, code, body)
+				}
+			}
 			t.Logf("DaemonSet Ready %v after kubectl apply -k (readiness probe /readyz passed)", d.Round(100*time.Millisecond))
 		}},
 		{"Masquerade", func(t *testing.T) {
@@ -238,4 +250,34 @@ func (c *cluster) pins(t *testing.T) []string {
 		}
 	}
 	return pins
+}
+
+// nodeGet fetches url from the node's network namespace, where the agent's
+// health endpoints listen on 127.0.0.1.
+func (c *cluster) nodeGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	h, err := netns.GetFromPath("/proc/" + c.env["IPM_K8S_HOLDER_PID"] + "/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	node := &e2e.Netns{Name: c.env["IPM_K8S_NODE_NETNS"], Role: "node", Handle: h}
+	var conn net.Conn
+	if err := node.Do(func() (err error) {
+		conn, err = net.DialTimeout("tcp", "127.0.0.1:9442", e2e.ProbeTimeout)
+		return err
+	}); err != nil {
+		t.Fatalf("node: %v", err)
+	}
+	// The connection was made in the node; the request goes over it.
+	client := &http.Client{Timeout: e2e.ProbeTimeout, Transport: &http.Transport{
+		DialContext: func(context.Context, string, string) (net.Conn, error) { return conn, nil },
+	}}
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s in the node: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, strings.TrimSpace(string(body))
 }
