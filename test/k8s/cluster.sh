@@ -395,6 +395,8 @@ up() {
 	kubectl_ wait --for=condition=Ready "node/$node_name" --timeout=120s >/dev/null ||
 		die "node not Ready (logs in $state/log)"
 	log "node Ready $((SECONDS - t0))s after start, $((SECONDS - tk))s after the kubelet"
+	# Pods are admitted once their namespace has its default service account.
+	wait_for "service account default" 60 kubectl_ get serviceaccount default
 
 	cat >"$state/kubectl" <<EOF
 #!/bin/sh
