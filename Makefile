@@ -12,13 +12,14 @@ FUZZTIME ?= 20s
 # (`systemctl disable --now prometheus` stops it); containers forbid that with policy-rc.d.
 DEBIAN_PACKAGES := clang-19 llvm-19 clang-format-19 libbpf-dev bpftool iproute2 iptables \
 	iperf3 socat tcpdump conntrack iputils-ping ethtool \
-	buildah podman runc prometheus qemu-user-static
+	buildah podman runc prometheus qemu-user-static \
+	etcd-server containerd containernetworking-plugins
 
 .DEFAULT_GOAL := help
 
 .PHONY: help
 help: ## Show this help.
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: setup
 setup: ## Install the Debian packages and Go modules everything here needs (root).
@@ -88,6 +89,12 @@ test: ## All test tiers (root): unit, BPF program runs, netns end to end in both
 .PHONY: test-unit
 test-unit: ## Only the tests that need no privileges.
 	$(GO) test -count=1 ./config/ ./maps/ ./migrate/ ./cmd/... ./deploy/
+
+# The Kubernetes binaries are built once into /var/cache/ipm-k8s (about 15 minutes cold).
+.PHONY: test-k8s
+test-k8s: image ## A real one-node Kubernetes cluster in namespaces runs the DaemonSet (root, offline, ~4 min warm; KEEP=1 leaves it up).
+	test/k8s/build-components.sh
+	GO=$(GO) test/k8s/run.sh
 
 .PHONY: test-kernels
 test-kernels: ## Program and end-to-end tests inside qemu VMs on Debian's 5.10, 6.1, 6.12 (root, no KVM: slow; KERNELS='5.10').
