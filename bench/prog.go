@@ -244,6 +244,11 @@ func (e *progEnv) run(prog *ebpf.Program, frame []byte, repeat int, counter stri
 	}
 	moved := map[string]uint64{}
 	for k, v := range after {
+		// The lru_* counters count new entries of the LRU maps besides a
+		// packet's verdict (a host packet's first reservation), not paths.
+		if strings.HasPrefix(k, "lru_") {
+			continue
+		}
 		if d := v - before[k]; d != 0 {
 			moved[k] = d
 		}
