@@ -95,7 +95,8 @@ test-unit: ## Only the tests that need no privileges.
 .PHONY: test-k8s
 test-k8s: image ## A real one-node Kubernetes cluster in namespaces runs the DaemonSet (root, offline, ~4 min warm; KEEP=1 leaves it up).
 	test/k8s/build-components.sh
-	GO=$(GO) test/k8s/run.sh
+	# One cluster per machine (its namespaces have fixed names): a second run waits.
+	GO=$(GO) flock /run/ipm-k8s.lock test/k8s/run.sh
 
 .PHONY: test-kernels
 test-kernels: ## Program and end-to-end tests inside qemu VMs on Debian's 5.10, 6.1, 6.12 (root, no KVM: slow; KERNELS='5.10').
