@@ -40,6 +40,36 @@ func withDefaults(o Options, edit func(*Config)) Config {
 	return c
 }
 
+// requireParses fails unless doc parses under o to want.
+func requireParses(t *testing.T, doc string, o Options, want Config) {
+	t.Helper()
+	got, err := Parse([]byte(doc), o)
+	if err != nil {
+		t.Fatalf("Parse(%q): %v", doc, err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("Parse(%q)\n got %+v\nwant %+v", doc, got, want)
+	}
+}
+
+// requireRejected fails unless Parse rejects doc under o, returns no
+// config with the error, and the error mentions every one of want.
+func requireRejected(t *testing.T, doc string, o Options, want ...string) {
+	t.Helper()
+	got, err := Parse([]byte(doc), o)
+	if err == nil {
+		t.Fatalf("Parse(%q) = %+v, want an error", doc, got)
+	}
+	if !reflect.DeepEqual(got, Config{}) {
+		t.Errorf("Parse returned a config with its error: %+v", got)
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q does not mention %q", err, w)
+		}
+	}
+}
+
 func TestDefault(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -178,13 +208,7 @@ RESYNCINTERVAL: 2s
 			withDefaults(noReserved, func(c *Config) { c.CIDRLimit = 3 })},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := Parse([]byte(tc.doc), tc.o)
-			if err != nil {
-				t.Fatalf("Parse(%q): %v", tc.doc, err)
-			}
-			if !reflect.DeepEqual(got, tc.want) {
-				t.Errorf("Parse(%q)\n got %+v\nwant %+v", tc.doc, got, tc.want)
-			}
+			requireParses(t, tc.doc, tc.o, tc.want)
 		})
 	}
 }
@@ -260,18 +284,7 @@ resyncInterval: 0s
 			[]string{`"10.0.0.1/16"`, `"10.0.19.1/16"`, "and 10 more invalid CIDRs"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := Parse([]byte(tc.doc), tc.o)
-			if err == nil {
-				t.Fatalf("Parse(%q) = %+v, want an error", tc.doc, got)
-			}
-			if !reflect.DeepEqual(got, Config{}) {
-				t.Errorf("Parse returned a config with its error: %+v", got)
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q does not mention %q", err, w)
-				}
-			}
+			requireRejected(t, tc.doc, tc.o, tc.want...)
 		})
 	}
 }

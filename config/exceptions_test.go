@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
-	"strings"
 	"testing"
 )
 
@@ -55,13 +54,7 @@ func TestMasqueradeCIDRsAccepted(t *testing.T) {
 			withDefaults(noReserved, func(c *Config) { c.MasqueradeCIDRs = prefixes("10.1.0.0/16", "10.1.0.0/16") })},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := Parse([]byte(tc.doc), tc.o)
-			if err != nil {
-				t.Fatalf("Parse(%q): %v", tc.doc, err)
-			}
-			if !reflect.DeepEqual(got, tc.want) {
-				t.Errorf("Parse(%q) =\n%+v, want\n%+v", tc.doc, got, tc.want)
-			}
+			requireParses(t, tc.doc, tc.o, tc.want)
 			sameBothWays(t, []byte(tc.doc), tc.o)
 		})
 	}
@@ -96,15 +89,7 @@ func TestMasqueradeCIDRsRejected(t *testing.T) {
 			[]string{"4 CIDRs together", "3 and 1", "cidrLimit 3"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := Parse([]byte(tc.doc), tc.o)
-			if err == nil {
-				t.Fatalf("Parse(%q) = %+v, want an error", tc.doc, got)
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q does not mention %q", err, w)
-				}
-			}
+			requireRejected(t, tc.doc, tc.o, tc.want...)
 		})
 	}
 }
