@@ -40,6 +40,23 @@ func withDefaults(o Options, edit func(*Config)) Config {
 	return c
 }
 
+// accepted is a document that must parse under o to want.
+type accepted struct {
+	name string
+	doc  string
+	o    Options
+	want Config
+}
+
+// rejected is a document that Parse must reject under o with an error
+// that contains every one of want.
+type rejected struct {
+	name string
+	doc  string
+	o    Options
+	want []string
+}
+
 // requireParses fails unless doc parses under o to want.
 func requireParses(t *testing.T, doc string, o Options, want Config) {
 	t.Helper()
@@ -101,12 +118,7 @@ func TestDefault(t *testing.T) {
 }
 
 func TestParseAccepts(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		doc  string
-		o    Options
-		want Config
-	}{
+	for _, tc := range []accepted{
 		// Documents that mean "all defaults".
 		{"empty", "", noReserved, Default(noReserved)},
 		{"empty with reserved ranges", "", allRanges, Default(allRanges)},
@@ -218,12 +230,7 @@ func TestParseRejects(t *testing.T) {
 	for i := range many {
 		many[i] = fmt.Sprintf("10.0.%d.1/16", i)
 	}
-	for _, tc := range []struct {
-		name string
-		doc  string
-		o    Options
-		want []string // substrings that the one error must contain
-	}{
+	for _, tc := range []rejected{
 		// CIDR syntax and alignment.
 		{"not aligned", "nonMasqueradeCIDRs: [10.0.0.1/8]", noReserved, []string{`"10.0.0.1/8"`, "10.0.0.0/8", "not aligned"}},
 		{"not aligned ipv6", "nonMasqueradeCIDRs: ['fd00::1/8']", withIPv6, []string{`"fd00::1/8"`, "fd00::/8"}},

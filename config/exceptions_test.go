@@ -8,12 +8,7 @@ import (
 )
 
 func TestMasqueradeCIDRsAccepted(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		doc  string
-		o    Options
-		want Config
-	}{
+	for _, tc := range []accepted{
 		{"absent: no exceptions", "nonMasqueradeCIDRs: [10.0.0.0/8]", noReserved,
 			withDefaults(noReserved, func(c *Config) { c.NonMasqueradeCIDRs = prefixes("10.0.0.0/8") })},
 		{"yaml block list inside a default range", "masqueradeCIDRs:\n  - 10.1.2.0/24\n  - 192.168.7.7/32\n", noReserved,
@@ -61,12 +56,7 @@ func TestMasqueradeCIDRsAccepted(t *testing.T) {
 }
 
 func TestMasqueradeCIDRsRejected(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		doc  string
-		o    Options
-		want []string
-	}{
+	for _, tc := range []rejected{
 		{"same prefix in both lists", "nonMasqueradeCIDRs: [10.0.0.0/8, 10.1.0.0/16]\nmasqueradeCIDRs: [10.1.0.0/16]", noReserved,
 			[]string{"10.1.0.0/16", "both masqueradeCIDRs and nonMasqueradeCIDRs"}},
 		{"same prefix as a default range", "masqueradeCIDRs: [192.168.0.0/16]", noReserved,
