@@ -368,9 +368,7 @@ func TestLoad(t *testing.T) {
 
 	t.Run("file is read", func(t *testing.T) {
 		path := filepath.Join(dir, "ip-masq-agent")
-		if err := os.WriteFile(path, []byte("nonMasqueradeCIDRs: [10.0.0.0/8]\nresyncInterval: 10s\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		writeFile(t, path, "nonMasqueradeCIDRs: [10.0.0.0/8]\nresyncInterval: 10s\n")
 		got, err := Load(path, allRanges)
 		if err != nil {
 			t.Fatal(err)
@@ -386,9 +384,7 @@ func TestLoad(t *testing.T) {
 
 	t.Run("empty file means defaults", func(t *testing.T) {
 		path := filepath.Join(dir, "empty")
-		if err := os.WriteFile(path, nil, 0o644); err != nil {
-			t.Fatal(err)
-		}
+		writeFile(t, path, "")
 		got, err := Load(path, allRanges)
 		if err != nil || !reflect.DeepEqual(got, Default(allRanges)) {
 			t.Errorf("got %+v, %v; want defaults", got, err)
@@ -397,9 +393,7 @@ func TestLoad(t *testing.T) {
 
 	t.Run("invalid file names the path", func(t *testing.T) {
 		path := filepath.Join(dir, "bad")
-		if err := os.WriteFile(path, []byte("nonMasqueradeCIDRs: [10.0.0.1/8]\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		writeFile(t, path, "nonMasqueradeCIDRs: [10.0.0.1/8]\n")
 		_, err := Load(path, noReserved)
 		if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "10.0.0.0/8") {
 			t.Errorf("got %v, want an error naming %s and the network", err, path)
