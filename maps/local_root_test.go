@@ -108,7 +108,7 @@ func TestLocalAddrsOverflow(t *testing.T) {
 		t.Errorf("%d entries left in the maps, want 2", n)
 	}
 	mustLocal(t, l, nthAddr4(base, 0), false)
-	if s := l.settings.val; s.Local4Count != 1 || s.Local4[0] != addrToBE(uplink) {
+	if s := l.settings.val; s.Local4Count != 1 || s.Local4[0] != AddrToBE(uplink) {
 		t.Errorf("settings count %d first %x, want the uplink address inline", s.Local4Count, s.Local4[0])
 	}
 }
