@@ -12,11 +12,7 @@ import (
 
 func newTestLocal(t *testing.T) *LocalAddrs {
 	t.Helper()
-	requireRoot(t)
-	spec, err := loader.LoadBPF()
-	if err != nil {
-		t.Fatal(err)
-	}
+	spec := rootSpec(t)
 	return &LocalAddrs{
 		m4:       newTestMap(t, spec, loader.BPFMapIpmLocal4),
 		m6:       newTestMap(t, spec, loader.BPFMapIpmLocal6),

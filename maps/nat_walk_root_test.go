@@ -6,8 +6,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/ipmasq-ebpf/ip-masq-agent/loader"
 )
 
 // Tier 1 with privileges: ipm_nat4 and ipm_hostres4 as the datapath
@@ -26,11 +24,7 @@ import (
 // iteration aborted", and the NAT table's own walk aborts on the entries the
 // collector deletes, leaving most expired flows in place.
 func TestCollectWhileLRUEvicts(t *testing.T) {
-	requireRoot(t)
-	spec, err := loader.LoadBPF()
-	if err != nil {
-		t.Fatal(err)
-	}
+	spec := rootSpec(t)
 	nat := newTestMap(t, spec, "ipm_nat4")
 	hostres := newTestMap(t, spec, "ipm_hostres4")
 	table := &NATTable{m: nat, hostres: hostres, c: &codec4{}}
