@@ -3,6 +3,8 @@ package main
 import (
 	"encoding/binary"
 	"net/netip"
+
+	"github.com/ipmasq-ebpf/ip-masq-agent/maps"
 )
 
 // Frames for the program test runs: Ethernet + IPv4 + TCP with correct
@@ -111,15 +113,9 @@ func arpFrame() []byte {
 	return f
 }
 
-// be32 is an IPv4 address as the maps store it: network order in memory.
-func be32(a netip.Addr) uint32 {
-	b := a.As4()
-	return binary.NativeEndian.Uint32(b[:])
-}
-
-// be16 is a port as the maps store it: network order in memory.
-func be16(p uint16) uint16 {
-	var b [2]byte
-	binary.BigEndian.PutUint16(b[:], p)
-	return binary.NativeEndian.Uint16(b[:])
-}
+// be32 and be16 are an IPv4 address and a port as the maps store them:
+// network order in memory.
+var (
+	be32 = maps.AddrToBE
+	be16 = maps.PortToBE
+)

@@ -40,6 +40,53 @@ func withDefaults(o Options, edit func(*Config)) Config {
 	return c
 }
 
+// accepted is a document that must parse under o to want.
+type accepted struct {
+	name string
+	doc  string
+	o    Options
+	want Config
+}
+
+// rejected is a document that Parse must reject under o with an error
+// that contains every one of want.
+type rejected struct {
+	name string
+	doc  string
+	o    Options
+	want []string
+}
+
+// requireParses fails unless doc parses under o to want.
+func requireParses(t *testing.T, doc string, o Options, want Config) {
+	t.Helper()
+	got, err := Parse([]byte(doc), o)
+	if err != nil {
+		t.Fatalf("Parse(%q): %v", doc, err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("Parse(%q)\n got %+v\nwant %+v", doc, got, want)
+	}
+}
+
+// requireRejected fails unless Parse rejects doc under o, returns no
+// config with the error, and the error mentions every one of want.
+func requireRejected(t *testing.T, doc string, o Options, want ...string) {
+	t.Helper()
+	got, err := Parse([]byte(doc), o)
+	if err == nil {
+		t.Fatalf("Parse(%q) = %+v, want an error", doc, got)
+	}
+	if !reflect.DeepEqual(got, Config{}) {
+		t.Errorf("Parse returned a config with its error: %+v", got)
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q does not mention %q", err, w)
+		}
+	}
+}
+
 func TestDefault(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -71,12 +118,7 @@ func TestDefault(t *testing.T) {
 }
 
 func TestParseAccepts(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		doc  string
-		o    Options
-		want Config
-	}{
+	for _, tc := range []accepted{
 		// Documents that mean "all defaults".
 		{"empty", "", noReserved, Default(noReserved)},
 		{"empty with reserved ranges", "", allRanges, Default(allRanges)},
@@ -178,13 +220,7 @@ RESYNCINTERVAL: 2s
 			withDefaults(noReserved, func(c *Config) { c.CIDRLimit = 3 })},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := Parse([]byte(tc.doc), tc.o)
-			if err != nil {
-				t.Fatalf("Parse(%q): %v", tc.doc, err)
-			}
-			if !reflect.DeepEqual(got, tc.want) {
-				t.Errorf("Parse(%q)\n got %+v\nwant %+v", tc.doc, got, tc.want)
-			}
+			requireParses(t, tc.doc, tc.o, tc.want)
 		})
 	}
 }
@@ -194,12 +230,7 @@ func TestParseRejects(t *testing.T) {
 	for i := range many {
 		many[i] = fmt.Sprintf("10.0.%d.1/16", i)
 	}
-	for _, tc := range []struct {
-		name string
-		doc  string
-		o    Options
-		want []string // substrings that the one error must contain
-	}{
+	for _, tc := range []rejected{
 		// CIDR syntax and alignment.
 		{"not aligned", "nonMasqueradeCIDRs: [10.0.0.1/8]", noReserved, []string{`"10.0.0.1/8"`, "10.0.0.0/8", "not aligned"}},
 		{"not aligned ipv6", "nonMasqueradeCIDRs: ['fd00::1/8']", withIPv6, []string{`"fd00::1/8"`, "fd00::/8"}},
@@ -260,18 +291,7 @@ resyncInterval: 0s
 			[]string{`"10.0.0.1/16"`, `"10.0.19.1/16"`, "and 10 more invalid CIDRs"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := Parse([]byte(tc.doc), tc.o)
-			if err == nil {
-				t.Fatalf("Parse(%q) = %+v, want an error", tc.doc, got)
-			}
-			if !reflect.DeepEqual(got, Config{}) {
-				t.Errorf("Parse returned a config with its error: %+v", got)
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q does not mention %q", err, w)
-				}
-			}
+			requireRejected(t, tc.doc, tc.o, tc.want...)
 		})
 	}
 }
@@ -348,9 +368,7 @@ func TestLoad(t *testing.T) {
 
 	t.Run("file is read", func(t *testing.T) {
 		path := filepath.Join(dir, "ip-masq-agent")
-		if err := os.WriteFile(path, []byte("nonMasqueradeCIDRs: [10.0.0.0/8]\nresyncInterval: 10s\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		writeFile(t, path, "nonMasqueradeCIDRs: [10.0.0.0/8]\nresyncInterval: 10s\n")
 		got, err := Load(path, allRanges)
 		if err != nil {
 			t.Fatal(err)
@@ -366,9 +384,7 @@ func TestLoad(t *testing.T) {
 
 	t.Run("empty file means defaults", func(t *testing.T) {
 		path := filepath.Join(dir, "empty")
-		if err := os.WriteFile(path, nil, 0o644); err != nil {
-			t.Fatal(err)
-		}
+		writeFile(t, path, "")
 		got, err := Load(path, allRanges)
 		if err != nil || !reflect.DeepEqual(got, Default(allRanges)) {
 			t.Errorf("got %+v, %v; want defaults", got, err)
@@ -377,9 +393,7 @@ func TestLoad(t *testing.T) {
 
 	t.Run("invalid file names the path", func(t *testing.T) {
 		path := filepath.Join(dir, "bad")
-		if err := os.WriteFile(path, []byte("nonMasqueradeCIDRs: [10.0.0.1/8]\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		writeFile(t, path, "nonMasqueradeCIDRs: [10.0.0.1/8]\n")
 		_, err := Load(path, noReserved)
 		if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "10.0.0.0/8") {
 			t.Errorf("got %v, want an error naming %s and the network", err, path)

@@ -4,17 +4,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
-	"strings"
 	"testing"
 )
 
 func TestMasqueradeCIDRsAccepted(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		doc  string
-		o    Options
-		want Config
-	}{
+	for _, tc := range []accepted{
 		{"absent: no exceptions", "nonMasqueradeCIDRs: [10.0.0.0/8]", noReserved,
 			withDefaults(noReserved, func(c *Config) { c.NonMasqueradeCIDRs = prefixes("10.0.0.0/8") })},
 		{"yaml block list inside a default range", "masqueradeCIDRs:\n  - 10.1.2.0/24\n  - 192.168.7.7/32\n", noReserved,
@@ -55,25 +49,14 @@ func TestMasqueradeCIDRsAccepted(t *testing.T) {
 			withDefaults(noReserved, func(c *Config) { c.MasqueradeCIDRs = prefixes("10.1.0.0/16", "10.1.0.0/16") })},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := Parse([]byte(tc.doc), tc.o)
-			if err != nil {
-				t.Fatalf("Parse(%q): %v", tc.doc, err)
-			}
-			if !reflect.DeepEqual(got, tc.want) {
-				t.Errorf("Parse(%q) =\n%+v, want\n%+v", tc.doc, got, tc.want)
-			}
+			requireParses(t, tc.doc, tc.o, tc.want)
 			sameBothWays(t, []byte(tc.doc), tc.o)
 		})
 	}
 }
 
 func TestMasqueradeCIDRsRejected(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		doc  string
-		o    Options
-		want []string
-	}{
+	for _, tc := range []rejected{
 		{"same prefix in both lists", "nonMasqueradeCIDRs: [10.0.0.0/8, 10.1.0.0/16]\nmasqueradeCIDRs: [10.1.0.0/16]", noReserved,
 			[]string{"10.1.0.0/16", "both masqueradeCIDRs and nonMasqueradeCIDRs"}},
 		{"same prefix as a default range", "masqueradeCIDRs: [192.168.0.0/16]", noReserved,
@@ -96,15 +79,7 @@ func TestMasqueradeCIDRsRejected(t *testing.T) {
 			[]string{"4 CIDRs together", "3 and 1", "cidrLimit 3"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := Parse([]byte(tc.doc), tc.o)
-			if err == nil {
-				t.Fatalf("Parse(%q) = %+v, want an error", tc.doc, got)
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q does not mention %q", err, w)
-				}
-			}
+			requireRejected(t, tc.doc, tc.o, tc.want...)
 		})
 	}
 }

@@ -33,6 +33,17 @@ func startWatch(t *testing.T, path string, debounce time.Duration) <-chan struct
 	return ch
 }
 
+// watchFile writes content (nothing when empty) to a config file in a new
+// directory and watches it until the test ends.
+func watchFile(t *testing.T, content string, debounce time.Duration) (path string, ch <-chan struct{}) {
+	t.Helper()
+	path = filepath.Join(t.TempDir(), "ip-masq-agent")
+	if content != "" {
+		writeFile(t, path, content)
+	}
+	return path, startWatch(t, path, debounce)
+}
+
 // expectChange waits for one notification.
 func expectChange(t *testing.T, ch <-chan struct{}, what string) {
 	t.Helper()
@@ -88,12 +99,9 @@ func mustLoad(t *testing.T, path string) int {
 
 func TestWatchRenameOverFile(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	path := filepath.Join(dir, "ip-masq-agent")
-	writeFile(t, path, "resyncInterval: 1s\n")
-	ch := startWatch(t, path, debounceMs)
+	path, ch := watchFile(t, "resyncInterval: 1s\n", debounceMs)
 
-	tmp := filepath.Join(dir, ".ip-masq-agent.tmp")
+	tmp := filepath.Join(filepath.Dir(path), ".ip-masq-agent.tmp")
 	writeFile(t, tmp, "resyncInterval: 2s\n")
 	if err := os.Rename(tmp, path); err != nil {
 		t.Fatal(err)
@@ -103,10 +111,7 @@ func TestWatchRenameOverFile(t *testing.T) {
 
 func TestWatchRewriteInPlace(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	path := filepath.Join(dir, "ip-masq-agent")
-	writeFile(t, path, "resyncInterval: 1s\n")
-	ch := startWatch(t, path, debounceMs)
+	path, ch := watchFile(t, "resyncInterval: 1s\n", debounceMs)
 
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
 	if err != nil {
@@ -247,12 +252,9 @@ func TestWatchDirectoryRenamedAway(t *testing.T) {
 
 func TestWatchBurstIsCoalesced(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	path := filepath.Join(dir, "ip-masq-agent")
-	writeFile(t, path, "resyncInterval: 100s\n")
 	// A wider debounce than the agent's keeps this test independent of
 	// scheduling pauses within the burst.
-	ch := startWatch(t, path, 200*time.Millisecond)
+	path, ch := watchFile(t, "resyncInterval: 100s\n", 200*time.Millisecond)
 
 	for i := 1; i <= 50; i++ {
 		writeFile(t, path, "resyncInterval: "+strconv.Itoa(i)+"s\n")
@@ -265,9 +267,7 @@ func TestWatchPendingNotificationsCoalesce(t *testing.T) {
 	t.Parallel()
 	// Changes made while the caller is busy leave one notification, not a
 	// queue of them.
-	dir := t.TempDir()
-	path := filepath.Join(dir, "ip-masq-agent")
-	ch := startWatch(t, path, debounceMs)
+	path, ch := watchFile(t, "", debounceMs)
 
 	writeFile(t, path, "resyncInterval: 1s\n")
 	time.Sleep(quietFor) // long enough for the first notification to be sent
@@ -281,10 +281,7 @@ func TestWatchIgnoresReads(t *testing.T) {
 	t.Parallel()
 	// The agent reads the file after each notification; that must not cause
 	// another one, or it would loop.
-	dir := t.TempDir()
-	path := filepath.Join(dir, "ip-masq-agent")
-	writeFile(t, path, "resyncInterval: 1s\n")
-	ch := startWatch(t, path, debounceMs)
+	path, ch := watchFile(t, "resyncInterval: 1s\n", debounceMs)
 
 	writeFile(t, path, "resyncInterval: 2s\n")
 	expectChange(t, ch, "write")

@@ -41,9 +41,9 @@ func render(t *testing.T, dir string) []byte {
 	return out
 }
 
-// withLeastPrivilege writes an overlay, as an operator would, that uses the
-// base and the least-privilege component, and returns its directory.
-func withLeastPrivilege(t *testing.T) string {
+// withComponent writes an overlay, as an operator would, of the base and
+// one component of deploy/, and returns its directory.
+func withComponent(t *testing.T, component string) string {
 	t.Helper()
 	base, err := filepath.Abs(".")
 	if err != nil {
@@ -54,7 +54,7 @@ func withLeastPrivilege(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := "resources:\n  - " + rel + "\ncomponents:\n  - " + filepath.Join(rel, "least-privilege") + "\n"
+	k := "resources:\n  - " + rel + "\ncomponents:\n  - " + filepath.Join(rel, component) + "\n"
 	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -347,7 +347,7 @@ func TestManifests(t *testing.T) {
 // component: not privileged, only the documented capabilities, and a mount
 // propagation the API allows without privileges.
 func TestManifestsLeastPrivilege(t *testing.T) {
-	c, _ := checkDaemonSet(t, decode(t, render(t, withLeastPrivilege(t))))
+	c, _ := checkDaemonSet(t, decode(t, render(t, withComponent(t, "least-privilege"))))
 	sc := c.SecurityContext
 	if sc == nil || sc.Privileged == nil || *sc.Privileged {
 		t.Fatal("the least-privilege variant is privileged")

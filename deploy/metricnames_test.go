@@ -21,7 +21,9 @@ var prometheusSeries = []string{"up"}
 // agentMetricNames reads the names of the metrics that the agent registers
 // from cmd/ip-masq-agent's source: the Namespace and Name of every
 // prometheus *Opts literal (with the series names of a histogram or
-// summary) and every metricsNamespace+"_name" given to NewDesc.
+// summary), the first argument of every call of a function that builds
+// such a literal from its first parameter, and every
+// metricsNamespace+"_name" given to NewDesc.
 func agentMetricNames(t *testing.T) map[string]bool {
 	t.Helper()
 	paths, err := filepath.Glob("../cmd/ip-masq-agent/*.go")
@@ -48,42 +50,78 @@ func agentMetricNames(t *testing.T) map[string]bool {
 		t.Fatal("no metricsNamespace constant in cmd/ip-masq-agent")
 	}
 	isNamespace := func(e ast.Expr) bool { id, ok := e.(*ast.Ident); return ok && id.Name == "metricsNamespace" }
+	// optsName returns the kind of a prometheus *Opts literal in the
+	// agent's namespace and the expression it gives as Name.
+	optsName := func(n *ast.CompositeLit) (kind string, name ast.Expr) {
+		sel, ok := n.Type.(*ast.SelectorExpr)
+		if !ok || !strings.HasSuffix(sel.Sel.Name, "Opts") {
+			return "", nil
+		}
+		var ns bool
+		for _, e := range n.Elts {
+			kv, ok := e.(*ast.KeyValueExpr)
+			if !ok {
+				continue
+			}
+			switch kv.Key.(*ast.Ident).Name {
+			case "Namespace":
+				ns = isNamespace(kv.Value)
+			case "Name":
+				name = kv.Value
+			}
+		}
+		if !ns {
+			return "", nil
+		}
+		return sel.Sel.Name, name
+	}
+	// Builders are the functions that put their first parameter in as the
+	// Name of such a literal; a call of one with a string names a metric.
+	builders := map[string]string{}
+	for _, f := range files {
+		for _, d := range f.Decls {
+			fn, ok := d.(*ast.FuncDecl)
+			if !ok || len(fn.Type.Params.List) == 0 || len(fn.Type.Params.List[0].Names) == 0 || fn.Body == nil {
+				continue
+			}
+			param := fn.Type.Params.List[0].Names[0].Name
+			ast.Inspect(fn.Body, func(n ast.Node) bool {
+				if lit, ok := n.(*ast.CompositeLit); ok {
+					if kind, name := optsName(lit); kind != "" {
+						if id, ok := name.(*ast.Ident); ok && id.Name == param {
+							builders[fn.Name.Name] = kind
+						}
+					}
+				}
+				return true
+			})
+		}
+	}
 	names := map[string]bool{}
+	add := func(kind string, name ast.Expr) {
+		if _, ok := name.(*ast.BasicLit); !ok {
+			return
+		}
+		full := namespace + "_" + stringLit(t, name)
+		switch kind {
+		case "HistogramOpts":
+			names[full+"_bucket"], names[full+"_sum"], names[full+"_count"] = true, true, true
+		case "SummaryOpts":
+			names[full], names[full+"_sum"], names[full+"_count"] = true, true, true
+		default:
+			names[full] = true
+		}
+	}
 	for _, f := range files {
 		ast.Inspect(f, func(n ast.Node) bool {
 			switch n := n.(type) {
 			case *ast.CompositeLit:
-				sel, ok := n.Type.(*ast.SelectorExpr)
-				if !ok || !strings.HasSuffix(sel.Sel.Name, "Opts") {
-					return true
+				if kind, name := optsName(n); kind != "" {
+					add(kind, name)
 				}
-				var ns bool
-				var name string
-				for _, e := range n.Elts {
-					kv, ok := e.(*ast.KeyValueExpr)
-					if !ok {
-						continue
-					}
-					switch kv.Key.(*ast.Ident).Name {
-					case "Namespace":
-						ns = isNamespace(kv.Value)
-					case "Name":
-						if _, ok := kv.Value.(*ast.BasicLit); ok {
-							name = stringLit(t, kv.Value)
-						}
-					}
-				}
-				if !ns || name == "" {
-					return true
-				}
-				full := namespace + "_" + name
-				switch sel.Sel.Name {
-				case "HistogramOpts":
-					names[full+"_bucket"], names[full+"_sum"], names[full+"_count"] = true, true, true
-				case "SummaryOpts":
-					names[full], names[full+"_sum"], names[full+"_count"] = true, true, true
-				default:
-					names[full] = true
+			case *ast.CallExpr:
+				if id, ok := n.Fun.(*ast.Ident); ok && builders[id.Name] != "" && len(n.Args) > 0 {
+					add(builders[id.Name], n.Args[0])
 				}
 			case *ast.BinaryExpr:
 				if n.Op == token.ADD && isNamespace(n.X) {

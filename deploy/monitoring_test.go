@@ -74,26 +74,6 @@ type monitoring struct {
 	dashboard *corev1.ConfigMap
 }
 
-// withComponent writes an overlay, as an operator would, of the base and
-// one component of deploy/, and returns its directory.
-func withComponent(t *testing.T, component string) string {
-	t.Helper()
-	base, err := filepath.Abs(".")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	rel, err := filepath.Rel(dir, base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k := "resources:\n  - " + rel + "\ncomponents:\n  - " + filepath.Join(rel, component) + "\n"
-	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return dir
-}
-
 // decodeMonitoring takes the monitoring objects out of a rendered stream
 // and decodes the rest as decode does.
 func decodeMonitoring(t *testing.T, stream []byte) monitoring {

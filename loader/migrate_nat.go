@@ -4,7 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"unsafe"
+	"reflect"
 )
 
 var nativeEndian = binary.NativeEndian
@@ -19,21 +19,26 @@ type natLayout struct {
 }
 
 var (
-	nat4Layout = natLayout{
-		saddr: unsafe.Offsetof(BPFIpmNatKey{}.Saddr), daddr: unsafe.Offsetof(BPFIpmNatKey{}.Daddr),
-		sport: unsafe.Offsetof(BPFIpmNatKey{}.Sport), dport: unsafe.Offsetof(BPFIpmNatKey{}.Dport),
-		proto: unsafe.Offsetof(BPFIpmNatKey{}.Proto), dir: unsafe.Offsetof(BPFIpmNatKey{}.Dir),
-		addr: unsafe.Offsetof(BPFIpmNatEntry{}.Addr), port: unsafe.Offsetof(BPFIpmNatEntry{}.Port),
-		kind: unsafe.Offsetof(BPFIpmNatEntry{}.Kind), addrLen: 4,
-	}
-	nat6Layout = natLayout{
-		saddr: unsafe.Offsetof(BPFIpmNat6Key{}.Saddr), daddr: unsafe.Offsetof(BPFIpmNat6Key{}.Daddr),
-		sport: unsafe.Offsetof(BPFIpmNat6Key{}.Sport), dport: unsafe.Offsetof(BPFIpmNat6Key{}.Dport),
-		proto: unsafe.Offsetof(BPFIpmNat6Key{}.Proto), dir: unsafe.Offsetof(BPFIpmNat6Key{}.Dir),
-		addr: unsafe.Offsetof(BPFIpmNat6Entry{}.Addr), port: unsafe.Offsetof(BPFIpmNat6Entry{}.Port),
-		kind: unsafe.Offsetof(BPFIpmNat6Entry{}.Kind), addrLen: 16,
-	}
+	nat4Layout = layoutOf(BPFIpmNatKey{}, BPFIpmNatEntry{}, 4)
+	nat6Layout = layoutOf(BPFIpmNat6Key{}, BPFIpmNat6Entry{}, 16)
 )
+
+// layoutOf reads the offsets of a NAT key and value type's fields by
+// name; both families' generated types name them alike.
+func layoutOf(key, value any, addrLen int) natLayout {
+	off := func(v any, name string) uintptr {
+		f, ok := reflect.TypeOf(v).FieldByName(name)
+		if !ok {
+			panic(fmt.Sprintf("%T has no field %s", v, name))
+		}
+		return f.Offset
+	}
+	return natLayout{
+		saddr: off(key, "Saddr"), daddr: off(key, "Daddr"), sport: off(key, "Sport"), dport: off(key, "Dport"),
+		proto: off(key, "Proto"), dir: off(key, "Dir"),
+		addr: off(value, "Addr"), port: off(value, "Port"), kind: off(value, "Kind"), addrLen: addrLen,
+	}
+}
 
 // replyKey is the key of the reply half of the egress half k -> v: remote
 // -> node address and port (for ICMP the egress key's dport is 0, and so is

@@ -36,6 +36,37 @@ func openDatapath(t *testing.T, pin string, entries uint32) *Datapath {
 	return d
 }
 
+// newMap makes a map as an older build would have, closed with the test.
+func newMap(t *testing.T, spec *ebpf.MapSpec) *ebpf.Map {
+	t.Helper()
+	m, err := ebpf.NewMap(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return m
+}
+
+// openOver pins old, as an older build would have left its maps, in pin
+// and starts this build's datapath over them, through its migration.
+func openOver(t *testing.T, pin string, old map[string]*ebpf.Map) *Datapath {
+	t.Helper()
+	if err := os.MkdirAll(pin, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for name, m := range old {
+		if err := m.Pin(filepath.Join(pin, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := openDatapath(t, pin, 256)
+	if err := d.CompleteMigration(); err != nil {
+		d.Close()
+		t.Fatal(err)
+	}
+	return d
+}
+
 func addr4(i int) uint32 { return binary.BigEndian.Uint32([]byte{10, 244, byte(i >> 8), byte(i)}) }
 
 // testFlow4 is flow i of the tests: pod 10.244.x.y:1000+i -> 203.0.113.7:443
@@ -195,9 +226,6 @@ func TestMigrateShrink(t *testing.T) {
 // converted by that version's upgrade functions and carried over.
 func TestMigrateUpgrade(t *testing.T) {
 	pin := migrationBPFFS(t)
-	if err := os.MkdirAll(pin, 0o700); err != nil {
-		t.Fatal(err)
-	}
 	const oldLayout = Layout
 	layoutVersion = Layout + 1
 	upgrades[oldLayout] = map[string]valueUpgrade{
@@ -208,37 +236,20 @@ func TestMigrateUpgrade(t *testing.T) {
 	}
 	t.Cleanup(func() { layoutVersion = Layout; delete(upgrades, oldLayout) })
 
-	settings, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 24, MaxEntries: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer settings.Close()
+	settings := newMap(t, &ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 24, MaxEntries: 1})
 	sv := make([]byte, 24)
 	binary.NativeEndian.PutUint32(sv[0:], oldLayout)
 	binary.NativeEndian.PutUint32(sv[4:], 1) // active_cidrs
 	if err := settings.Put(uint32(0), sv); err != nil {
 		t.Fatal(err)
 	}
-	inbound, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: 16, ValueSize: 8, MaxEntries: 65536})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer inbound.Close()
+	inbound := newMap(t, &ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: 16, ValueSize: 8, MaxEntries: 65536})
 	ik, _, _, _ := testFlow4(7, 0)
 	if err := inbound.Put(&ik, uint64(12345)); err != nil {
 		t.Fatal(err)
 	}
-	for name, m := range map[string]*ebpf.Map{"ipm_settings": settings, "ipm_inbound4": inbound} {
-		if err := m.Pin(filepath.Join(pin, name)); err != nil {
-			t.Fatal(err)
-		}
-	}
-
-	d := openDatapath(t, pin, 256)
+	d := openOver(t, pin, map[string]*ebpf.Map{"ipm_settings": settings, "ipm_inbound4": inbound})
 	defer d.Close()
-	if err := d.CompleteMigration(); err != nil {
-		t.Fatal(err)
-	}
 	var in BPFIpmInbound
 	if err := d.Maps.IpmInbound4.Lookup(&ik, &in); err != nil || in.CreatedNs != 12345 || in.LastSeenNs != 12345 {
 		t.Errorf("inbound record after the upgrade: %+v, %v; want created and last seen 12345", in, err)
@@ -269,37 +280,17 @@ func mapCount(t *testing.T, m *ebpf.Map) int {
 // entries.
 func TestCountersGrow(t *testing.T) {
 	pin := migrationBPFFS(t)
-	if err := os.MkdirAll(pin, 0o700); err != nil {
-		t.Fatal(err)
-	}
 	size := int(unsafe.Sizeof(BPFIpmCounters{}))
-	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: uint32(size - 5*8), MaxEntries: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer old.Close()
-	hostres, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: uint32(unsafe.Sizeof(BPFIpmNatKey{})),
+	old := newMap(t, &ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: uint32(size - 5*8), MaxEntries: 2})
+	hostres := newMap(t, &ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: uint32(unsafe.Sizeof(BPFIpmNatKey{})),
 		ValueSize: uint32(unsafe.Sizeof(BPFIpmNatEntry{})), MaxEntries: 65536})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hostres.Close()
 	_, rk, _, rv := testFlow4(3, 42)
 	rv.Kind = BPFIpmKindIPM_KIND_HOST
 	if err := hostres.Put(&rk, &rv); err != nil {
 		t.Fatal(err)
 	}
-	for name, m := range map[string]*ebpf.Map{"ipm_stats": old, "ipm_hostres4": hostres} {
-		if err := m.Pin(filepath.Join(pin, name)); err != nil {
-			t.Fatal(err)
-		}
-	}
-
-	d := openDatapath(t, pin, 256)
+	d := openOver(t, pin, map[string]*ebpf.Map{"ipm_stats": old, "ipm_hostres4": hostres})
 	defer d.Close()
-	if err := d.CompleteMigration(); err != nil {
-		t.Fatal(err)
-	}
 	if got := d.Maps.IpmStats.ValueSize(); got != uint32(size) {
 		t.Errorf("counters of %d bytes after the start, want %d", got, size)
 	}

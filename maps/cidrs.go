@@ -345,7 +345,7 @@ func mapName(m *ebpf.Map) string {
 }
 
 func cidrKey4(p netip.Prefix) loader.BPFIpmCidr4Key {
-	return loader.BPFIpmCidr4Key{Prefixlen: uint32(p.Bits()), Addr: addrToBE(p.Addr())}
+	return loader.BPFIpmCidr4Key{Prefixlen: uint32(p.Bits()), Addr: AddrToBE(p.Addr())}
 }
 
 func cidrKey6(p netip.Prefix) loader.BPFIpmCidr6Key {
@@ -365,7 +365,7 @@ func readTrie(m *ebpf.Map) (CIDRSet, error) {
 	} else {
 		var k loader.BPFIpmCidr4Key
 		for it.Next(&k, &v) {
-			set[netip.PrefixFrom(addrFromBE(k.Addr), int(k.Prefixlen))] = v.Origin
+			set[netip.PrefixFrom(AddrFromBE(k.Addr), int(k.Prefixlen))] = v.Origin
 		}
 	}
 	return set, it.Err()

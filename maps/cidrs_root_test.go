@@ -24,6 +24,18 @@ func requireRoot(t testing.TB) {
 	}
 }
 
+// rootSpec skips the test without root and else returns the datapath's
+// object, loaded from the embedded ELF but not into the kernel.
+func rootSpec(t testing.TB) *ebpf.CollectionSpec {
+	t.Helper()
+	requireRoot(t)
+	spec, err := loader.LoadBPF()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return spec
+}
+
 // newTestMap creates one map of the datapath's object, unpinned.
 func newTestMap(t testing.TB, spec *ebpf.CollectionSpec, name string) *ebpf.Map {
 	t.Helper()
@@ -46,11 +58,7 @@ type testTries struct {
 
 func newTestTries(t testing.TB) *testTries {
 	t.Helper()
-	requireRoot(t)
-	spec, err := loader.LoadBPF()
-	if err != nil {
-		t.Fatal(err)
-	}
+	spec := rootSpec(t)
 	tt := &testTries{settings: &Settings{m: newTestMap(t, spec, loader.BPFMapIpmSettings)}}
 	tt.tries4 = [2]*ebpf.Map{newTestMap(t, spec, loader.BPFMapIpmCidr40), newTestMap(t, spec, loader.BPFMapIpmCidr41)}
 	tt.tries6 = [2]*ebpf.Map{newTestMap(t, spec, loader.BPFMapIpmCidr60), newTestMap(t, spec, loader.BPFMapIpmCidr61)}

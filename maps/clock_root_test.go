@@ -12,11 +12,7 @@ import (
 // datapath then makes of jiffies trails CLOCK_MONOTONIC by at most two ticks
 // (plus the tick interrupt's lateness) and never leads it.
 func TestClockCalibration(t *testing.T) {
-	requireRoot(t)
-	spec, err := loader.LoadBPF()
-	if err != nil {
-		t.Fatal(err)
-	}
+	spec := rootSpec(t)
 	var objs loader.BPFObjects
 	if err := spec.LoadAndAssign(&objs, nil); err != nil {
 		t.Fatalf("load: %+v", err)

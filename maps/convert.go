@@ -11,9 +11,9 @@ import (
 // generated Go types hold them as plain integers read in host (little
 // endian) order. These helpers convert between the two without surprises.
 
-// addrToBE returns an IPv4 address as the uint32 whose memory holds it in
+// AddrToBE returns an IPv4 address as the uint32 whose memory holds it in
 // network order.
-func addrToBE(a netip.Addr) uint32 {
+func AddrToBE(a netip.Addr) uint32 {
 	b := a.As4()
 	return binary.NativeEndian.Uint32(b[:])
 }
@@ -24,22 +24,22 @@ func addrUint32(a netip.Addr) uint32 {
 	return binary.BigEndian.Uint32(b[:])
 }
 
-// addrFromBE is the inverse of addrToBE.
-func addrFromBE(v uint32) netip.Addr {
+// AddrFromBE is the inverse of AddrToBE.
+func AddrFromBE(v uint32) netip.Addr {
 	var b [4]byte
 	binary.NativeEndian.PutUint32(b[:], v)
 	return netip.AddrFrom4(b)
 }
 
-// portToBE returns a port as the uint16 whose memory holds it in network order.
-func portToBE(p uint16) uint16 {
+// PortToBE returns a port as the uint16 whose memory holds it in network order.
+func PortToBE(p uint16) uint16 {
 	var b [2]byte
 	binary.BigEndian.PutUint16(b[:], p)
 	return binary.NativeEndian.Uint16(b[:])
 }
 
-// portFromBE is the inverse of portToBE.
-func portFromBE(v uint16) uint16 {
+// PortFromBE is the inverse of PortToBE.
+func PortFromBE(v uint16) uint16 {
 	var b [2]byte
 	binary.NativeEndian.PutUint16(b[:], v)
 	return binary.BigEndian.Uint16(b[:])

@@ -11,12 +11,12 @@ import (
 func TestAddrToBEIsNetworkOrderInMemory(t *testing.T) {
 	for _, s := range []string{"10.244.1.2", "172.31.0.2", "0.0.0.0", "255.255.255.255", "1.2.3.4"} {
 		a := netip.MustParseAddr(s)
-		v := addrToBE(a)
+		v := AddrToBE(a)
 		mem := (*[4]byte)(unsafe.Pointer(&v))
 		if *mem != a.As4() {
 			t.Errorf("%s: memory %v, want %v", s, *mem, a.As4())
 		}
-		if back := addrFromBE(v); back != a {
+		if back := AddrFromBE(v); back != a {
 			t.Errorf("%s: round trip gave %s", s, back)
 		}
 	}
@@ -24,12 +24,12 @@ func TestAddrToBEIsNetworkOrderInMemory(t *testing.T) {
 
 func TestPortToBEIsNetworkOrderInMemory(t *testing.T) {
 	for _, p := range []uint16{0, 1, 80, 1024, 40000, 65535} {
-		v := portToBE(p)
+		v := PortToBE(p)
 		mem := (*[2]byte)(unsafe.Pointer(&v))
 		if got := binary.BigEndian.Uint16(mem[:]); got != p {
 			t.Errorf("port %d: memory holds %d in network order", p, got)
 		}
-		if back := portFromBE(v); back != p {
+		if back := PortFromBE(v); back != p {
 			t.Errorf("port %d: round trip gave %d", p, back)
 		}
 	}

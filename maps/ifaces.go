@@ -21,7 +21,7 @@ func NewInterfaces(d *loader.Datapath) *Interfaces { return &Interfaces{m: d.Map
 func (i *Interfaces) Set(ifindex int, addr4, addr6 netip.Addr) error {
 	v := loader.BPFIpmIface{}
 	if addr4.Is4() {
-		v.Addr4 = addrToBE(addr4)
+		v.Addr4 = AddrToBE(addr4)
 	}
 	if addr6.Is6() && !addr6.Is4In6() {
 		v.Addr6 = addr6ToBE(addr6)
@@ -36,7 +36,7 @@ func (i *Interfaces) Set(ifindex int, addr4, addr6 netip.Addr) error {
 // address the interface does not have is the zero netip.Addr.
 func IfaceAddrs(v loader.BPFIpmIface) (v4, v6 netip.Addr) {
 	if v.Addr4 != 0 {
-		v4 = addrFromBE(v.Addr4)
+		v4 = AddrFromBE(v.Addr4)
 	}
 	if v.Addr6 != [4]uint32{} {
 		v6 = addr6FromBE(v.Addr6)

@@ -87,7 +87,7 @@ func (l *LocalAddrs) Sync(addrs []LocalAddr) (LocalStored, error) {
 	return res, err
 }
 
-func addrKey4(a netip.Addr) any { return addrToBE(a) }
+func addrKey4(a netip.Addr) any { return AddrToBE(a) }
 func addrKey6(a netip.Addr) any { return loader.BPFIpmAddr6{Addr: addr6ToBE(a)} }
 
 // syncLocal brings one family's map to the first want that fit and returns
@@ -150,7 +150,7 @@ func readLocal(m *ebpf.Map) (map[netip.Addr]int, error) {
 		var k uint32
 		it := m.Iterate()
 		for it.Next(&k, &v) {
-			have[addrFromBE(k)] = int(v.Ifindex)
+			have[AddrFromBE(k)] = int(v.Ifindex)
 		}
 		err = it.Err()
 	} else {

@@ -12,11 +12,7 @@ import (
 
 func newTestLocal(t *testing.T) *LocalAddrs {
 	t.Helper()
-	requireRoot(t)
-	spec, err := loader.LoadBPF()
-	if err != nil {
-		t.Fatal(err)
-	}
+	spec := rootSpec(t)
 	return &LocalAddrs{
 		m4:       newTestMap(t, spec, loader.BPFMapIpmLocal4),
 		m6:       newTestMap(t, spec, loader.BPFMapIpmLocal6),
@@ -108,7 +104,7 @@ func TestLocalAddrsOverflow(t *testing.T) {
 		t.Errorf("%d entries left in the maps, want 2", n)
 	}
 	mustLocal(t, l, nthAddr4(base, 0), false)
-	if s := l.settings.val; s.Local4Count != 1 || s.Local4[0] != addrToBE(uplink) {
+	if s := l.settings.val; s.Local4Count != 1 || s.Local4[0] != AddrToBE(uplink) {
 		t.Errorf("settings count %d first %x, want the uplink address inline", s.Local4Count, s.Local4[0])
 	}
 }

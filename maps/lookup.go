@@ -16,7 +16,7 @@ func (l *LocalAddrs) IsLocal(a netip.Addr) (bool, error) {
 	var v loader.BPFIpmLocal
 	var err error
 	if a.Is4() {
-		err = l.m4.Lookup(addrToBE(a), &v)
+		err = l.m4.Lookup(AddrToBE(a), &v)
 	} else {
 		err = l.m6.Lookup(loader.BPFIpmAddr6{Addr: addr6ToBE(a)}, &v)
 	}

@@ -14,18 +14,18 @@ import (
 type codec4 struct{ w walker[NATKey, NATEntry] }
 
 func (codec4) key(t tuple) NATKey {
-	return NATKey{Saddr: addrToBE(t.Src), Daddr: addrToBE(t.Dst), Sport: portToBE(t.Sport),
-		Dport: portToBE(t.Dport), Proto: t.Proto, Dir: t.Dir}
+	return NATKey{Saddr: AddrToBE(t.Src), Daddr: AddrToBE(t.Dst), Sport: PortToBE(t.Sport),
+		Dport: PortToBE(t.Dport), Proto: t.Proto, Dir: t.Dir}
 }
 
 func (codec4) tuple(k NATKey) tuple {
-	return tuple{Src: addrFromBE(k.Saddr), Dst: addrFromBE(k.Daddr), Sport: portFromBE(k.Sport),
-		Dport: portFromBE(k.Dport), Proto: k.Proto, Dir: k.Dir}
+	return tuple{Src: AddrFromBE(k.Saddr), Dst: AddrFromBE(k.Daddr), Sport: PortFromBE(k.Sport),
+		Dport: PortFromBE(k.Dport), Proto: k.Proto, Dir: k.Dir}
 }
 
 func (codec4) half(e NATEntry) half {
 	return half{Created: time.Duration(e.CreatedNs), LastSeen: time.Duration(e.LastSeenNs),
-		Addr: addrFromBE(e.Addr), Port: portFromBE(e.Port), Kind: e.Kind, Flags: e.Flags}
+		Addr: AddrFromBE(e.Addr), Port: PortFromBE(e.Port), Kind: e.Kind, Flags: e.Flags}
 }
 
 func (c *codec4) walk(m *ebpf.Map, pace func() error, fn func(tuple, half)) error {
@@ -42,18 +42,18 @@ type codec6 struct {
 }
 
 func (codec6) key(t tuple) loader.BPFIpmNat6Key {
-	return loader.BPFIpmNat6Key{Saddr: addr6ToBE(t.Src), Daddr: addr6ToBE(t.Dst), Sport: portToBE(t.Sport),
-		Dport: portToBE(t.Dport), Proto: t.Proto, Dir: t.Dir}
+	return loader.BPFIpmNat6Key{Saddr: addr6ToBE(t.Src), Daddr: addr6ToBE(t.Dst), Sport: PortToBE(t.Sport),
+		Dport: PortToBE(t.Dport), Proto: t.Proto, Dir: t.Dir}
 }
 
 func (codec6) tuple(k loader.BPFIpmNat6Key) tuple {
-	return tuple{Src: addr6FromBE(k.Saddr), Dst: addr6FromBE(k.Daddr), Sport: portFromBE(k.Sport),
-		Dport: portFromBE(k.Dport), Proto: k.Proto, Dir: k.Dir}
+	return tuple{Src: addr6FromBE(k.Saddr), Dst: addr6FromBE(k.Daddr), Sport: PortFromBE(k.Sport),
+		Dport: PortFromBE(k.Dport), Proto: k.Proto, Dir: k.Dir}
 }
 
 func (codec6) half(e loader.BPFIpmNat6Entry) half {
 	return half{Created: time.Duration(e.CreatedNs), LastSeen: time.Duration(e.LastSeenNs),
-		Addr: addr6FromBE(e.Addr), Port: portFromBE(e.Port), Kind: e.Kind, Flags: e.Flags}
+		Addr: addr6FromBE(e.Addr), Port: PortFromBE(e.Port), Kind: e.Kind, Flags: e.Flags}
 }
 
 func (c *codec6) walk(m *ebpf.Map, pace func() error, fn func(tuple, half)) error {

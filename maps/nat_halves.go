@@ -21,8 +21,8 @@ func MasqHalves4(proto uint8, pod, remote, node netip.AddrPort, ifindex uint32, 
 	nodeHalf := half{Addr: node.Addr(), Port: node.Port()}
 	rk := replyKey(k, nodeHalf)
 	entry := func(to netip.AddrPort) NATEntry {
-		return NATEntry{CreatedNs: uint64(lastSeen), LastSeenNs: uint64(lastSeen), Addr: addrToBE(to.Addr()),
-			Port: portToBE(to.Port()), Kind: kindMasq, Ifindex: ifindex}
+		return NATEntry{CreatedNs: uint64(lastSeen), LastSeenNs: uint64(lastSeen), Addr: AddrToBE(to.Addr()),
+			Port: PortToBE(to.Port()), Kind: kindMasq, Ifindex: ifindex}
 	}
 	return c.key(k), entry(node), c.key(rk), entry(pod)
 }

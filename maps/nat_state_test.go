@@ -1,10 +1,11 @@
 package maps
 
 import (
-	"github.com/ipmasq-ebpf/ip-masq-agent/loader"
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/ipmasq-ebpf/ip-masq-agent/loader"
 
 	"golang.org/x/sys/unix"
 )

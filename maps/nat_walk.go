@@ -57,24 +57,14 @@ type Visitor struct {
 // maps does not stop the other.
 func (t *NATTable) Walk(v Visitor) (PassStats, error) {
 	s := PassStats{Flows: map[FlowClass]int{}}
-	errNAT := t.c.walk(t.m, t.Pace, func(k tuple, e half) {
-		s.Entries++
-		s.Scanned++
-		if e.Kind != kindMasq {
-			return
+	errNAT := t.walkNAT(&s, func(_ tuple, f Flow, _ bool) {
+		s.Flows[FlowClass{f.Proto, f.State()}]++
+		if v.Flow != nil {
+			v.Flow(f)
 		}
-		switch k.Dir {
-		case dirEgress:
-			in, ok := t.c.lookup(t.m, replyKey(k, e))
-			f := makeFlow(k, e, in, ok)
-			s.Flows[FlowClass{f.Proto, f.State()}]++
-			if v.Flow != nil {
-				v.Flow(f)
-			}
-		case dirIngress:
-			if _, ok := t.c.lookup(t.m, originalKey(k, e)); !ok {
-				s.Orphans++
-			}
+	}, func(k tuple, e half) {
+		if _, ok := t.c.lookup(t.m, originalKey(k, e)); !ok {
+			s.Orphans++
 		}
 	})
 	if errNAT != nil {
@@ -92,6 +82,27 @@ func (t *NATTable) Walk(v Visitor) (PassStats, error) {
 	}
 	s.Complete = errNAT == nil && errRes == nil
 	return s, errors.Join(errNAT, errRes)
+}
+
+// walkNAT streams the NAT table, counting every entry in s, and hands each
+// masquerade half on: an egress half with its flow (found with a direct
+// lookup of the reply half; hasReply when that exists) to egress, a reply
+// half to ingress.
+func (t *NATTable) walkNAT(s *PassStats, egress func(k tuple, f Flow, hasReply bool), ingress func(k tuple, e half)) error {
+	return t.c.walk(t.m, t.Pace, func(k tuple, e half) {
+		s.Entries++
+		s.Scanned++
+		if e.Kind != kindMasq {
+			return
+		}
+		switch k.Dir {
+		case dirEgress:
+			in, ok := t.c.lookup(t.m, replyKey(k, e))
+			egress(k, makeFlow(k, e, in, ok), ok)
+		case dirIngress:
+			ingress(k, e)
+		}
+	})
 }
 
 // Read walks the table once into memory, for tests and small tables; the
@@ -125,46 +136,36 @@ func (t *NATTable) Collect(to Timeouts) (removed int, err error) {
 	s := PassStats{Flows: map[FlowClass]int{}}
 	var errs []error
 	natGone := 0 // entries deleted from the NAT table
-	errNAT := t.c.walk(t.m, t.Pace, func(k tuple, e half) {
-		s.Entries++
-		s.Scanned++
-		if e.Kind != kindMasq {
-			return
-		}
-		switch k.Dir {
-		case dirEgress:
-			in, ok := t.c.lookup(t.m, replyKey(k, e))
-			f := makeFlow(k, e, in, ok)
-			if Now()-f.LastSeen > f.Timeout(to) {
-				gone, err := t.removeFlowIfExpired(k, to)
-				if err != nil {
-					errs = append(errs, err)
-				}
-				if gone {
-					s.Removed++
-					natGone++
-					if ok {
-						natGone++ // its reply half
-					}
-					return
-				}
+	errNAT := t.walkNAT(&s, func(k tuple, f Flow, hasReply bool) {
+		if Now()-f.LastSeen > f.Timeout(to) {
+			gone, err := t.removeFlowIfExpired(k, to)
+			if err != nil {
+				errs = append(errs, err)
 			}
-			t.building.Add(block24(f.Remote.Addr()))
-			s.Flows[FlowClass{f.Proto, f.State()}]++
-		case dirIngress:
-			// A live lookup, just before the deletion: the re-check.
-			if _, ok := t.c.lookup(t.m, originalKey(k, e)); ok {
-				return // counted with its egress half
-			}
-			// Give a half-created mapping time to get its egress half.
-			if Now()-max(e.LastSeen, e.Created) <= to.TCPRst {
-				s.Orphans++
-				return
-			}
-			if t.c.remove(t.m, k) == nil {
+			if gone {
 				s.Removed++
 				natGone++
+				if hasReply {
+					natGone++ // its reply half
+				}
+				return
 			}
+		}
+		t.building.Add(block24(f.Remote.Addr()))
+		s.Flows[FlowClass{f.Proto, f.State()}]++
+	}, func(k tuple, e half) {
+		// A live lookup, just before the deletion: the re-check.
+		if _, ok := t.c.lookup(t.m, originalKey(k, e)); ok {
+			return // counted with its egress half
+		}
+		// Give a half-created mapping time to get its egress half.
+		if Now()-max(e.LastSeen, e.Created) <= to.TCPRst {
+			s.Orphans++
+			return
+		}
+		if t.c.remove(t.m, k) == nil {
+			s.Removed++
+			natGone++
 		}
 	})
 	if errNAT != nil {

@@ -6,8 +6,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/ipmasq-ebpf/ip-masq-agent/loader"
 )
 
 // Tier 1 with privileges: ipm_nat4 and ipm_hostres4 as the datapath
@@ -26,11 +24,7 @@ import (
 // iteration aborted", and the NAT table's own walk aborts on the entries the
 // collector deletes, leaving most expired flows in place.
 func TestCollectWhileLRUEvicts(t *testing.T) {
-	requireRoot(t)
-	spec, err := loader.LoadBPF()
-	if err != nil {
-		t.Fatal(err)
-	}
+	spec := rootSpec(t)
 	nat := newTestMap(t, spec, "ipm_nat4")
 	hostres := newTestMap(t, spec, "ipm_hostres4")
 	table := &NATTable{m: nat, hostres: hostres, c: &codec4{}}
@@ -55,8 +49,8 @@ func TestCollectWhileLRUEvicts(t *testing.T) {
 		in := tuple{Src: remote, Dst: node, Sport: 53, Dport: port, Proto: unix.IPPROTO_UDP, Dir: dirIngress}
 		keys = append(keys, c.key(out), c.key(in))
 		vals = append(vals,
-			NATEntry{CreatedNs: seen, LastSeenNs: seen, Addr: addrToBE(node), Port: portToBE(port), Kind: kindMasq},
-			NATEntry{CreatedNs: seen, LastSeenNs: seen, Addr: addrToBE(pod), Port: portToBE(40000), Kind: kindMasq})
+			NATEntry{CreatedNs: seen, LastSeenNs: seen, Addr: AddrToBE(node), Port: PortToBE(port), Kind: kindMasq},
+			NATEntry{CreatedNs: seen, LastSeenNs: seen, Addr: AddrToBE(pod), Port: PortToBE(40000), Kind: kindMasq})
 	}
 	if _, err := nat.BatchUpdate(keys, vals, nil); err != nil {
 		t.Fatalf("fill ipm_nat4: %v", err)
@@ -68,7 +62,7 @@ func TestCollectWhileLRUEvicts(t *testing.T) {
 		src := netip.AddrFrom4([4]byte{198, 18, byte(i >> 16), byte(i >> 8)})
 		k := c.key(tuple{Src: src, Dst: node, Sport: uint16(i), Dport: 45000, Proto: unix.IPPROTO_TCP, Dir: dirIngress})
 		n := uint64(Now())
-		return k, NATEntry{CreatedNs: n, LastSeenNs: n, Addr: addrToBE(node), Port: portToBE(45000), Flags: flagReplied}
+		return k, NATEntry{CreatedNs: n, LastSeenNs: n, Addr: AddrToBE(node), Port: PortToBE(45000), Flags: flagReplied}
 	}
 	capacity := hostres.MaxEntries()
 	var next uint32

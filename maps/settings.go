@@ -110,7 +110,7 @@ func (s *Settings) SetLocal4(addrs []netip.Addr) error {
 		v.Local4 = [localInline]uint32{}
 		if len(addrs) <= localInline {
 			for i, a := range addrs {
-				v.Local4[i] = addrToBE(a)
+				v.Local4[i] = AddrToBE(a)
 			}
 		}
 		return nil

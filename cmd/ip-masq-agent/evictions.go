@@ -52,17 +52,10 @@ func trackEvictions(ctx context.Context, reg prometheus.Registerer, ev *maps.LRU
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		t := time.NewTicker(interval)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				update()
-				klog.V(4).InfoS("Counted LRU map evictions", "evictions", ev.Read())
-			}
-		}
+		everyTick(ctx, interval, func() {
+			update()
+			klog.V(4).InfoS("Counted LRU map evictions", "evictions", ev.Read())
+		})
 	}()
 	return done
 }

@@ -96,7 +96,14 @@ func newExpiry(interval time.Duration, to maps.Timeouts, nats []*maps.NATTable, 
 // run makes a pass every interval until ctx ends. A pass starts only after
 // the previous one ended; ticks that fall into a pass are skipped.
 func (e *expiry) run(ctx context.Context) {
-	tick := time.NewTicker(e.interval)
+	everyTick(ctx, e.interval, func() { e.pass(ctx) })
+}
+
+// everyTick calls f at every tick of interval until ctx ends. A call starts
+// only after the previous one returned; ticks that fall into a call are
+// dropped by the ticker.
+func everyTick(ctx context.Context, interval time.Duration, f func()) {
+	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
 		select {
@@ -104,7 +111,7 @@ func (e *expiry) run(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		e.pass(ctx)
+		f()
 	}
 }
 

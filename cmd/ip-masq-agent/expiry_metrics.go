@@ -22,23 +22,15 @@ type expiryMetrics struct {
 
 func newExpiryMetrics(reg *prometheus.Registry) *expiryMetrics {
 	m := &expiryMetrics{}
-	m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Namespace: metricsNamespace, Name: "expiry_pass_duration_seconds",
-		Help:    "Time one expiry pass took over a table, the pauses that spread it over half of --gc-interval included.",
-		Buckets: prometheus.ExponentialBuckets(0.001, 4, 10), // 1 ms to 262 s
-	}, []string{"table"})
-	m.scanned = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: metricsNamespace, Name: "expiry_entries_scanned_total",
-		Help: "Entries the expiry read, by table.",
-	}, []string{"table"})
-	m.failures = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: metricsNamespace, Name: "expiry_failures_total",
-		Help: "Expiry passes over a table that failed, by table and reason: read (the map could not be read to its end), delete (an expired entry could not be deleted), settle (the /24 table was not updated after the nat_ipv4 pass).",
-	}, []string{"table", "reason"})
-	m.lastOK = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: metricsNamespace, Name: "expiry_last_success_timestamp_seconds",
-		Help: "Unix time of the end of the last expiry pass over a table that succeeded; 0 before the first.",
-	}, []string{"table"})
+	m.duration = prometheus.NewHistogramVec(histogramOpts("expiry_pass_duration_seconds",
+		"Time one expiry pass took over a table, the pauses that spread it over half of --gc-interval included.",
+		prometheus.ExponentialBuckets(0.001, 4, 10)), []string{"table"}) // 1 ms to 262 s
+	m.scanned = newCounterVec("expiry_entries_scanned_total",
+		"Entries the expiry read, by table.", "table")
+	m.failures = newCounterVec("expiry_failures_total",
+		"Expiry passes over a table that failed, by table and reason: read (the map could not be read to its end), delete (an expired entry could not be deleted), settle (the /24 table was not updated after the nat_ipv4 pass).", "table", "reason")
+	m.lastOK = newGaugeVec("expiry_last_success_timestamp_seconds",
+		"Unix time of the end of the last expiry pass over a table that succeeded; 0 before the first.", "table")
 	for _, t := range expiryTables {
 		m.scanned.WithLabelValues(t)
 		m.lastOK.WithLabelValues(t)

@@ -42,10 +42,8 @@ func newHealer() *healer {
 
 // newRepairCounter registers ip_masq_agent_attach_repairs_total.
 func newRepairCounter(reg prometheus.Registerer) *prometheus.CounterVec {
-	c := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: metricsNamespace, Name: "attach_repairs_total",
-		Help: "Programs of ours attached again to a hook of a managed interface without a restart, by interface, hook and cause (link_detached, link_missing, qdisc_deleted, filter_deleted, interface_recreated, interface_returned).",
-	}, []string{"interface", "hook", "cause"})
+	c := newCounterVec("attach_repairs_total",
+		"Programs of ours attached again to a hook of a managed interface without a restart, by interface, hook and cause (link_detached, link_missing, qdisc_deleted, filter_deleted, interface_recreated, interface_returned).", "interface", "hook", "cause")
 	reg.MustRegister(c)
 	return c
 }

@@ -56,53 +56,33 @@ type agentMetrics struct {
 
 func newAgentMetrics() *agentMetrics {
 	m := &agentMetrics{reg: prometheus.NewRegistry()}
-	m.configSyncs = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: metricsNamespace, Name: "config_syncs_total",
-		Help: "Full reads of the config file, by result: success (applied), invalid (rejected, the last good config stays in force), error (valid, but writing the datapath failed).",
-	}, []string{"result"})
+	m.configSyncs = newCounterVec("config_syncs_total",
+		"Full reads of the config file, by result: success (applied), invalid (rejected, the last good config stays in force), error (valid, but writing the datapath failed).", "result")
 	for _, r := range []string{syncSuccess, syncInvalid, syncError} {
 		m.configSyncs.WithLabelValues(r) // show every result from the start, at 0
 	}
-	m.configDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
-		Namespace: metricsNamespace, Name: "config_sync_duration_seconds",
-		Help:    "Time to read, validate and apply the config file.",
-		Buckets: prometheus.ExponentialBuckets(0.0005, 4, 9), // 0.5 ms to 33 s
-	})
-	m.configLastOK = prometheus.NewGauge(prometheus.GaugeOpts{
-		Namespace: metricsNamespace, Name: "config_last_success_timestamp_seconds",
-		Help: "Unix time of the last sync that applied the config file; 0 before the first.",
-	})
-	m.configRejected = prometheus.NewGauge(prometheus.GaugeOpts{
-		Namespace: metricsNamespace, Name: "config_rejected",
-		Help: "1 while the config file in place is rejected and the last good configuration stays in force, else 0.",
-	})
-	m.cidrs = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: metricsNamespace, Name: "nonmasquerade_cidrs",
-		Help: "Prefixes in the active non-masquerade set, by family (ipv4, ipv6) and origin (configured in the file, or link_local: 169.254.0.0/16 unless masqLinkLocal, fe80::/10 unless masqLinkLocalIPv6; masquerade: the exceptions of masqueradeCIDRs, which are masqueraded).",
-	}, []string{"family", "origin"})
-	m.natExpired = prometheus.NewCounter(prometheus.CounterOpts{
-		Namespace: metricsNamespace, Name: "nat_expired_total",
-		Help: "NAT table entries removed by the agent's expiry (whole flows and host reservations).",
-	})
-	m.masqAddrMissing = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: metricsNamespace, Name: "masquerade_address_missing",
-		Help: "1 while an address chosen with --masquerade-address is not on its interface (new flows of its family through it are dropped), else 0.",
-	}, []string{"interface", "address"})
-	m.localStored = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: metricsNamespace, Name: "local_addresses",
-		Help: "Addresses of the node that the datapath knows as the host's, by family.",
-	}, []string{"family"})
-	m.localDropped = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: metricsNamespace, Name: "local_addresses_dropped",
-		Help: "Addresses of the node left out of the datapath's map because it is full, by family: host traffic from them is masqueraded like a pod's.",
-	}, []string{"family"})
+	m.configDuration = prometheus.NewHistogram(histogramOpts("config_sync_duration_seconds",
+		"Time to read, validate and apply the config file.",
+		prometheus.ExponentialBuckets(0.0005, 4, 9))) // 0.5 ms to 33 s
+	m.configLastOK = newGauge("config_last_success_timestamp_seconds",
+		"Unix time of the last sync that applied the config file; 0 before the first.")
+	m.configRejected = newGauge("config_rejected",
+		"1 while the config file in place is rejected and the last good configuration stays in force, else 0.")
+	m.cidrs = newGaugeVec("nonmasquerade_cidrs",
+		"Prefixes in the active non-masquerade set, by family (ipv4, ipv6) and origin (configured in the file, or link_local: 169.254.0.0/16 unless masqLinkLocal, fe80::/10 unless masqLinkLocalIPv6; masquerade: the exceptions of masqueradeCIDRs, which are masqueraded).", "family", "origin")
+	m.natExpired = newCounter("nat_expired_total",
+		"NAT table entries removed by the agent's expiry (whole flows and host reservations).")
+	m.masqAddrMissing = newGaugeVec("masquerade_address_missing",
+		"1 while an address chosen with --masquerade-address is not on its interface (new flows of its family through it are dropped), else 0.", "interface", "address")
+	m.localStored = newGaugeVec("local_addresses",
+		"Addresses of the node that the datapath knows as the host's, by family.", "family")
+	m.localDropped = newGaugeVec("local_addresses_dropped",
+		"Addresses of the node left out of the datapath's map because it is full, by family: host traffic from them is masqueraded like a pod's.", "family")
 	for _, f := range []string{"ipv4", "ipv6"} {
 		m.localDropped.WithLabelValues(f) // 0 from the start, for alerts
 	}
-	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: metricsNamespace, Name: "build_info",
-		Help: "Always 1; the labels say which build runs.",
-	}, []string{"version", "goversion"})
+	buildInfo := newGaugeVec("build_info",
+		"Always 1; the labels say which build runs.", "version", "goversion")
 	buildInfo.WithLabelValues(version, runtime.Version()).Set(1)
 
 	m.reg.MustRegister(m.configSyncs, m.configDuration, m.configLastOK, m.configRejected, m.cidrs,

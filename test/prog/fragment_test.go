@@ -15,27 +15,37 @@ func fragments(t testing.TB, frame []byte, cuts ...int) [][]byte {
 	ihl := int(ip[0]&0xf) * 4
 	payload := ip[ihl:]
 	var out [][]byte
+	eachFragment(t, len(payload), cuts, func(start, end int, more bool) {
+		f := append(append([]byte(nil), frame[:14]...), ip[:ihl]...)
+		f = append(f, payload[start:end]...)
+		binary.BigEndian.PutUint16(f[14+2:], uint16(ihl+end-start))
+		fl := uint16(start / 8)
+		if more {
+			fl |= 0x2000 // more fragments
+		}
+		binary.BigEndian.PutUint16(f[14+6:], fl)
+		out = append(out, fixIPCsum(f))
+	})
+	return out
+}
+
+// eachFragment calls part with each piece [start, end) of a payload of n
+// bytes cut at the given offsets, which must be multiples of 8, and whether
+// more pieces follow.
+func eachFragment(t testing.TB, n int, cuts []int, part func(start, end int, more bool)) {
+	t.Helper()
 	start := 0
 	for i := 0; i <= len(cuts); i++ {
-		end := len(payload)
+		end := n
 		if i < len(cuts) {
 			end = cuts[i]
 		}
 		if start%8 != 0 {
 			t.Fatalf("fragment offset %d not a multiple of 8", start)
 		}
-		f := append(append([]byte(nil), frame[:14]...), ip[:ihl]...)
-		f = append(f, payload[start:end]...)
-		binary.BigEndian.PutUint16(f[14+2:], uint16(ihl+end-start))
-		fl := uint16(start / 8)
-		if end < len(payload) {
-			fl |= 0x2000 // more fragments
-		}
-		binary.BigEndian.PutUint16(f[14+6:], fl)
-		out = append(out, fixIPCsum(f))
+		part(start, end, end < n)
 		start = end
 	}
-	return out
 }
 
 // bigUDP is a UDP datagram large enough to fragment, as a large DNS answer.

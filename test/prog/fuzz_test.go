@@ -97,20 +97,30 @@ func parseFrame(f []byte) (parsed, string) {
 		p.udpCsum0 = l4[6] == 0 && l4[7] == 0
 	case protoICMP:
 		p.icmpType = l4[0]
-		switch {
-		case l4[0] == icmpUnreachable || l4[0] == icmpTimeExceed || l4[0] == 12:
+		if l4[0] == icmpUnreachable || l4[0] == icmpTimeExceed || l4[0] == 12 {
 			return p, parsedICMPError
-		case l4[1] != 0:
-			return p, parsedOther
-		case l4[0] == icmpEcho:
-			p.sport = binary.BigEndian.Uint16(l4[4:])
-		case l4[0] == icmpEchoReply:
-			p.dport = binary.BigEndian.Uint16(l4[4:])
-		default:
+		}
+		var ok bool
+		if p.sport, p.dport, ok = echoPorts(l4, icmpEcho, icmpEchoReply); !ok {
 			return p, parsedOther
 		}
 	}
 	return p, parsedOK
+}
+
+// echoPorts reads the identifier of an ICMP or ICMPv6 echo header as the
+// oracle's ports: a request's is the source port, a reply's the
+// destination port. ok is false for another type, or a code other than 0.
+func echoPorts(l4 []byte, request, reply uint8) (sport, dport uint16, ok bool) {
+	switch {
+	case l4[1] != 0:
+		return 0, 0, false
+	case l4[0] == request:
+		return binary.BigEndian.Uint16(l4[4:]), 0, true
+	case l4[0] == reply:
+		return 0, binary.BigEndian.Uint16(l4[4:]), true
+	}
+	return 0, 0, false
 }
 
 // quote is the packet quoted in an ICMP error.
@@ -152,14 +162,8 @@ func parseQuote(f []byte, p parsed) (quote, bool) {
 			q.csumOff = q.l4 + 6
 		}
 	case protoICMP:
-		switch {
-		case l4[1] != 0:
-			return q, false
-		case l4[0] == icmpEcho:
-			q.sport = binary.BigEndian.Uint16(l4[4:])
-		case l4[0] == icmpEchoReply:
-			q.dport = binary.BigEndian.Uint16(l4[4:])
-		default:
+		var ok bool
+		if q.sport, q.dport, ok = echoPorts(l4, icmpEcho, icmpEchoReply); !ok {
 			return q, false
 		}
 		q.csumOff = q.l4 + 2

@@ -128,16 +128,11 @@ transport:
 		p.udpCsum0 = l4[6] == 0 && l4[7] == 0
 	case protoICMPv6:
 		p.icmpType = l4[0]
-		switch {
-		case l4[0] >= icmp6Unreach && l4[0] <= icmp6ParamProb:
+		if l4[0] >= icmp6Unreach && l4[0] <= icmp6ParamProb {
 			return p, parsedICMPError
-		case l4[1] != 0:
-			return p, parsedOther
-		case l4[0] == icmp6Echo:
-			p.sport = binary.BigEndian.Uint16(l4[4:])
-		case l4[0] == icmp6EchoReply:
-			p.dport = binary.BigEndian.Uint16(l4[4:])
-		default:
+		}
+		var ok bool
+		if p.sport, p.dport, ok = echoPorts(l4, icmp6Echo, icmp6EchoReply); !ok {
 			return p, parsedOther
 		}
 	}
@@ -205,14 +200,8 @@ transport:
 			q.csumOff = q.l4 + 6
 		}
 	case protoICMPv6:
-		switch {
-		case l4[1] != 0:
-			return q, false
-		case l4[0] == icmp6Echo:
-			q.sport = binary.BigEndian.Uint16(l4[4:])
-		case l4[0] == icmp6EchoReply:
-			q.dport = binary.BigEndian.Uint16(l4[4:])
-		default:
+		var ok bool
+		if q.sport, q.dport, ok = echoPorts(l4, icmp6Echo, icmp6EchoReply); !ok {
 			return q, false
 		}
 		q.csumOff = q.l4 + 2

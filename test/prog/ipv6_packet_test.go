@@ -595,20 +595,12 @@ func fragments6(t testing.TB, frame []byte, unfrag int, id uint32, cuts ...int) 
 	}
 	unfragPart, rest := ip[:off], ip[off:]
 	var out [][]byte
-	start := 0
-	for k := 0; k <= len(cuts); k++ {
-		end := len(rest)
-		if k < len(cuts) {
-			end = cuts[k]
-		}
-		if start%8 != 0 {
-			t.Fatalf("fragment offset %d not a multiple of 8", start)
-		}
+	eachFragment(t, len(rest), cuts, func(start, end int, more bool) {
 		p := append([]byte(nil), unfragPart...)
 		fh := make([]byte, 8)
 		fh[0] = ip[nextField]
 		fo := uint16(start)
-		if end < len(rest) {
+		if more {
 			fo |= 1
 		}
 		binary.BigEndian.PutUint16(fh[2:], fo)
@@ -617,8 +609,7 @@ func fragments6(t testing.TB, frame []byte, unfrag int, id uint32, cuts ...int) 
 		p = append(append(p, fh...), rest[start:end]...)
 		binary.BigEndian.PutUint16(p[4:], uint16(len(p)-40))
 		out = append(out, ether6(p))
-		start = end
-	}
+	})
 	return out
 }
 

@@ -368,28 +368,12 @@ func (e *env) expectCounters(t testing.TB, before map[string]uint64, want map[st
 // Byte order: the generated map types hold network-order fields as integers
 // read in host order.
 
-func be32(a netip.Addr) uint32 {
-	b := a.As4()
-	return binary.NativeEndian.Uint32(b[:])
-}
-
-func be16(p uint16) uint16 {
-	var b [2]byte
-	binary.BigEndian.PutUint16(b[:], p)
-	return binary.NativeEndian.Uint16(b[:])
-}
-
-func fromBE16(v uint16) uint16 {
-	var b [2]byte
-	binary.NativeEndian.PutUint16(b[:], v)
-	return binary.BigEndian.Uint16(b[:])
-}
-
-func fromBE32(v uint32) netip.Addr {
-	var b [4]byte
-	binary.NativeEndian.PutUint32(b[:], v)
-	return netip.AddrFrom4(b)
-}
+var (
+	be32     = maps.AddrToBE
+	be16     = maps.PortToBE
+	fromBE16 = maps.PortFromBE
+	fromBE32 = maps.AddrFromBE
+)
 
 // natKey is a NAT table key in the datapath's conventions: for ICMP echo the
 // identifier is sport on egress and dport on ingress, the other port 0.
