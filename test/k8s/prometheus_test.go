@@ -42,6 +42,7 @@ type prometheus struct {
 	base   string // http://127.0.0.1:port
 	client *http.Client
 	log    string // its log file
+	rules  string // the rule file it loads
 }
 
 // startPrometheus starts Debian's prometheus in the node's network
@@ -113,8 +114,9 @@ func (c *cluster) startPrometheus(t *testing.T, nodeName, pod string) *prometheu
 		cmd.Wait()
 	})
 	p := &prometheus{
-		base: "http://" + hostPort("127.0.0.1", port),
-		log:  logPath,
+		base:  "http://" + hostPort("127.0.0.1", port),
+		log:   logPath,
+		rules: filepath.Join(dir, "rules.yml"),
 		client: &http.Client{Timeout: e2e.ProbeTimeout, Transport: &http.Transport{
 			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 				var conn net.Conn
@@ -327,7 +329,7 @@ func (c *cluster) checkMonitoring(t *testing.T) {
 	t.Logf("Prometheus scraped the agent 5 times, %v after its start", time.Since(start).Round(100*time.Millisecond))
 
 	// Every rule group loaded and every rule evaluated without an error.
-	want := ruleGroups(t, filepath.Join(filepath.Dir(p.log), "rules.yml"))
+	want := ruleGroups(t, p.rules)
 	type ruleState struct {
 		Name, Health, LastError string
 	}
