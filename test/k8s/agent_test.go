@@ -29,7 +29,7 @@ const maxGap = time.Second
 const patchDeadline = 5 * time.Second
 
 // TestDaemonSet runs the agent's life on a node in order, each step on what
-// the one before left: install, masquerade, config changes in place and by a
+// the one before left: install, masquerade, monitoring, config changes in place and by a
 // new ConfigMap, a rolling upgrade, a deleted pod, the least-privilege
 // component, uninstall. A failed step stops the rest.
 func TestDaemonSet(t *testing.T) {
@@ -76,6 +76,9 @@ func TestDaemonSet(t *testing.T) {
 			expectSources(t, p, c.internet, nodeIP)
 			expectSources(t, p, c.vpc, p.ip)
 		}},
+		// deploy/monitoring on what the two steps above did: a real
+		// Prometheus scrapes the agent, loads its alerts, fills the dashboard.
+		{"Monitoring", c.checkMonitoring},
 		{"ConfigMapPatchedInPlace", func(t *testing.T) {
 			c.patchedInPlace(t, p)
 			// The pod of the install still runs, never restarted: its liveness
