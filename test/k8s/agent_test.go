@@ -73,7 +73,7 @@ func TestDaemonSet(t *testing.T) {
 			t.Logf("DaemonSet Ready %v after kubectl apply -k (readiness probe /readyz passed)", d.Round(100*time.Millisecond))
 		}},
 		{"Masquerade", func(t *testing.T) {
-			expectSources(t, p, c.internet, nodeIP)
+			expectSources(t, p, c.internet, e2e.NodeIP)
 			expectSources(t, p, c.vpc, p.ip)
 		}},
 		// deploy/monitoring on what the two steps above did: a real
@@ -100,7 +100,7 @@ func TestDaemonSet(t *testing.T) {
 				t.Fatalf("a new ConfigMap did not replace agent pod %s", oldPod)
 			}
 			// The new config: the VPC sees the node now.
-			expectSources(t, p, c.vpc, nodeIP)
+			expectSources(t, p, c.vpc, e2e.NodeIP)
 		}},
 		{"RollingUpgrade", func(t *testing.T) {
 			underStream(t, p, c.internet, func() {
@@ -109,7 +109,7 @@ func TestDaemonSet(t *testing.T) {
 			if _, image := c.agentPod(t); !strings.HasSuffix(image, ":k8s-b") {
 				t.Fatalf("agent image %s after the upgrade, want the k8s-b build", image)
 			}
-			expectSources(t, p, c.internet, nodeIP)
+			expectSources(t, p, c.internet, e2e.NodeIP)
 		}},
 		{"AgentPodDeleted", func(t *testing.T) {
 			old, _ := c.agentPod(t)
@@ -118,7 +118,7 @@ func TestDaemonSet(t *testing.T) {
 				c.rollout(t, dsName)
 				waitNewAgent(t, c, old)
 			})
-			expectSources(t, p, c.internet, nodeIP)
+			expectSources(t, p, c.internet, e2e.NodeIP)
 		}},
 		{"LeastPrivilege", func(t *testing.T) {
 			underStream(t, p, c.internet, func() {
@@ -129,7 +129,7 @@ func TestDaemonSet(t *testing.T) {
 			if priv != "false" {
 				t.Fatalf("agent pod %s privileged=%q, want the least-privilege component", name, priv)
 			}
-			expectSources(t, p, c.internet, nodeIP)
+			expectSources(t, p, c.internet, e2e.NodeIP)
 			expectSources(t, p, c.vpc, p.ip)
 			c.patchedInPlace(t, p)
 		}},
@@ -140,7 +140,7 @@ func TestDaemonSet(t *testing.T) {
 			if out, err := c.inNode("ls", "/sys/fs/bpf/ip-masq-agent"); err != nil || out == "" {
 				t.Fatalf("pins gone with the agent's DaemonSet: %q %v", out, err)
 			}
-			expectSources(t, p, c.internet, nodeIP)
+			expectSources(t, p, c.internet, e2e.NodeIP)
 
 			c.apply(t, overlay{tag: "k8s-a", uninstall: true})
 			if left := c.pins(t); len(left) > 0 {
@@ -182,7 +182,7 @@ func (c *cluster) patchedInPlace(t *testing.T, p *pod) {
 	for _, step := range []struct {
 		config string
 		want   netip.Addr
-	}{{configAll, nodeIP}, {configVPC, p.ip}} {
+	}{{configAll, e2e.NodeIP}, {configVPC, p.ip}} {
 		patch, _ := json.Marshal(map[string]any{"data": map[string]string{"config": step.config}})
 		c.mustKubectl(t, "-n", "kube-system", "patch", "configmap", cm, "--type=merge", "-p", string(patch))
 		took, ok := waitFor(patchDeadline, func() bool {
@@ -220,8 +220,8 @@ func underStream(t *testing.T, p *pod, h *e2e.Host, change func()) {
 	if res.MaxGap > maxGap {
 		t.Errorf("stream went %v without an echo, want at most %v", res.MaxGap, maxGap)
 	}
-	if res.Peer.Addr() != nodeIP {
-		t.Errorf("stream seen from %s, want the node %s", res.Peer, nodeIP)
+	if res.Peer.Addr() != e2e.NodeIP {
+		t.Errorf("stream seen from %s, want the node %s", res.Peer, e2e.NodeIP)
 	}
 }
 

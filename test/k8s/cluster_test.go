@@ -23,14 +23,9 @@ import (
 	"github.com/ipmasq-ebpf/ip-masq-agent/test/e2e"
 )
 
-// Addresses of cluster.sh's topology.
-var (
-	nodeIP     = netip.MustParseAddr("172.31.0.2")
-	internetIP = netip.MustParseAddr("203.0.113.10")
-	vpcIP      = netip.MustParseAddr("10.100.0.10")
-)
-
-// cluster is what cluster.sh wrote into $IPM_K8S_STATE/env.
+// cluster is what cluster.sh wrote into $IPM_K8S_STATE/env. cluster.sh gives
+// the node and the internet and VPC hosts the addresses of test/e2e's
+// topology (e2e.NodeIP, e2e.InternetIP, e2e.VPCIP), whose servers run there.
 type cluster struct {
 	env      map[string]string
 	repo     string
@@ -63,8 +58,8 @@ func newCluster(t *testing.T) *cluster {
 	}
 	_, file, _, _ := runtime.Caller(0)
 	c.repo = filepath.Join(filepath.Dir(file), "..", "..")
-	c.internet = c.host(t, c.env["IPM_K8S_INTERNET_NETNS"], "internet", internetIP)
-	c.vpc = c.host(t, c.env["IPM_K8S_VPC_NETNS"], "vpc", vpcIP)
+	c.internet = c.host(t, c.env["IPM_K8S_INTERNET_NETNS"], "internet", e2e.InternetIP)
+	c.vpc = c.host(t, c.env["IPM_K8S_VPC_NETNS"], "vpc", e2e.VPCIP)
 	return c
 }
 

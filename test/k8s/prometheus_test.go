@@ -68,7 +68,7 @@ func (c *cluster) startPrometheus(t *testing.T, nodeName, pod string) *prometheu
 			// Operator, which the alerts and the dashboard select by.
 			"job_name": dsName,
 			"static_configs": []any{map[string]any{
-				"targets": []string{hostPort(nodeIP.String(), 9441)},
+				"targets": []string{hostPort(e2e.NodeIP.String(), 9441)},
 				"labels":  map[string]string{"node": nodeName, "namespace": "kube-system", "pod": pod},
 			}},
 		}},
@@ -151,7 +151,7 @@ func (c *cluster) nodeNetns(t *testing.T) *e2e.Netns {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.Close() })
-	return &e2e.Netns{Name: c.env["IPM_K8S_NODE_NETNS"], Role: "node", Handle: h, Addr: nodeIP}
+	return &e2e.Netns{Name: c.env["IPM_K8S_NODE_NETNS"], Role: "node", Handle: h, Addr: e2e.NodeIP}
 }
 
 // fatal fails the test with the end of Prometheus's log.
