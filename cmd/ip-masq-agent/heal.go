@@ -72,6 +72,7 @@ func (h *healer) attachCause(name string, prev, ifindex int) string {
 func (h *healer) attached(name string, used loader.Mode, cause string) {
 	h.used[name] = used
 	if cause == "" {
+		h.exportZero(name)
 		return
 	}
 	for _, hook := range []string{"ingress", "egress"} {
@@ -93,6 +94,24 @@ func (s *interfaceSet) repairCause(name string, prev, ifindex int) string {
 		return ""
 	}
 	return cause
+}
+
+// repairCauses are every cause a repair is counted by.
+var repairCauses = []string{loader.CauseLinkDetached, loader.CauseLinkMissing, loader.CauseQdiscDeleted,
+	loader.CauseFilterDeleted, causeInterfaceRecreated, causeInterfaceReturned}
+
+// exportZero makes the repair counters of a newly managed interface exist at
+// 0, so that a dashboard or an alert on their rate sees a series before the
+// first repair rather than nothing.
+func (h *healer) exportZero(name string) {
+	if h.repairs == nil {
+		return
+	}
+	for _, hook := range []string{"ingress", "egress"} {
+		for _, cause := range repairCauses {
+			h.repairs.WithLabelValues(name, hook, cause)
+		}
+	}
 }
 
 func (h *healer) count(name, hook, cause string) {
