@@ -420,7 +420,7 @@ func requireTranslatedChecksums(t testing.TB, in, out []byte, p parsed, q quote,
 }
 
 // replyFrame turns a translated egress frame into the remote's reply:
-// addresses and ports swapped (ICMP: an echo reply with the same
+// addresses, ports and TCP sequence and acknowledgement numbers swapped (ICMP: an echo reply with the same
 // identifier), every checksum recomputed if the frame's were right.
 func replyFrame(out []byte, p parsed) []byte {
 	r := append([]byte(nil), out...)
@@ -433,6 +433,9 @@ func replyFrame(out []byte, p parsed) []byte {
 		for i := range 2 {
 			r[p.l4+i], r[p.l4+2+i] = r[p.l4+2+i], r[p.l4+i]
 		}
+		if p.proto == protoTCP {
+			swapTCPSeqAck(r, p.l4)
+		}
 	case protoICMP:
 		r[p.l4] = icmpEchoReply
 	}
@@ -440,6 +443,19 @@ func replyFrame(out []byte, p parsed) []byte {
 		setChecksums(r)
 	}
 	return r
+}
+
+// swapTCPSeqAck makes a reply's sequence number the pod's acknowledgement,
+// as a real remote's is: the datapath judges a remote's FIN or RST against
+// the window the pod announced. Both fields are 16-bit aligned, so the swap
+// leaves the checksum right. A header cut short keeps what it has.
+func swapTCPSeqAck(r []byte, l4 int) {
+	if len(r) < l4+12 {
+		return
+	}
+	for i := range 4 {
+		r[l4+4+i], r[l4+8+i] = r[l4+8+i], r[l4+4+i]
+	}
 }
 
 // setChecksums recomputes every checksum of a well-formed frame from

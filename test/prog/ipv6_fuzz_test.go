@@ -467,7 +467,7 @@ func setChecksum6(f []byte) {
 }
 
 // replyFrame6 turns a translated egress frame into the remote's reply:
-// addresses and ports swapped (ICMPv6: an echo reply with the same
+// addresses, ports and TCP sequence and acknowledgement numbers swapped (ICMPv6: an echo reply with the same
 // identifier), the checksum recomputed if the frame's was right.
 func replyFrame6(out []byte, p parsed6) []byte {
 	r := append([]byte(nil), out...)
@@ -479,6 +479,9 @@ func replyFrame6(out []byte, p parsed6) []byte {
 	case protoTCP, protoUDP:
 		for i := range 2 {
 			r[p.l4+i], r[p.l4+2+i] = r[p.l4+2+i], r[p.l4+i]
+		}
+		if p.proto == protoTCP {
+			swapTCPSeqAck(r, p.l4)
 		}
 	case protoICMPv6:
 		r[p.l4] = icmp6EchoReply
