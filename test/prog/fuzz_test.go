@@ -509,6 +509,19 @@ func requireCounters(t testing.TB, moved, want map[string]uint64, in []byte) {
 func (e *env) resetState(t testing.TB, baseline map[maps.NATKey]maps.NATEntry) {
 	t.Helper()
 	e.deleteEntries(t, baseline)
+	// The baseline's own values too: an input moves the pod's recorded
+	// window or a mapping's flags, and the next input is judged against
+	// the baseline, not against what the last one left.
+	for k, v := range baseline {
+		m := e.dp.Maps.IpmNat4
+		var old maps.NATEntry
+		if e.dp.Maps.IpmHostres4.Lookup(&k, &old) == nil {
+			m = e.dp.Maps.IpmHostres4
+		}
+		if err := m.Put(&k, &v); err != nil {
+			t.Fatalf("restore baseline entry %+v: %v", k, err)
+		}
+	}
 	clearMap(t, e.dp.Maps.IpmFrag4)
 	clearMap(t, e.dp.Maps.IpmInbound4)
 	clearMap(t, e.dp.Maps.IpmNomasqTcp4)
