@@ -50,12 +50,17 @@ enum ipm_kind : __u8 {
 enum ipm_entry_flags : __u8 {
 	IPM_F_FIN = 1 << 0,	/* a FIN was seen in this direction */
 	IPM_F_RST = 1 << 1,	/* a RST was seen in this direction */
-	IPM_F_REPLIED = 1 << 2, /* host reservation: a packet came back */
+	/* Host reservation: a packet came back. Egress half of a mapping: a
+	 * reply came back (reply_mirror.h). */
+	IPM_F_REPLIED = 1 << 2,
 	/* TCP, egress half: tcp_ack and tcp_win hold the pod's last ACK. */
 	IPM_F_ACK = 1 << 3,
 	/* TCP, egress half: tcp_wscale was read from the pod's SYN (without
 	 * it, a window is judged with the largest scale, 14). */
 	IPM_F_WSCALE = 1 << 4,
+	/* Egress half: the remote's FIN was seen (its reply half carries it
+	 * as IPM_F_FIN; reply_mirror.h). */
+	IPM_F_PEER_FIN = 1 << 5,
 };
 
 /*

@@ -20,6 +20,7 @@
 #include "ipmasq.h"
 #include "maps.h"
 #include "packet6.h"
+#include "reply_mirror.h"
 
 /* Removes what holds the IPv4 reply key rk if it has expired: a host
  * reservation, or a mapping (reply half first, then its egress half, the
@@ -42,12 +43,7 @@ static __always_inline bool reclaim4(const struct ipm_settings *s, const struct 
 	in = bpf_map_lookup_elem(&ipm_nat4, rk);
 	if (!in || in->kind != IPM_KIND_MASQ)
 		return false;
-	ok.saddr = in->addr;
-	ok.daddr = rk->saddr;
-	ok.sport = in->port;
-	ok.dport = rk->sport; /* ICMP: 0 on both */
-	ok.proto = rk->proto;
-	ok.dir = IPM_DIR_EGRESS;
+	egress_key_of(&ok, rk, in);
 	out = bpf_map_lookup_elem(&ipm_nat4, &ok);
 	if (out && out->kind == IPM_KIND_MASQ && out->addr == rk->daddr && out->port == rk->dport) {
 		if (!flow_expired(s, rk->proto, out, in, now) || bpf_map_delete_elem(&ipm_nat4, rk))
@@ -76,12 +72,7 @@ static __always_inline bool reclaim6(const struct ipm_settings *s, const struct 
 	in = bpf_map_lookup_elem(&ipm_nat6, rk);
 	if (!in || in->kind != IPM_KIND_MASQ)
 		return false;
-	addr6_copy(ok.saddr, in->addr);
-	addr6_copy(ok.daddr, rk->saddr);
-	ok.sport = in->port;
-	ok.dport = rk->sport;
-	ok.proto = rk->proto;
-	ok.dir = IPM_DIR_EGRESS;
+	egress_key_of(&ok, rk, in);
 	out = bpf_map_lookup_elem(&ipm_nat6, &ok);
 	if (out && out->kind == IPM_KIND_MASQ && addr6_eq(out->addr, rk->daddr) &&
 	    out->port == rk->dport) {

@@ -105,11 +105,12 @@ const (
 type BPFIpmEntryFlags uint8
 
 const (
-	BPFIpmEntryFlagsIPM_F_FIN     BPFIpmEntryFlags = 1
-	BPFIpmEntryFlagsIPM_F_RST     BPFIpmEntryFlags = 2
-	BPFIpmEntryFlagsIPM_F_REPLIED BPFIpmEntryFlags = 4
-	BPFIpmEntryFlagsIPM_F_ACK     BPFIpmEntryFlags = 8
-	BPFIpmEntryFlagsIPM_F_WSCALE  BPFIpmEntryFlags = 16
+	BPFIpmEntryFlagsIPM_F_FIN      BPFIpmEntryFlags = 1
+	BPFIpmEntryFlagsIPM_F_RST      BPFIpmEntryFlags = 2
+	BPFIpmEntryFlagsIPM_F_REPLIED  BPFIpmEntryFlags = 4
+	BPFIpmEntryFlagsIPM_F_ACK      BPFIpmEntryFlags = 8
+	BPFIpmEntryFlagsIPM_F_WSCALE   BPFIpmEntryFlags = 16
+	BPFIpmEntryFlagsIPM_F_PEER_FIN BPFIpmEntryFlags = 32
 )
 
 type BPFIpmFrag6Entry struct {

@@ -26,6 +26,7 @@ const (
 	flagFin     = loader.BPFIpmEntryFlagsIPM_F_FIN
 	flagRst     = loader.BPFIpmEntryFlagsIPM_F_RST
 	flagReplied = loader.BPFIpmEntryFlagsIPM_F_REPLIED
+	flagPeerFin = loader.BPFIpmEntryFlagsIPM_F_PEER_FIN
 )
 
 // Timeouts are how long a flow is kept after its last packet, by state
@@ -186,6 +187,18 @@ func state(proto uint8, flags Flags, replied bool) string {
 	}
 }
 
+// longest is the longest a flow of proto can live after its last packet, in
+// any state.
+func (t Timeouts) longest(proto uint8) time.Duration {
+	switch proto {
+	case unix.IPPROTO_TCP:
+		return max(t.TCPSyn, t.TCPEstablished, t.TCPFin, t.TCPRst)
+	case unix.IPPROTO_UDP:
+		return max(t.UDP, t.UDPStream)
+	}
+	return t.ICMP
+}
+
 func timeout(proto uint8, state string, t Timeouts) time.Duration {
 	switch proto {
 	case unix.IPPROTO_TCP:
@@ -247,10 +260,33 @@ func makeFlow(k tuple, out, in half, hasIn bool) Flow {
 		Pod:      netip.AddrPortFrom(k.Src, k.Sport),
 		Remote:   netip.AddrPortFrom(k.Dst, k.Dport),
 		Node:     netip.AddrPortFrom(out.Addr, out.Port),
-		Flags:    flowFlags(k.Proto, out.Flags, in.Flags),
+		Flags:    flowFlags(k.Proto, out.Flags&^flagPeerFin, in.Flags),
 		Replied:  in.LastSeen != 0,
 		HasIn:    hasIn,
 		LastSeen: max(out.LastSeen, in.LastSeen, out.Created),
+	}
+}
+
+// egressView is the flow as its egress half alone tells it: the datapath
+// copies the reply half's activity into the egress half (a reply came, the
+// remote's RST or FIN, its last packet to within about a second;
+// bpf/reply_mirror.h), so the expiry decides most flows without reading
+// their reply half. The copy only ever lags: a flow this view calls
+// expired is read again, both halves, before anything is deleted.
+func egressView(k tuple, out half) Flow {
+	var in Flags
+	if out.Flags&flagPeerFin != 0 {
+		in = flagFin
+	}
+	return Flow{
+		Proto:    k.Proto,
+		Pod:      netip.AddrPortFrom(k.Src, k.Sport),
+		Remote:   netip.AddrPortFrom(k.Dst, k.Dport),
+		Node:     netip.AddrPortFrom(out.Addr, out.Port),
+		Flags:    flowFlags(k.Proto, out.Flags&^flagPeerFin, in),
+		Replied:  out.Flags&flagReplied != 0,
+		HasIn:    true,
+		LastSeen: max(out.LastSeen, out.Created),
 	}
 }
 
@@ -282,26 +318,28 @@ func makeReservation(k tuple, e half) Reservation {
 // still expired: the reply half first, so a packet racing with the deletion
 // finds no mapping in ingress rather than a reply half that outlives its
 // flow.
-func (t *NATTable) removeFlowIfExpired(k tuple, to Timeouts) (bool, error) {
+// It returns the flow as it read it (ok false when the egress half was gone
+// already) and whether it deleted it.
+func (t *NATTable) removeFlowIfExpired(k tuple, to Timeouts) (f Flow, ok, gone bool, err error) {
 	out, ok := t.c.lookup(t.m, k)
 	if !ok {
-		return false, nil // gone already
+		return Flow{}, false, false, nil // gone already
 	}
 	rk := replyKey(k, out)
 	in, hasIn := t.c.lookup(t.m, rk)
-	f := makeFlow(k, out, in, hasIn)
+	f = makeFlow(k, out, in, hasIn)
 	if Now()-f.LastSeen <= f.Timeout(to) {
-		return false, nil
+		return f, true, false, nil
 	}
 	if hasIn {
 		if err := t.c.remove(t.m, rk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return false, fmt.Errorf("delete reply half: %w", err)
+			return f, true, false, fmt.Errorf("delete reply half: %w", err)
 		}
 	}
 	if err := t.c.remove(t.m, k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return false, fmt.Errorf("delete egress half: %w", err)
+		return f, true, false, fmt.Errorf("delete egress half: %w", err)
 	}
-	return true, nil
+	return f, true, true, nil
 }
 
 // removeReservationIfExpired re-reads a host reservation and deletes it if

@@ -26,4 +26,7 @@ func TestMasqHalves4ArePaired(t *testing.T) {
 	if f.Pod != pod || f.Remote != remote || f.Node != node || f.State() != "established" {
 		t.Fatalf("flow %v (%s)", f, f.State())
 	}
+	if v := egressView(c.tuple(ok), c.half(o)); v.State() != f.State() || v.LastSeen != f.LastSeen {
+		t.Fatalf("the egress half alone tells %v (%s) last seen %v, both halves %s last seen %v", v, v.State(), v.LastSeen, f.State(), f.LastSeen)
+	}
 }

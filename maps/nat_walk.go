@@ -122,11 +122,16 @@ func (t *NATTable) Read() (Snapshot, error) {
 
 // Collect deletes the flows whose timeout has passed (both halves
 // together), idle host reservations, and reply halves left without their
-// egress half. It streams the table and decides each entry on its own, with
-// a direct lookup of its other half; each candidate is read again just
-// before deletion and kept if a packet used it meanwhile. An error in the
-// NAT table's walk does not stop the reservations' walk, nor the other way
-// round; the removal counts what was deleted before any error.
+// egress half. It streams the table and decides each flow by its egress
+// half, which carries what the datapath copied from the reply half
+// (egressView); only a flow that looks expired is read again, both halves,
+// just before deletion, and kept if a packet used it meanwhile. A reply
+// half is checked for its egress half only once it has been idle longer
+// than any flow of its protocol may be: until then it is counted with its
+// egress half, and an orphan among them is one the datapath's port
+// allocation reclaims when it needs the port. An error in the NAT table's
+// walk does not stop the reservations' walk, nor the other way round; the
+// removal counts what was deleted before any error.
 func (t *NATTable) Collect(to Timeouts) (removed int, err error) {
 	readAt := time.Now()
 	if t.building == nil {
@@ -134,40 +139,43 @@ func (t *NATTable) Collect(to Timeouts) (removed int, err error) {
 	}
 	t.building.Clear()
 	s := PassStats{Flows: map[FlowClass]int{}}
+	var classes flowCounts
 	var errs []error
 	natGone := 0 // entries deleted from the NAT table
-	errNAT := t.walkNAT(&s, func(k tuple, f Flow, hasReply bool) {
-		if Now()-f.LastSeen > f.Timeout(to) {
-			gone, err := t.removeFlowIfExpired(k, to)
+	errNAT := t.c.walk(t.m, t.Pace, func(k tuple, e half) {
+		s.Entries++
+		s.Scanned++
+		if e.Kind != kindMasq {
+			return
+		}
+		now := Now()
+		if k.Dir == dirIngress {
+			t.collectReplyHalf(&s, &natGone, k, e, now, to)
+			return
+		}
+		f := egressView(k, e)
+		if now-f.LastSeen > f.Timeout(to) {
+			exact, ok, gone, err := t.removeFlowIfExpired(k, to)
 			if err != nil {
 				errs = append(errs, err)
+			}
+			if !ok {
+				return // deleted meanwhile
 			}
 			if gone {
 				s.Removed++
 				natGone++
-				if hasReply {
+				if exact.HasIn {
 					natGone++ // its reply half
 				}
 				return
 			}
+			f = exact
 		}
 		t.building.Add(block24(f.Remote.Addr()))
-		s.Flows[FlowClass{f.Proto, f.State()}]++
-	}, func(k tuple, e half) {
-		// A live lookup, just before the deletion: the re-check.
-		if _, ok := t.c.lookup(t.m, originalKey(k, e)); ok {
-			return // counted with its egress half
-		}
-		// Give a half-created mapping time to get its egress half.
-		if Now()-max(e.LastSeen, e.Created) <= to.TCPRst {
-			s.Orphans++
-			return
-		}
-		if t.c.remove(t.m, k) == nil {
-			s.Removed++
-			natGone++
-		}
+		classes.add(f)
 	})
+	classes.into(s.Flows)
 	if errNAT != nil {
 		errs = append(errs, fmt.Errorf("read NAT table: %w", errNAT))
 	}
@@ -193,4 +201,68 @@ func (t *NATTable) Collect(to Timeouts) (removed int, err error) {
 		t.readAt = readAt
 	}
 	return s.Removed, errors.Join(errs...)
+}
+
+// collectReplyHalf decides a reply half of the NAT table: one idle for
+// longer than any flow of its protocol lives is looked up with its egress
+// half, and deleted when that is gone (after the RST timeout, which also
+// gives a mapping being created on another CPU the time to get its egress
+// half).
+func (t *NATTable) collectReplyHalf(s *PassStats, natGone *int, k tuple, e half, now time.Duration, to Timeouts) {
+	idle := now - max(e.LastSeen, e.Created)
+	if idle <= to.longest(k.Proto) {
+		return // counted with its egress half
+	}
+	if _, ok := t.c.lookup(t.m, originalKey(k, e)); ok {
+		return // a flow only the pod still talks on
+	}
+	if idle <= to.TCPRst {
+		s.Orphans++
+		return
+	}
+	if t.c.remove(t.m, k) == nil {
+		s.Removed++
+		*natGone++
+	}
+}
+
+// flowCounts counts flows by protocol and state without hashing a string
+// per flow, as a map keyed by FlowClass would at every entry of a pass.
+type flowCounts struct {
+	n     map[uint8]*[len(flowStates)]int
+	last  uint8
+	lastN *[len(flowStates)]int
+}
+
+// flowStates are the values of Flow.State.
+var flowStates = [...]string{"opening", "established", "closing", "reset"}
+
+func (c *flowCounts) add(f Flow) {
+	if c.lastN == nil || c.last != f.Proto {
+		if c.n == nil {
+			c.n = map[uint8]*[len(flowStates)]int{}
+		}
+		if c.n[f.Proto] == nil {
+			c.n[f.Proto] = new([len(flowStates)]int)
+		}
+		c.last, c.lastN = f.Proto, c.n[f.Proto]
+	}
+	st := f.State()
+	for i, name := range flowStates {
+		if name == st {
+			c.lastN[i]++
+			return
+		}
+	}
+}
+
+// into adds the counts to m.
+func (c *flowCounts) into(m map[FlowClass]int) {
+	for proto, n := range c.n {
+		for i, v := range n {
+			if v != 0 {
+				m[FlowClass{proto, flowStates[i]}] += v
+			}
+		}
+	}
 }

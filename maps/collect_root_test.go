@@ -1,0 +1,142 @@
+package maps
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// lookupCounter is codec4 that counts its direct lookups: the expiry must
+// decide a flow by its egress half alone and read its reply half only when
+// that half says the flow has expired.
+type lookupCounter struct {
+	codec4
+	lookups int
+}
+
+func (c *lookupCounter) lookup(m *ebpf.Map, t tuple) (half, bool) {
+	c.lookups++
+	return c.codec4.lookup(m, t)
+}
+
+// TestCollectDecidesByEgressHalf: each case is one flow (or one reply half
+// alone) with its halves as the datapath leaves them, and what one Collect
+// must do with it: keep it or delete it, how it is counted, and how many
+// direct lookups deciding it may cost. The egress half carries the reply
+// half's copy (bpf/reply_mirror.h); where that copy lags the reply half (an
+// entry from a datapath without it), the flow is read again before anything
+// is deleted and kept.
+func TestCollectDecidesByEgressHalf(t *testing.T) {
+	spec := rootSpec(t)
+	nat := newTestMap(t, spec, "ipm_nat4")
+	counter := &lookupCounter{}
+	table := &NATTable{m: nat, hostres: newTestMap(t, spec, "ipm_hostres4"), c: counter}
+	to := Timeouts{TCPSyn: time.Minute, TCPEstablished: 24 * time.Hour, TCPFin: time.Minute, TCPRst: 10 * time.Second,
+		UDP: 30 * time.Second, UDPStream: 2 * time.Minute, ICMP: 30 * time.Second}
+	node := netip.MustParseAddr("172.31.0.2")
+	remote := netip.MustParseAddr("203.0.113.10")
+	now := Now()
+	ago := func(d time.Duration) uint64 { return uint64(now - d) }
+
+	type halfState struct {
+		seen  uint64 // 0: no packet (the reply half: no reply)
+		flags Flags
+	}
+	cases := []struct {
+		name        string
+		proto       uint8
+		out, in     *halfState // nil: the half is missing
+		kept        bool
+		state       string // counted as, when kept with its egress half
+		wantLookups int
+	}{
+		{"established, idle an hour, the copy current", unix.IPPROTO_TCP,
+			&halfState{ago(time.Hour), flagReplied}, &halfState{ago(time.Hour), 0}, true, "established", 0},
+		{"half-closed by the pod, idle two minutes", unix.IPPROTO_TCP,
+			&halfState{ago(2 * time.Minute), flagReplied | flagFin}, &halfState{ago(2 * time.Minute), 0}, true, "established", 0},
+		{"opening, a second old", unix.IPPROTO_TCP,
+			&halfState{ago(time.Second), 0}, &halfState{0, 0}, true, "opening", 0},
+		{"the copy lags: reply half fresh, egress half old and unmarked", unix.IPPROTO_TCP,
+			&halfState{ago(time.Hour), 0}, &halfState{ago(time.Second), 0}, true, "established", 2},
+		{"closed by both sides, idle two minutes", unix.IPPROTO_TCP,
+			&halfState{ago(2 * time.Minute), flagReplied | flagFin | flagPeerFin}, &halfState{ago(2 * time.Minute), flagFin}, false, "", 2},
+		{"reset by the remote, idle 20 s", unix.IPPROTO_TCP,
+			&halfState{ago(20 * time.Second), flagReplied | flagRst}, &halfState{ago(20 * time.Second), flagRst}, false, "", 2},
+		{"UDP, idle an hour", unix.IPPROTO_UDP,
+			&halfState{ago(time.Hour), flagReplied}, &halfState{ago(time.Hour), 0}, false, "", 2},
+		{"a reply half alone, idle an hour: not checked yet", unix.IPPROTO_TCP,
+			nil, &halfState{ago(time.Hour), 0}, true, "", 0},
+		{"a reply half alone, idle 25 hours", unix.IPPROTO_TCP,
+			nil, &halfState{ago(25 * time.Hour), 0}, false, "", 1},
+		{"only the pod still talks: reply half idle 25 hours", unix.IPPROTO_TCP,
+			&halfState{ago(time.Second), flagReplied}, &halfState{ago(25 * time.Hour), 0}, true, "established", 1},
+	}
+	var c codec4
+	type keys struct{ out, in NATKey }
+	made := make([]keys, len(cases))
+	for i, tc := range cases {
+		pod := netip.AddrFrom4([4]byte{10, 244, 0, byte(i + 1)})
+		port := uint16(2000 + i)
+		ko := tuple{Src: pod, Dst: remote, Sport: 40000, Dport: 443, Proto: tc.proto, Dir: dirEgress}
+		ki := tuple{Src: remote, Dst: node, Sport: 443, Dport: port, Proto: tc.proto, Dir: dirIngress}
+		made[i] = keys{c.key(ko), c.key(ki)}
+		if tc.out != nil {
+			v := NATEntry{CreatedNs: tc.out.seen, LastSeenNs: tc.out.seen, Addr: AddrToBE(node), Port: PortToBE(port),
+				Kind: kindMasq, Flags: tc.out.flags}
+			if err := nat.Put(&made[i].out, &v); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if tc.in != nil {
+			v := NATEntry{CreatedNs: tc.in.seen, LastSeenNs: tc.in.seen, Addr: AddrToBE(pod), Port: PortToBE(40000),
+				Kind: kindMasq, Flags: tc.in.flags}
+			if tc.out != nil {
+				v.CreatedNs = tc.out.seen // created together
+			}
+			if err := nat.Put(&made[i].in, &v); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	if _, err := table.Collect(to); err != nil {
+		t.Fatal(err)
+	}
+	wantLookups := 0
+	wantFlows := map[FlowClass]int{}
+	for i, tc := range cases {
+		wantLookups += tc.wantLookups
+		var v NATEntry
+		for _, k := range []struct {
+			present bool
+			key     NATKey
+			name    string
+		}{{tc.out != nil, made[i].out, "egress"}, {tc.in != nil, made[i].in, "reply"}} {
+			if !k.present {
+				continue
+			}
+			if got := nat.Lookup(&k.key, &v) == nil; got != tc.kept {
+				t.Errorf("%s: %s half kept %v, want %v", tc.name, k.name, got, tc.kept)
+			}
+		}
+		if tc.kept && tc.state != "" {
+			wantFlows[FlowClass{tc.proto, tc.state}]++
+		}
+	}
+	last := table.LastPass()
+	for class, n := range wantFlows {
+		if last.Flows[class] != n {
+			t.Errorf("flows counted %v, want %v", last.Flows, wantFlows)
+			break
+		}
+	}
+	if len(last.Flows) != len(wantFlows) {
+		t.Errorf("flows counted %v, want %v", last.Flows, wantFlows)
+	}
+	if counter.lookups != wantLookups {
+		t.Errorf("%d direct lookups, want %d: flows whose egress half shows them alive must cost none", counter.lookups, wantLookups)
+	}
+}
