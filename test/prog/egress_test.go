@@ -293,7 +293,9 @@ func TestEgressConfigChange(t *testing.T) {
 }
 
 // TestEntryFlags: FIN and RST are recorded in the half of the direction that
-// carried them, which decides the flow's timeout (docs/flow-state.md). A connection is
+// carried them, which decides the flow's timeout (docs/flow-state.md); the
+// remote's are copied into the egress half as IPM_F_PEER_FIN and IPM_F_RST
+// (bpf/reply_mirror.h). A connection is
 // closing once both sides sent a FIN (one FIN is a half-close, which may go
 // on carrying data); the remote's FIN and RST count only inside the pod's
 // window (TestOutOfWindowReset).
@@ -335,8 +337,12 @@ func TestEntryFlags(t *testing.T) {
 	all := e.natEntries(t)
 	out := all[natKey(dirEgress, protoTCP, podA, remote, 40000, 443)]
 	in := all[natKey(dirIngress, protoTCP, remote, nodeAddr, 443, port)]
-	if out.Flags&3 != 1 || in.Flags&3 != 3 {
-		t.Errorf("flags: egress %d (want FIN=1), ingress %d (want FIN|RST=3)", out.Flags, in.Flags)
+	// The egress half: the pod's own FIN, and the copy of the reply
+	// half's state (a reply came, the remote's FIN and RST).
+	const finFlag = loader.BPFIpmEntryFlagsIPM_F_FIN
+	wantOut := finFlag | flagRst | flagReplied | flagPeerFin
+	if out.Flags&wantOut != wantOut || in.Flags&(finFlag|flagRst) != finFlag|flagRst {
+		t.Errorf("flags: egress %#x (want %#x among FIN, RST, REPLIED, PEER_FIN), ingress %#x (want FIN|RST)", out.Flags, wantOut, in.Flags)
 	}
 	if in.LastSeenNs == 0 {
 		t.Errorf("ingress half never touched by the replies")
