@@ -188,15 +188,16 @@ func explain(dp *loader.Datapath, q explainQuery) (explainAnswer, error) {
 		if fam.name != a.Family {
 			continue
 		}
-		snap, err := fam.nat.Read()
-		if err != nil {
-			return a, err
-		}
-		for _, f := range snap.Flows {
+		// Streamed, as debug reads it: only the matching flows are kept,
+		// so explain costs the same memory beside a table of millions.
+		_, err := fam.nat.Walk(maps.Visitor{Flow: func(f maps.Flow) {
 			if f.Pod.Addr() == q.src && f.Remote.Addr() == q.dst && (q.proto == 0 || f.Proto == q.proto) &&
 				(!q.hasPort || f.Remote.Port() == q.port) {
 				a.flows = append(a.flows, f)
 			}
+		}})
+		if err != nil {
+			return a, err
 		}
 	}
 	return a, nil
