@@ -570,20 +570,6 @@ static __always_inline bool remote_close_ok(const struct flow4 *f, const struct 
 	return remote_close_plausible(eg, f->tcp_seq, f->tcp_flags & TCP_FLAG_RST);
 }
 
-/* Copies reply half in (stored under rk) into its egress half, if that
- * exists (reply_mirror.h). */
-static __always_inline void mirror_reply4(const struct ipm_nat_key *rk,
-					  const struct ipm_nat_entry *in, __u64 now)
-{
-	struct ipm_nat_key ok = {};
-	struct ipm_nat_entry *eg;
-
-	egress_key_of(&ok, rk, in);
-	eg = bpf_map_lookup_elem(&ipm_nat4, &ok);
-	if (eg && eg->kind == IPM_KIND_MASQ)
-		mirror_into(eg, in, now);
-}
-
 SEC("tc")
 int ipm_ingress(struct __sk_buff *skb)
 {
@@ -652,7 +638,7 @@ int ipm_ingress(struct __sk_buff *skb)
 	prev_flags = e->flags;
 	touch_fields(&e->last_seen_ns, &e->flags, now, tcp_flags, 0);
 	if (mirror_due(prev_seen, prev_flags, e, now))
-		mirror_reply4(&k, e, now);
+		mirror_reply(&ipm_nat4, &k, e, now);
 	if (rewrite_endpoint(skb, &f, false, e->addr, e->port)) {
 		COUNT(c, ingress_malformed);
 		return TC_ACT_SHOT;

@@ -661,19 +661,6 @@ static __always_inline bool remote_close_ok6(const struct flow6 *f, const struct
 	return remote_close_plausible(eg, f->tcp_seq, f->tcp_flags & TCP_FLAG_RST);
 }
 
-/* mirror_reply4 for IPv6. */
-static __always_inline void mirror_reply6(const struct ipm_nat6_key *rk,
-					  const struct ipm_nat6_entry *in, __u64 now)
-{
-	struct ipm_nat6_key ok = {};
-	struct ipm_nat6_entry *eg;
-
-	egress_key_of(&ok, rk, in);
-	eg = bpf_map_lookup_elem(&ipm_nat6, &ok);
-	if (eg && eg->kind == IPM_KIND_MASQ)
-		mirror_into(eg, in, now);
-}
-
 static __always_inline int ingress6(struct __sk_buff *skb)
 {
 	struct ipm_counters *c = get_counters(FAMILY_IPV6);
@@ -729,7 +716,7 @@ static __always_inline int ingress6(struct __sk_buff *skb)
 	prev_flags = e->flags;
 	touch_fields(&e->last_seen_ns, &e->flags, now, tcp_flags, 0);
 	if (mirror_due(prev_seen, prev_flags, e, now))
-		mirror_reply6(&k, e, now);
+		mirror_reply(&ipm_nat6, &k, e, now);
 	if (rewrite_endpoint6(skb, &f, false, e->addr, e->port)) {
 		COUNT(c, ingress_malformed);
 		return TC_ACT_SHOT;

@@ -23,6 +23,7 @@
 #define IPMASQ_REPLY_MIRROR_H
 
 #include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
 
 #include "ipmasq.h"
 
@@ -60,6 +61,18 @@
 		(ok)->dport = (rk)->sport;                                                         \
 		(ok)->proto = (rk)->proto;                                                         \
 		(ok)->dir = IPM_DIR_EGRESS;                                                        \
+	} while (0)
+
+/* Copies reply half in, stored under key rk in NAT table map (either
+ * family's), into its egress half, if that exists. */
+#define mirror_reply(map, rk, in, now)                                                             \
+	do {                                                                                       \
+		__typeof__(*(rk)) ok_ = {};                                                        \
+		__typeof__(in) eg_;                                                                \
+		egress_key_of(&ok_, rk, in);                                                       \
+		eg_ = bpf_map_lookup_elem(map, &ok_);                                              \
+		if (eg_ && eg_->kind == IPM_KIND_MASQ)                                             \
+			mirror_into(eg_, in, now);                                                 \
 	} while (0)
 
 #endif /* IPMASQ_REPLY_MIRROR_H */
