@@ -24,7 +24,10 @@ import (
 // rewrite, no other map; it returns TC_ACT_OK. It is run like the datapath
 // (BPF_PROG_TEST_RUN, same repeats, samples interleaved with the other
 // table's), so the test run's own cost is in both figures and cancels in
-// their difference.
+// their difference. The established egress path does exactly one lookup of
+// ipm_nat4 per packet, so egress minus this is the rest of its work; the
+// ingress path may add a second (the egress half, when a reply-half copy is
+// due), which stays in its remainder.
 
 // lookupProg is the bare-lookup program on one env's NAT table, with its
 // counter map: one entry of {runs, hits uint64}.

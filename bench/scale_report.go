@@ -130,7 +130,7 @@ func (r *Results) scaleMarkdown(w io.Writer) {
 		"the datapath's table is a separate one of the given capacity. Test runs: medians over interleaved samples of both tables; " +
 		"the packet walks a cycle of distinct flows (each translation leads to the next flow's entry), so no single entry stays hot. " +
 		"The control is a program doing nothing but the NAT table's hash lookup (bpf_map_lookup_elem) of the egress cycle's keys in turn, run the same way in the same two tables " +
-		"(every run checked to find its key); the datapath minus it is what the datapath does besides that lookup, test-run cost cancelled. " +
+		"(every run checked to find its key); the datapath minus it is what the datapath does besides that lookup (established egress does one lookup of this table per packet; ingress now and then a second, left in its remainder), test-run cost cancelled. " +
 		"Where that stays the same in both tables (ratio near 1.00), the difference between them is the kernel's hash lookup, not the datapath's code. " +
 		"CPU per pass in brackets: below the 10 ms resolution of /proc's CPU times, not judged.\n\n")
 }
