@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -28,6 +29,15 @@ import (
 // ipm_nat4 per packet, so egress minus this is the rest of its work; the
 // ingress path may add a second (the egress half, when a reply-half copy is
 // due), which stays in its remainder.
+//
+// A second variant (touch) also writes the entry it found: it reads
+// last_seen_ns and stores it back, a no-op in value that dirties the
+// value's cache line as the datapath's touch_entry does. In the kernel's
+// preallocated hash map an element is 104 bytes here (48 of header, the
+// 16-byte key, the 40-byte value at offset 64), not line-aligned, so the
+// value mostly lies on another cache line than the key, which the bare
+// lookup never reads; this variant shows what reaching it adds in each
+// table.
 
 // lookupProg is the bare-lookup program on one env's NAT table, with its
 // counter map: one entry of {runs, hits uint64}.
@@ -36,11 +46,15 @@ type lookupProg struct {
 	ctr  *ebpf.Map
 }
 
+// lastSeenOff is last_seen_ns's offset in the NAT entry.
+const lastSeenOff = int16(unsafe.Offsetof(loader.BPFIpmNatEntry{}.LastSeenNs))
+
 // lookupCounters is the counter map's value.
 type lookupCounters struct{ Runs, Hits uint64 }
 
-// newLookupProg loads the program for a cycle of k egress flows in nat.
-func newLookupProg(nat *ebpf.Map, k int) (*lookupProg, error) {
+// newLookupProg loads the program for a cycle of k egress flows in nat;
+// touch: also rewrite the found entry's last_seen_ns with its own value.
+func newLookupProg(nat *ebpf.Map, k int, touch bool) (*lookupProg, error) {
 	if k < 2 || k > 65536 {
 		return nil, fmt.Errorf("cycle of %d flows: want 2 to 65536", k)
 	}
@@ -94,9 +108,15 @@ func newLookupProg(nat *ebpf.Map, k int) (*lookupProg, error) {
 		asm.LoadMem(asm.R1, asm.R7, 8, asm.DWord),
 		asm.Add.Imm(asm.R1, 1),
 		asm.StoreMem(asm.R7, 8, asm.R1, asm.DWord),
-		asm.Mov.Imm(asm.R0, 0).WithSymbol("out"), // TC_ACT_OK
-		asm.Return(),
 	}
+	if touch {
+		insns = append(insns,
+			asm.LoadMem(asm.R1, asm.R0, lastSeenOff, asm.DWord),
+			asm.StoreMem(asm.R0, lastSeenOff, asm.R1, asm.DWord))
+	}
+	insns = append(insns,
+		asm.Mov.Imm(asm.R0, 0).WithSymbol("out"), // TC_ACT_OK
+		asm.Return())
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL", Instructions: insns})
 	if err != nil {
 		ctr.Close()
