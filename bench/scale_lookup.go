@@ -39,8 +39,8 @@ import (
 // lookup never reads; this variant shows what reaching it adds in each
 // table.
 
-// lookupProg is the bare-lookup program on one env's NAT table, with its
-// counter map: one entry of {runs, hits uint64}.
+// lookupProg is the control program (bare, or with the write) on one env's
+// NAT table, with its counter map: one entry of {runs, hits uint64}.
 type lookupProg struct {
 	prog *ebpf.Program
 	ctr  *ebpf.Map
