@@ -97,7 +97,7 @@ func TestSmoke(t *testing.T) {
 	for _, s := range back.Scale {
 		// The agent must have seen the table the harness wrote, and the
 		// datapath runs must have produced figures.
-		if int(s.TableMetric) != s.Entries || s.PeakHWM == 0 || len(s.Scrape) == 0 || len(s.Debug) == 0 || s.DP == nil || len(s.DP.EgressFull) == 0 {
+		if int(s.TableMetric) != s.Entries || s.PeakHWM == 0 || len(s.Scrape) == 0 || len(s.Debug) == 0 || s.DP == nil || len(s.DP.EgressFull) == 0 || len(s.DP.LookupFull) == 0 || len(s.DP.TouchFull) == 0 {
 			t.Errorf("scale phase at %d entries: incomplete %+v", s.Entries, s)
 		}
 	}

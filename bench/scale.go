@@ -69,6 +69,11 @@ type scaleResult struct {
 type scaleDatapath struct {
 	Capacity, Filled, Cycle                            int
 	EgressEmpty, EgressFull, IngressEmpty, IngressFull sample // ns per packet, test runs
+	// The control: ns per run of a program doing only the NAT table's hash
+	// lookup of the egress cycle's keys in the same tables (scale_lookup.go).
+	LookupEmpty, LookupFull sample
+	// The same, also rewriting the found entry's last_seen_ns in place.
+	TouchEmpty, TouchFull sample
 }
 
 // The goals reported against (docs/performance.md); nothing fails on them.
@@ -522,17 +527,34 @@ func (b *bench) scaleDatapath(capacity int) (*scaleDatapath, error) {
 		}
 		d.Filled = 2*k + 2*flows
 		b.o.Log("scale %d: datapath table filled to %d entries in %.1f s", capacity, d.Filled, time.Since(start).Seconds())
-		out := [2][2]*sample{{&d.EgressEmpty, &d.EgressFull}, {&d.IngressEmpty, &d.IngressFull}}
-		for j, counter := range []string{"egress_translated", "ingress_translated"} {
+		var lookups [2][2]*lookupProg // bare, touch; per table
+		for i, e := range envs {
+			for t := range lookups {
+				l, err := newLookupProg(e.dp.Maps.IpmNat4, k, t == 1)
+				if err != nil {
+					return err
+				}
+				defer l.close()
+				lookups[t][i] = l
+			}
+		}
+		out := [4][2]*sample{{&d.EgressEmpty, &d.EgressFull}, {&d.IngressEmpty, &d.IngressFull},
+			{&d.LookupEmpty, &d.LookupFull}, {&d.TouchEmpty, &d.TouchFull}}
+		for j, counter := range []string{"egress_translated", "ingress_translated", "bare lookup", "lookup and write"} {
 			for s := -1; s < so.Samples; s++ { // one unrecorded warm-up
 				for x := range envs {
 					x := (x + s + 1) % 2 // alternate which table goes first
 					e := envs[x]
-					prog := e.dp.Programs.IpmEgress
-					if j == 1 {
-						prog = e.dp.Programs.IpmIngress
+					var per time.Duration
+					var err error
+					switch j {
+					case 0:
+						per, err = e.run(e.dp.Programs.IpmEgress, frames[0], so.Repeats, counter)
+					case 1:
+						per, err = e.run(e.dp.Programs.IpmIngress, frames[1], so.Repeats, counter)
+					case 2, 3:
+						per, err = lookups[j-2][x].run(frames[0], so.Repeats)
 					}
-					per, err := e.run(prog, frames[j], so.Repeats, counter)
 					if err != nil {
 						return fmt.Errorf("%s, %d entries: %w", counter, []int{2 * k, d.Filled}[x], err)
 					}
@@ -547,7 +569,8 @@ func (b *bench) scaleDatapath(capacity int) (*scaleDatapath, error) {
 	if err != nil {
 		return nil, err
 	}
-	b.o.Log("scale %d: egress %.0f ns empty, %.0f ns at %d entries; ingress %.0f / %.0f ns", capacity,
-		d.EgressEmpty.median(), d.EgressFull.median(), d.Filled, d.IngressEmpty.median(), d.IngressFull.median())
+	b.o.Log("scale %d: egress %.0f ns empty, %.0f ns at %d entries; ingress %.0f / %.0f ns; bare lookup %.0f / %.0f ns, with a write %.0f / %.0f ns", capacity,
+		d.EgressEmpty.median(), d.EgressFull.median(), d.Filled, d.IngressEmpty.median(), d.IngressFull.median(),
+		d.LookupEmpty.median(), d.LookupFull.median(), d.TouchEmpty.median(), d.TouchFull.median())
 	return d, nil
 }

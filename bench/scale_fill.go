@@ -86,7 +86,14 @@ func fillFlows(m *ebpf.Map, first, n int, node netip.Addr, ifindex uint32, lastS
 var (
 	cycleEgressBase  = netip.MustParseAddr("10.244.0.0")
 	cycleIngressBase = netip.MustParseAddr("10.245.0.0")
+	cycleServer      = netip.AddrPortFrom(serverIP, 443)
 )
+
+// cycleAt is the pod end of flow i of a cycle from base (also the bare
+// lookup's key, scale_lookup.go).
+func cycleAt(base netip.Addr, i int) netip.AddrPort {
+	return netip.AddrPortFrom(addrPlus(base, i), 40000)
+}
 
 // putCycle writes k entries of one direction that chain into a cycle: the
 // packet of flow i is rewritten into the packet of flow i+1 (mod k). A test
@@ -103,8 +110,8 @@ func putCycle(m *ebpf.Map, dir loader.BPFIpmDir, k int) ([]byte, error) {
 	if dir == loader.BPFIpmDirIPM_DIR_INGRESS {
 		base = cycleIngressBase
 	}
-	d := netip.AddrPortFrom(serverIP, 443)
-	at := func(i int) netip.AddrPort { return netip.AddrPortFrom(addrPlus(base, i%k), 40000) }
+	d := cycleServer
+	at := func(i int) netip.AddrPort { return cycleAt(base, i%k) }
 	keys := make([]loader.BPFIpmNatKey, 0, k)
 	vals := make([]loader.BPFIpmNatEntry, 0, k)
 	for i := range k {
