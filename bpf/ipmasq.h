@@ -48,8 +48,8 @@ enum ipm_kind : __u8 {
 
 /* Per-direction observations kept in an entry, for the agent's expiry. */
 enum ipm_entry_flags : __u8 {
-	IPM_F_FIN = 1 << 0,	/* a FIN was seen in this direction */
-	IPM_F_RST = 1 << 1,	/* a RST was seen in this direction */
+	IPM_F_FIN = 1 << 0, /* a FIN was seen in this direction */
+	IPM_F_RST = 1 << 1, /* a RST was seen in this direction */
 	/* Host reservation: a packet came back. Egress half of a mapping: a
 	 * reply came back (reply_mirror.h). */
 	IPM_F_REPLIED = 1 << 2,
