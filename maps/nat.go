@@ -274,20 +274,16 @@ func makeFlow(k tuple, out, in half, hasIn bool) Flow {
 // their reply half. The copy only ever lags: a flow this view calls
 // expired is read again, both halves, before anything is deleted.
 func egressView(k tuple, out half) Flow {
-	var in Flags
+	// The reply half as the copy tells it: the remote's FIN, and a reply
+	// no later than the egress half's own time, or none.
+	var in half
 	if out.Flags&flagPeerFin != 0 {
-		in = flagFin
+		in.Flags = flagFin
 	}
-	return Flow{
-		Proto:    k.Proto,
-		Pod:      netip.AddrPortFrom(k.Src, k.Sport),
-		Remote:   netip.AddrPortFrom(k.Dst, k.Dport),
-		Node:     netip.AddrPortFrom(out.Addr, out.Port),
-		Flags:    flowFlags(k.Proto, out.Flags&^flagPeerFin, in),
-		Replied:  out.Flags&flagReplied != 0,
-		HasIn:    true,
-		LastSeen: max(out.LastSeen, out.Created),
+	if out.Flags&flagReplied != 0 {
+		in.LastSeen = max(out.LastSeen, out.Created)
 	}
+	return makeFlow(k, out, in, true)
 }
 
 // flowFlags are the flags that decide a flow's state, from both halves: the

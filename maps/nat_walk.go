@@ -226,31 +226,18 @@ func (t *NATTable) collectReplyHalf(s *PassStats, natGone *int, k tuple, e half,
 	}
 }
 
-// flowCounts counts flows by protocol and state without hashing a string
-// per flow, as a map keyed by FlowClass would at every entry of a pass.
-type flowCounts struct {
-	n     map[uint8]*[len(flowStates)]int
-	last  uint8
-	lastN *[len(flowStates)]int
-}
+// flowCounts counts flows by protocol and state, indexed instead of hashing
+// a FlowClass with its string at every entry of a pass.
+type flowCounts [256][len(flowStates)]int
 
 // flowStates are the values of Flow.State.
 var flowStates = [...]string{"opening", "established", "closing", "reset"}
 
 func (c *flowCounts) add(f Flow) {
-	if c.lastN == nil || c.last != f.Proto {
-		if c.n == nil {
-			c.n = map[uint8]*[len(flowStates)]int{}
-		}
-		if c.n[f.Proto] == nil {
-			c.n[f.Proto] = new([len(flowStates)]int)
-		}
-		c.last, c.lastN = f.Proto, c.n[f.Proto]
-	}
 	st := f.State()
 	for i, name := range flowStates {
 		if name == st {
-			c.lastN[i]++
+			c[f.Proto][i]++
 			return
 		}
 	}
@@ -258,10 +245,10 @@ func (c *flowCounts) add(f Flow) {
 
 // into adds the counts to m.
 func (c *flowCounts) into(m map[FlowClass]int) {
-	for proto, n := range c.n {
-		for i, v := range n {
+	for proto := range c {
+		for i, v := range c[proto] {
 			if v != 0 {
-				m[FlowClass{proto, flowStates[i]}] += v
+				m[FlowClass{uint8(proto), flowStates[i]}] += v
 			}
 		}
 	}
