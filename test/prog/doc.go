@@ -10,5 +10,5 @@
 // self-test, which needs no privilege.
 //
 //	go test ./test/prog/ -v
-//	go test ./test/prog/ -run XXX -fuzz FuzzEgress -fuzztime 30s
+//	go test ./test/prog/ -run XXX -fuzz FuzzEgress -fuzztime 100000x
 package prog
