@@ -29,10 +29,15 @@ static __always_inline __u64 ipm_now(void)
 	return bpf_ktime_get_ns();
 }
 
-/* CLOCK_MONOTONIC from jiffies and the agent's calibration in s. */
+/* CLOCK_MONOTONIC from jiffies and the agent's calibration in s. The agent
+ * rewrites the calibration while packets read it, so a read may mix old and
+ * new fields: a recalibration keeps the base jiffy and the tick and moves only
+ * the base time by the drift it corrects (maps/clock.go), and a field still 0
+ * (the first calibration half written, or a cleared one) means the clock is
+ * read instead. */
 static __always_inline __u64 ipm_clock(const struct ipm_settings *s)
 {
-	if (!s || !s->ns_per_jiffy)
+	if (!s || !s->ns_per_jiffy || !s->clock_base_jiffies || !s->clock_base_ns)
 		return ipm_now();
 	return s->clock_base_ns + (bpf_jiffies64() - s->clock_base_jiffies) * s->ns_per_jiffy;
 }

@@ -25,6 +25,13 @@ type ClockCalibration struct {
 	BaseNs, BaseJiffies, NsPerJiffy uint64
 }
 
+// Rebased is the same calibration expressed at another base jiffy. Times
+// wrap as the datapath computes them (unsigned 64-bit), so a base jiffy
+// before c's works too.
+func (c ClockCalibration) Rebased(baseJiffies uint64) ClockCalibration {
+	return ClockCalibration{BaseNs: c.BaseNs + (baseJiffies-c.BaseJiffies)*c.NsPerJiffy, BaseJiffies: baseJiffies, NsPerJiffy: c.NsPerJiffy}
+}
+
 // At converts a jiffies value as the datapath does.
 func (c ClockCalibration) At(jiffies uint64) time.Duration {
 	return time.Duration(c.BaseNs + (jiffies-c.BaseJiffies)*c.NsPerJiffy)
@@ -108,11 +115,24 @@ func (c *Clock) Check(cal ClockCalibration) (time.Duration, error) {
 	return time.Duration(s.Ns) - cal.At(s.Jiffies), nil
 }
 
-// SetClock gives the datapath a calibration; the zero value makes it read
-// the clock again.
-func (s *Settings) SetClock(c ClockCalibration) error {
-	return s.update(func(v *loader.BPFIpmSettings) error {
+// SetClock gives the datapath a calibration and returns it as written; the
+// zero value makes the datapath read the clock again.
+//
+// The datapath reads the three fields while the map value is rewritten, so
+// it may see some old and some new. A new calibration is therefore written at
+// the base jiffy the map already holds, with the same tick: then only the base
+// time changes, by the small drift being corrected, and a mixed read is off by
+// that much at most. Written at its own base jiffy, a recalibration days after
+// the last one (every agent restart makes one) would let a mixed read stamp a
+// flow days in the future or in the past. The datapath reads the clock itself
+// while any field is 0, which covers the first calibration.
+func (s *Settings) SetClock(c ClockCalibration) (ClockCalibration, error) {
+	err := s.update(func(v *loader.BPFIpmSettings) error {
+		if c.NsPerJiffy != 0 && v.NsPerJiffy == c.NsPerJiffy && v.ClockBaseJiffies != 0 && v.ClockBaseNs != 0 {
+			c = c.Rebased(v.ClockBaseJiffies)
+		}
 		v.ClockBaseNs, v.ClockBaseJiffies, v.NsPerJiffy = c.BaseNs, c.BaseJiffies, c.NsPerJiffy
 		return nil
 	})
+	return c, err
 }

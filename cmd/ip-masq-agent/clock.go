@@ -32,7 +32,8 @@ func (k *datapathClock) calibrate() {
 		klog.ErrorS(err, "Could not calibrate the datapath's jiffies clock: the programs read CLOCK_MONOTONIC instead (slower)")
 		cal = maps.ClockCalibration{}
 	}
-	if err := k.settings.SetClock(cal); err != nil {
+	cal, err = k.settings.SetClock(cal)
+	if err != nil {
 		klog.ErrorS(err, "Could not write the clock calibration")
 		return
 	}

@@ -152,7 +152,7 @@ func newEnv(t testing.TB, c config) *env {
 	if err := e.settings.SetPorts(ports, !c.keepPorts); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.settings.SetClock(calibrateClock(t, dp)); err != nil {
+	if _, err := e.settings.SetClock(calibrateClock(t, dp)); err != nil {
 		t.Fatal(err)
 	}
 	e.nonMasq = maps.NewNonMasq(dp, e.settings)
