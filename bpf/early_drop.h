@@ -105,6 +105,8 @@ drop_unreplied4(const struct ipm_settings *s, struct ipm_scratch *sc, __u32 idx,
 	rk->dir = IPM_DIR_INGRESS;
 	rk->pad = 0;
 	in = bpf_map_lookup_elem(&ipm_nat4, rk);
+	if (in && (in->kind != IPM_KIND_MASQ || in->addr != k->saddr || in->port != k->sport))
+		in = NULL; /* another flow's reply half now: not ours to judge or delete */
 	if (in && flow_replied(in)) {
 		/* Replied: never dropped early, only once expired. */
 		if (!flow_expired(s, k->proto, out, in, now))
@@ -138,6 +140,9 @@ drop_unreplied6(const struct ipm_settings *s, struct ipm_scratch *sc, __u32 idx,
 	rk->dir = IPM_DIR_INGRESS;
 	rk->pad = 0;
 	in = bpf_map_lookup_elem(&ipm_nat6, rk);
+	if (in &&
+	    (in->kind != IPM_KIND_MASQ || !addr6_eq(in->addr, k->saddr) || in->port != k->sport))
+		in = NULL;
 	if (in && flow_replied(in)) {
 		if (!flow_expired(s, k->proto, out, in, now))
 			return DROP_KEPT;

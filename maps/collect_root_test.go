@@ -140,3 +140,47 @@ func TestCollectDecidesByEgressHalf(t *testing.T) {
 		t.Errorf("%d direct lookups, want %d: flows whose egress half shows them alive must cost none", counter.lookups, wantLookups)
 	}
 }
+
+// TestCollectLeavesAnotherFlowsReplyHalf: an expired flow's reply key may be
+// held by another flow by the time the agent reads it (the datapath removed
+// the first and gave its node port, towards the same remote, to a new flow).
+// The expiry deletes a reply half only when it points back to the flow it
+// deletes: deleting the other flow's would break it and let a later flow on
+// that port receive its replies.
+func TestCollectLeavesAnotherFlowsReplyHalf(t *testing.T) {
+	spec := rootSpec(t)
+	nat := newTestMap(t, spec, "ipm_nat4")
+	table := &NATTable{m: nat, hostres: newTestMap(t, spec, "ipm_hostres4"), c: &codec4{}}
+	to := Timeouts{TCPSyn: time.Minute, TCPEstablished: 24 * time.Hour, TCPFin: time.Minute, TCPRst: 10 * time.Second,
+		UDP: 30 * time.Second, UDPStream: 2 * time.Minute, ICMP: 30 * time.Second}
+	node := netip.MustParseAddr("172.31.0.2")
+	remote := netip.MustParseAddr("203.0.113.10")
+	old, fresh := netip.MustParseAddr("10.244.0.1"), netip.MustParseAddr("10.244.0.2")
+	hour, now := uint64(Now()-time.Hour), uint64(Now())
+	c := codec4{}
+	stale := c.key(tuple{Src: old, Dst: remote, Sport: 1000, Dport: 53, Proto: unix.IPPROTO_UDP, Dir: dirEgress})
+	newOut := c.key(tuple{Src: fresh, Dst: remote, Sport: 2000, Dport: 53, Proto: unix.IPPROTO_UDP, Dir: dirEgress})
+	shared := c.key(tuple{Src: remote, Dst: node, Sport: 53, Dport: 3000, Proto: unix.IPPROTO_UDP, Dir: dirIngress})
+	for _, e := range []struct {
+		k NATKey
+		v NATEntry
+	}{
+		{stale, NATEntry{CreatedNs: hour, LastSeenNs: hour, Addr: AddrToBE(node), Port: PortToBE(3000), Kind: kindMasq}},
+		{newOut, NATEntry{CreatedNs: now, LastSeenNs: now, Addr: AddrToBE(node), Port: PortToBE(3000), Kind: kindMasq}},
+		{shared, NATEntry{CreatedNs: now, Addr: AddrToBE(fresh), Port: PortToBE(2000), Kind: kindMasq}},
+	} {
+		if err := nat.Put(&e.k, &e.v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := table.Collect(to); err != nil {
+		t.Fatal(err)
+	}
+	var v NATEntry
+	if nat.Lookup(&stale, &v) == nil {
+		t.Errorf("the expired flow's egress half was kept")
+	}
+	if nat.Lookup(&newOut, &v) != nil || nat.Lookup(&shared, &v) != nil {
+		t.Errorf("the new flow lost a half: the expiry deleted the reply half that now belongs to it")
+	}
+}

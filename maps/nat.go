@@ -323,6 +323,12 @@ func (t *NATTable) removeFlowIfExpired(k tuple, to Timeouts) (f Flow, ok, gone b
 	}
 	rk := replyKey(k, out)
 	in, hasIn := t.c.lookup(t.m, rk)
+	if hasIn && (in.Kind != kindMasq || originalKey(rk, in) != k) {
+		// Another flow's reply half now (the datapath removed this flow
+		// and gave its node port to a new one): neither judged with
+		// this flow nor deleted with it.
+		hasIn = false
+	}
 	f = makeFlow(k, out, in, hasIn)
 	if Now()-f.LastSeen <= f.Timeout(to) {
 		return f, true, false, nil

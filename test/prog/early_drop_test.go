@@ -257,3 +257,41 @@ func (e *env) restampLastRecord(t testing.TB, u tuple) {
 		t.Fatal(err)
 	}
 }
+
+// TestEarlyDropLeavesAnotherFlowsReplyHalf: early drop deletes a flow's
+// reply half only when that half still points back to the flow. Between
+// reading a recorded flow and deleting its reply key, another CPU may have
+// removed the flow and given its node port, towards the same remote, to a
+// new flow; deleting that key would break the new flow and let a later one
+// receive its replies. The state such a race leaves is made here directly:
+// the oldest recorded flow's egress half names the node port another pod's
+// unanswered flow to the same remote now holds.
+func TestEarlyDropLeavesAnotherFlowsReplyHalf(t *testing.T) {
+	e := newEnv(t, config{natEntries: earlyDropEntries})
+	sprayed := e.spray(t, earlyDropEntries/2-1)
+	victim := sprayed[0]
+	other := udpPkt(podA, 50000, victim.dst, victim.dport) // the same remote and port
+	port := e.masquerade(t, other)
+	if n := len(e.natEntries(t)); n != earlyDropEntries {
+		t.Fatalf("table holds %d entries, want it full (%d)", n, earlyDropEntries)
+	}
+	k := natKey(dirEgress, victim.proto, victim.src, victim.dst, victim.sport, victim.dport)
+	v := e.natEntries(t)[k]
+	v.Port = be16(port)
+	if err := e.dp.Maps.IpmNat4.Put(&k, &v); err != nil {
+		t.Fatal(err)
+	}
+
+	before := e.readCounters(t)
+	e.masquerade(t, tcpPkt(podA, 40000, remote, 443, "S"))
+	e.expectCounters(t, before, map[string]uint64{"egress_new_flow": 1, "nat_early_drop": 2})
+	if e.hasFlow(t, victim) {
+		t.Errorf("the oldest flow %v was not dropped", victim)
+	}
+	reply := udpPkt(other.dst, other.dport, nodeAddr, port)
+	r := e.ingress(t, reply.frame(t))
+	requireVerdict(t, r, actPass)
+	if d := decode(t, r.out); d.dst != podA || d.dport != 50000 {
+		t.Errorf("reply to node port %d reached %s:%d, want %s:50000: early drop deleted another flow's reply half", port, d.dst, d.dport, podA)
+	}
+}
