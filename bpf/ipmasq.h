@@ -81,8 +81,18 @@ struct ipm_nat_key {
 /*
  * Value of the NAT table. An egress half holds what the pod's source becomes
  * (node address and port); an ingress half holds what the reply's destination
- * becomes (pod address and port). Each half is written only by packets of its
- * own direction, so the two never contend for a cache line.
+ * becomes (pod address and port). Each half is written by packets of its own
+ * direction, with two exceptions kept rare so that the directions seldom
+ * contend for a cache line: a pod's SYN that restarts a used mapping renews
+ * both halves, and a reply copies its half's activity into the egress half at
+ * most once a period of about a second and when a flag is new
+ * (reply_mirror.h). Flag bits are set by plain read-modify-write (5.10 has no
+ * atomic OR): a copy racing, within the same few nanoseconds, with the pod's
+ * own write on another CPU can lose the pod's FIN or RST bit (a closed flow
+ * then held until the established timeout), or put an old RST back onto a
+ * mapping that the pod's SYN restarts at that instant (the new connection
+ * then held as reset). A lost copied bit comes back with the remote's next
+ * packet in a later period.
  */
 struct ipm_nat_entry {
 	__u64 created_ns;   /* bpf_ktime_get_ns (CLOCK_MONOTONIC) at creation */
@@ -94,8 +104,9 @@ struct ipm_nat_entry {
 	__u32 ifindex;		    /* interface the flow leaves through */
 	/* TCP, written in the egress half only (docs/flow-state.md): the
 	 * pod's receive window as its last segment announced it, against
-	 * which a RST or FIN from the remote is judged. tcp_ack is the pod's
-	 * last acknowledgement number (host order, valid with IPM_F_ACK),
+	 * which the remote's segments are judged. tcp_ack is the pod's
+	 * last acknowledgement number (host order, valid with IPM_F_ACK;
+	 * before that, with IPM_F_WSCALE, its SYN's sequence number + 1),
 	 * tcp_win the window field of that segment (unscaled), tcp_wscale
 	 * the window scale of the pod's SYN (valid with IPM_F_WSCALE). */
 	__u32 tcp_ack;
@@ -360,8 +371,9 @@ struct ipm_counters {
 	/* The same, but the segment is a RST itself (never answered with a
 	 * reset) or no reset could be built: dropped. */
 	__u64 egress_tcp_unknown_drop;
-	/* A RST or FIN from the remote outside the pod's receive window:
-	 * translated, but the mapping's lifetime is left as it was. */
+	/* A remote's TCP segment the pod's side makes implausible (outside
+	 * its receive window; before its first ACK, a RST not acknowledging
+	 * its SYN): translated, but neither half's state or lifetime moves. */
 	__u64 ingress_tcp_implausible;
 	/* Helpers build only (it cannot read the skb's checksum state): a
 	 * UDP checksum equal to its own pseudo-header seed, rewritten as an

@@ -81,9 +81,12 @@ static __always_inline int new_mapping(struct __sk_buff *skb, struct ipm_counter
 	ev.kind = IPM_KIND_MASQ;
 	ev.ifindex = ifindex;
 	if (f->proto == IPPROTO_TCP) {
-		/* Opened by a SYN: its window scale judges later RSTs. */
+		/* Opened by a SYN: its window scale judges later RSTs, and
+		 * until the pod acknowledges anything, only a RST that
+		 * acknowledges this SYN counts. */
 		ev.flags = IPM_F_WSCALE;
 		ev.tcp_wscale = syn_wscale(skb, f->l4_off);
+		ev.tcp_ack = bpf_ntohl(f->tcp_seq) + 1;
 	}
 	err = insert_new(&ipm_nat4, k, &ev);
 	if (err && err != -EEXIST && ipm_early_drop(FAMILY_IPV4))
@@ -208,6 +211,7 @@ static __noinline void egress_tcp_restart(struct __sk_buff *skb, const struct fl
 	tcp_other_half(&rk, IPM_DIR_INGRESS, f->daddr, f->dport, e->addr, e->port);
 	in = bpf_map_lookup_elem(&ipm_nat4, &rk);
 	restart_on_syn(e, in, now, syn_wscale(skb, f->l4_off));
+	track_pod_syn(e, f);
 }
 
 /*
@@ -558,18 +562,6 @@ static __always_inline int ingress_icmp_error(struct __sk_buff *skb, struct ipm_
 	return TC_ACT_UNSPEC;
 }
 
-/* Whether the remote's RST or FIN f, which hit ingress half in, lies in the
- * pod's receive window, recorded in the mapping's egress half. */
-static __always_inline bool remote_close_ok(const struct flow4 *f, const struct ipm_nat_entry *in)
-{
-	struct ipm_nat_key k = {};
-	struct ipm_nat_entry *eg;
-
-	tcp_other_half(&k, IPM_DIR_EGRESS, f->saddr, f->sport, in->addr, in->port);
-	eg = bpf_map_lookup_elem(&ipm_nat4, &k);
-	return remote_close_plausible(eg, f->tcp_seq, f->tcp_flags & TCP_FLAG_RST);
-}
-
 SEC("tc")
 int ipm_ingress(struct __sk_buff *skb)
 {
@@ -582,8 +574,7 @@ int ipm_ingress(struct __sk_buff *skb)
 	struct ipm_nat_key k = {};
 	struct flow4 f = {};
 	bool implausible = false;
-	__u8 tcp_flags, prev_flags;
-	__u64 now, prev_seen;
+	__u64 now;
 
 	switch (parse_ipv4(skb, &f)) {
 	case PARSE_OK:
@@ -627,18 +618,10 @@ int ipm_ingress(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC;
 	}
 	now = ipm_clock(s);
-	tcp_flags = f.proto == IPPROTO_TCP ? f.tcp_flags : 0;
-	if ((tcp_flags & (TCP_FLAG_RST | TCP_FLAG_FIN)) && !remote_close_ok(&f, e)) {
-		/* Out of the pod's window: a blind spoofed RST or FIN must
-		 * not shorten the mapping's life. The pod judges it too. */
-		tcp_flags &= ~(TCP_FLAG_RST | TCP_FLAG_FIN);
-		implausible = true;
-	}
-	prev_seen = e->last_seen_ns;
-	prev_flags = e->flags;
-	touch_fields(&e->last_seen_ns, &e->flags, now, tcp_flags, 0);
-	if (mirror_due(prev_seen, prev_flags, e, now))
-		mirror_reply(&ipm_nat4, &k, e, now);
+	/* A segment out of the pod's window (a blind spoofed RST, or one
+	 * meant to keep a dead mapping alive) changes nothing; the pod judges
+	 * it too. */
+	implausible = !record_reply(&ipm_nat4, &k, e, &f, now);
 	if (rewrite_endpoint(skb, &f, false, e->addr, e->port)) {
 		COUNT(c, ingress_malformed);
 		return TC_ACT_SHOT;

@@ -151,6 +151,7 @@ static __always_inline int new_mapping6(struct __sk_buff *skb, struct ipm_counte
 	if (f->proto == IPPROTO_TCP) {
 		ev.flags = IPM_F_WSCALE;
 		ev.tcp_wscale = syn_wscale(skb, f->l4_off);
+		ev.tcp_ack = bpf_ntohl(f->tcp_seq) + 1;
 	}
 	err = insert_new(&ipm_nat6, k, &ev);
 	if (err && err != -EEXIST && ipm_early_drop(FAMILY_IPV6))
@@ -239,6 +240,7 @@ static __noinline void egress_tcp_restart6(struct __sk_buff *skb, const struct f
 	tcp_other_half6(&rk, IPM_DIR_INGRESS, f->daddr, f->dport, e->addr, e->port);
 	in = bpf_map_lookup_elem(&ipm_nat6, &rk);
 	restart_on_syn(e, in, now, syn_wscale(skb, f->l4_off));
+	track_pod_syn(e, f);
 }
 
 static __noinline int egress_tcp_unknown6(struct __sk_buff *skb, struct ipm_counters *c,
@@ -651,16 +653,6 @@ static __always_inline int ingress_icmp_error6(struct __sk_buff *skb, struct ipm
 	return TC_ACT_UNSPEC;
 }
 
-static __always_inline bool remote_close_ok6(const struct flow6 *f, const struct ipm_nat6_entry *in)
-{
-	struct ipm_nat6_key k = {};
-	struct ipm_nat6_entry *eg;
-
-	tcp_other_half6(&k, IPM_DIR_EGRESS, f->saddr, f->sport, in->addr, in->port);
-	eg = bpf_map_lookup_elem(&ipm_nat6, &k);
-	return remote_close_plausible(eg, f->tcp_seq, f->tcp_flags & TCP_FLAG_RST);
-}
-
 static __always_inline int ingress6(struct __sk_buff *skb)
 {
 	struct ipm_counters *c = get_counters(FAMILY_IPV6);
@@ -669,8 +661,7 @@ static __always_inline int ingress6(struct __sk_buff *skb)
 	struct ipm_nat6_key k = {};
 	struct flow6 f = {};
 	bool implausible = false;
-	__u8 tcp_flags, prev_flags;
-	__u64 now, prev_seen;
+	__u64 now;
 
 	if (!s || !s->enable_ipv6) {
 		COUNT(c, ingress_other);
@@ -707,16 +698,10 @@ static __always_inline int ingress6(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC;
 	}
 	now = ipm_clock(s);
-	tcp_flags = f.proto == IPPROTO_TCP ? f.tcp_flags : 0;
-	if ((tcp_flags & (TCP_FLAG_RST | TCP_FLAG_FIN)) && !remote_close_ok6(&f, e)) {
-		tcp_flags &= ~(TCP_FLAG_RST | TCP_FLAG_FIN);
-		implausible = true;
-	}
-	prev_seen = e->last_seen_ns;
-	prev_flags = e->flags;
-	touch_fields(&e->last_seen_ns, &e->flags, now, tcp_flags, 0);
-	if (mirror_due(prev_seen, prev_flags, e, now))
-		mirror_reply(&ipm_nat6, &k, e, now);
+	/* A segment out of the pod's window (a blind spoofed RST, or one
+	 * meant to keep a dead mapping alive) changes nothing; the pod judges
+	 * it too. */
+	implausible = !record_reply(&ipm_nat6, &k, e, &f, now);
 	if (rewrite_endpoint6(skb, &f, false, e->addr, e->port)) {
 		COUNT(c, ingress_malformed);
 		return TC_ACT_SHOT;

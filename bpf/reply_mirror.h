@@ -18,6 +18,10 @@
  * The copy can lag by up to a period, always on the side of an older time,
  * so it can only make a flow look expired early: the agent then reads both
  * halves before it deletes anything (docs/design.md, "Expiry").
+ *
+ * The lookup of the egress half also judges the remote's TCP segment against
+ * the pod's side (tcp_state.h): only a plausible one is recorded in either
+ * half (record_reply).
  */
 #ifndef IPMASQ_REPLY_MIRROR_H
 #define IPMASQ_REPLY_MIRROR_H
@@ -26,6 +30,8 @@
 #include <bpf/bpf_helpers.h>
 
 #include "ipmasq.h"
+#include "nat.h"
+#include "tcp_state.h"
 
 #define IPM_MIRROR_SHIFT 30
 
@@ -63,16 +69,56 @@
 		(ok)->dir = IPM_DIR_EGRESS;                                                        \
 	} while (0)
 
-/* Copies reply half in, stored under key rk in NAT table map (either
- * family's), into its egress half, if that exists. */
-#define mirror_reply(map, rk, in, now)                                                             \
-	do {                                                                                       \
+/* The egress half of the mapping whose reply half in is stored under key rk
+ * in NAT table map (either family's); NULL if it is missing. */
+#define egress_half_of(map, rk, in)                                                                \
+	({                                                                                         \
 		__typeof__(*(rk)) ok_ = {};                                                        \
 		__typeof__(in) eg_;                                                                \
 		egress_key_of(&ok_, rk, in);                                                       \
 		eg_ = bpf_map_lookup_elem(map, &ok_);                                              \
-		if (eg_ && eg_->kind == IPM_KIND_MASQ)                                             \
-			mirror_into(eg_, in, now);                                                 \
-	} while (0)
+		if (eg_ && eg_->kind != IPM_KIND_MASQ)                                             \
+			eg_ = NULL;                                                                \
+		eg_;                                                                               \
+	})
+
+/*
+ * Records the remote's packet f, arriving now on reply half in (stored under
+ * key rk in map), in both halves; false, and nothing recorded, for a TCP
+ * segment that is not plausible (tcp_state.h), which the caller still
+ * translates for the pod to judge.
+ *
+ * A TCP segment is judged when it carries a RST or FIN, and otherwise when
+ * it is the first of a new period: that is when it would move the flow's
+ * age, and when the egress half is looked up for the copy anyway. So the
+ * judgement costs no lookup of its own on a busy flow, and a spoofed
+ * segment can keep a mapping alive for the rest of the current period at
+ * most, never into the next one.
+ */
+#define record_reply(map, rk, in, f, now)                                                          \
+	({                                                                                         \
+		__typeof__(in) egr_ = NULL;                                                        \
+		bool looked_ = false, plausible_ = true;                                           \
+		__u8 tf_ = (f)->proto == IPPROTO_TCP ? (f)->tcp_flags : 0;                         \
+		__u64 ps_ = (in)->last_seen_ns;                                                    \
+		__u8 pf_ = (in)->flags;                                                            \
+		if ((f)->proto == IPPROTO_TCP &&                                                   \
+		    ((tf_ & (TCP_FLAG_RST | TCP_FLAG_FIN)) ||                                      \
+		     ((now) >> IPM_MIRROR_SHIFT) != (ps_ >> IPM_MIRROR_SHIFT))) {                  \
+			egr_ = egress_half_of(map, rk, in);                                        \
+			looked_ = true;                                                            \
+			plausible_ = remote_segment_plausible(egr_, f);                            \
+		}                                                                                  \
+		if (plausible_) {                                                                  \
+			touch_fields(&(in)->last_seen_ns, &(in)->flags, now, tf_, 0);              \
+			if (mirror_due(ps_, pf_, in, now)) {                                       \
+				if (!looked_)                                                      \
+					egr_ = egress_half_of(map, rk, in);                        \
+				if (egr_)                                                          \
+					mirror_into(egr_, in, now);                                \
+			}                                                                          \
+		}                                                                                  \
+		plausible_;                                                                        \
+	})
 
 #endif /* IPMASQ_REPLY_MIRROR_H */

@@ -7,11 +7,13 @@
  *   back, or a FIN or RST was seen) starts it afresh: clients reconnect from
  *   the same port, and the new connection must not inherit the old one's
  *   10 s "reset" lifetime.
- * - A RST or FIN from the remote shortens the mapping's life only when its
- *   sequence number lies in the pod's receive window, as the pod's last
- *   segment announced it (conntrack and RFC 5961 judge alike), so a blind
- *   spoofed RST changes nothing. The pod's own RST and FIN are trusted: a pod
- *   can only end its own connections.
+ * - A segment from the remote changes the mapping's state or lifetime only
+ *   when it is plausible: its sequence number lies in the pod's receive
+ *   window, as the pod's last segment announced it (conntrack and RFC 5961
+ *   judge alike), or, before the pod acknowledged anything, a RST
+ *   acknowledges the pod's SYN. So a blind spoofed RST changes nothing, and
+ *   spoofed segments cannot keep a dead mapping alive. The pod's own RST and
+ *   FIN are trusted: a pod can only end its own connections.
  *
  * Both families share these: their entries name the fields alike.
  */
@@ -107,22 +109,46 @@ static __always_inline bool tcp_is_syn(__u8 tcp_flags)
 		}                                                                                  \
 	} while (0)
 
-/* Whether a RST or FIN from the remote with sequence number seq (network
- * order) is plausible against the pod's window in egress half eg (NULL: the
- * half is missing, nothing to judge by). A RST must fall in [ack, ack +
- * window]; a FIN may also be a retransmission of one the pod acknowledged
- * already, so it may lie up to a window behind. Without a recorded window
- * (no ACK from the pod yet: a refused SYN) every one is plausible. */
-#define remote_close_plausible(eg, seq, is_rst)                                                    \
+/* Records the pod's SYN in egress half e while the pod has acknowledged
+ * nothing yet: tcp_ack holds the SYN's sequence number plus one, the
+ * acknowledgement a remote's answer must carry. Written only when it
+ * changed (a new SYN on a tuple still opening). */
+#define track_pod_syn(e, f)                                                                        \
+	do {                                                                                       \
+		__u32 isn1_ = bpf_ntohl((f)->tcp_seq) + 1;                                         \
+		if (!((e)->flags & IPM_F_ACK) && (e)->tcp_ack != isn1_)                            \
+			(e)->tcp_ack = isn1_;                                                      \
+	} while (0)
+
+/*
+ * Whether the remote's TCP segment f is plausible against the pod's side of
+ * the connection, recorded in egress half eg (NULL: the half is missing,
+ * nothing to judge by). Only a plausible segment may change the mapping's
+ * state or lifetime.
+ *
+ * - Once the pod acknowledged something: the sequence number must lie in
+ *   the pod's receive window, [ack, ack + window]. A segment other than a
+ *   RST may also lie up to a window behind (a retransmission, a keepalive).
+ * - Before that, with the pod's SYN seen: a RST counts only when it
+ *   acknowledges that SYN exactly, as RFC 793 has a connection in SYN-SENT
+ *   judge it (a refused connection); a blind RST there would otherwise
+ *   mark the connection reset for good. Anything else is plausible.
+ * - Neither (an entry from an older layout): plausible.
+ */
+#define remote_segment_plausible(eg, f)                                                            \
 	({                                                                                         \
 		bool ok_ = true;                                                                   \
+		__u8 fl_ = (f)->tcp_flags;                                                         \
 		if ((eg) && ((eg)->flags & IPM_F_ACK)) {                                           \
 			__u32 sc_ = ((eg)->flags & IPM_F_WSCALE) ? (eg)->tcp_wscale & 15           \
 								 : TCP_MAX_WSCALE;                 \
 			__s64 wnd_ = (__s64)(eg)->tcp_win                                          \
 				     << (sc_ > TCP_MAX_WSCALE ? TCP_MAX_WSCALE : sc_);             \
-			__s64 off_ = (__s32)(bpf_ntohl(seq) - (eg)->tcp_ack);                      \
-			ok_ = off_ <= wnd_ && (off_ >= 0 || (!(is_rst) && -off_ <= wnd_));         \
+			__s64 off_ = (__s32)(bpf_ntohl((f)->tcp_seq) - (eg)->tcp_ack);             \
+			ok_ = off_ <= wnd_ &&                                                      \
+			      (off_ >= 0 || (!(fl_ & TCP_FLAG_RST) && -off_ <= wnd_));             \
+		} else if ((eg) && ((eg)->flags & IPM_F_WSCALE) && (fl_ & TCP_FLAG_RST)) {         \
+			ok_ = (fl_ & TCP_FLAG_ACK) && bpf_ntohl((f)->tcp_ack) == (eg)->tcp_ack;    \
 		}                                                                                  \
 		ok_;                                                                               \
 	})

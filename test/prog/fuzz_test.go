@@ -178,14 +178,16 @@ func parseQuote(f []byte, p parsed) (quote, bool) {
 type natState struct {
 	out map[tuple]netip.AddrPort // pod tuple -> node address and port
 	in  map[tuple]tuple          // reply tuple to the node -> pod tuple
+	pod map[tuple]podSide        // reply tuple -> the pod's side of a TCP mapping
 }
 
 func newNATState(e *env, t testing.TB) natState {
-	s := natState{out: map[tuple]netip.AddrPort{}, in: map[tuple]tuple{}}
+	s := natState{out: map[tuple]netip.AddrPort{}, in: map[tuple]tuple{}, pod: map[tuple]podSide{}}
 	snap, err := e.nat.Read()
 	if err != nil {
 		t.Fatal(err)
 	}
+	all := e.natEntries(t)
 	for _, f := range snap.Flows {
 		pod := tuple{f.Proto, f.Pod.Addr(), f.Remote.Addr(), f.Pod.Port(), f.Remote.Port()}
 		node := tuple{f.Proto, f.Node.Addr(), f.Remote.Addr(), f.Node.Port(), f.Remote.Port()}
@@ -194,6 +196,9 @@ func newNATState(e *env, t testing.TB) natState {
 		}
 		s.out[pod] = f.Node
 		s.in[node.reply()] = pod
+		if v, ok := all[natKey(dirEgress, f.Proto, pod.src, pod.dst, pod.sport, pod.dport)]; ok && f.Proto == protoTCP {
+			s.pod[node.reply()] = podSideOf(v.Flags, v.TcpAck, v.TcpWin, v.TcpWscale)
+		}
 	}
 	return s
 }
@@ -292,7 +297,7 @@ func ingressOracle(f []byte, local []netip.Addr, s natState) (parsed, quote, exp
 		return p, q, expect{counters: one("ingress_miss")}
 	}
 	if _, ok := s.in[p.tuple]; ok {
-		return p, q, expect{counters: one("ingress_translated"), translate: "flow"}
+		return p, q, expect{counters: one(remoteCounter(p.proto, s.pod[p.tuple], p.tcpFlags, f, p.l4)), translate: "flow"}
 	}
 	if !slices.Contains(local, p.dst) {
 		// Towards a pod without a mapping: a UDP flow from a masqueraded
@@ -734,13 +739,18 @@ func FuzzEgress(f *testing.F) {
 			}
 		}
 
-		// The reply comes back to the original tuple.
+		// The reply comes back to the original tuple, judged against
+		// what the egress half now records of the pod's side.
 		reply := replyFrame(r.out, op)
 		rp, _ := parseFrame(reply)
+		var pod podSide
+		if v, ok := e.natEntries(t)[natKey(dirEgress, p.proto, p.src, p.dst, p.sport, p.dport)]; ok {
+			pod = podSideOf(v.Flags, v.TcpAck, v.TcpWin, v.TcpWscale)
+		}
 		before = e.readCounters(t)
 		back := e.ingress(t, reply)
 		requireVerdict(t, back, actPass)
-		requireCounters(t, e.countersMoved(t, before), one("ingress_translated"), reply)
+		requireCounters(t, e.countersMoved(t, before), one(remoteCounter(rp.proto, pod, rp.tcpFlags, reply, rp.l4)), reply)
 		rx := expect{translate: "flow"}
 		requireOnlyChanged(t, reply, back.out, translatedOffsets(rp, quote{}, rx, false)...)
 		requireTranslatedChecksums(t, reply, back.out, rp, quote{}, rx)

@@ -56,7 +56,7 @@ func TestIngressReply(t *testing.T) {
 		{"udp reply with 40 bytes of ip options", config{}, udpPkt(podA, 40000, remote, 53), func(p pkt, n uint16) pkt { return withOptions(replyTo(p, n), 40) }},
 		{"icmp reply with ip options", config{}, echoRequest(podA, remote, 9), func(p pkt, n uint16) pkt { return withOptions(replyTo(p, n), 4) }},
 		{"tcp data", config{}, tcpPkt(podA, 40000, remote, 443, "S"), func(p pkt, n uint16) pkt { return tcpPkt(remote, 443, nodeAddr, n, "PA") }},
-		{"tcp rst", config{}, tcpPkt(podA, 40000, remote, 443, "S"), func(p pkt, n uint16) pkt { return tcpPkt(remote, 443, nodeAddr, n, "R") }},
+		{"tcp rst refusing the syn", config{}, tcpPkt(podA, 40000, remote, 443, "S"), func(p pkt, n uint16) pkt { return refusal(remote, 443, nodeAddr, n) }},
 		{"link-local with masqLinkLocal", config{masqLinkLocal: true}, udpPkt(podA, 40000, metadata, 53), nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -215,14 +215,16 @@ transport:
 type nat6State struct {
 	out map[tuple]netip.AddrPort // pod tuple -> node address and port
 	in  map[tuple]tuple          // reply tuple to the node -> pod tuple
+	pod map[tuple]podSide        // reply tuple -> the pod's side of a TCP mapping
 }
 
 func newNAT6State(e *env, t testing.TB) nat6State {
-	s := nat6State{out: map[tuple]netip.AddrPort{}, in: map[tuple]tuple{}}
+	s := nat6State{out: map[tuple]netip.AddrPort{}, in: map[tuple]tuple{}, pod: map[tuple]podSide{}}
 	snap, err := maps.NewNAT6Table(e.dp).Read()
 	if err != nil {
 		t.Fatal(err)
 	}
+	all := e.natEntries6(t)
 	for _, f := range snap.Flows {
 		pod := tuple{f.Proto, f.Pod.Addr(), f.Remote.Addr(), f.Pod.Port(), f.Remote.Port()}
 		node := tuple{f.Proto, f.Node.Addr(), f.Remote.Addr(), f.Node.Port(), f.Remote.Port()}
@@ -231,6 +233,9 @@ func newNAT6State(e *env, t testing.TB) nat6State {
 		}
 		s.out[pod] = f.Node
 		s.in[node.reply()] = pod
+		if v, ok := all[natKey6(dirEgress, f.Proto, pod.src, pod.dst, pod.sport, pod.dport)]; ok && f.Proto == protoTCP {
+			s.pod[node.reply()] = podSideOf(v.Flags, v.TcpAck, v.TcpWin, v.TcpWscale)
+		}
 	}
 	return s
 }
@@ -354,7 +359,7 @@ func ingressOracle6(f []byte, s nat6State) (parsed6, quote6, expect6x) {
 		return p, q, expect6x{counters: one6("ingress_miss")}
 	}
 	if _, ok := s.in[p.tuple]; ok {
-		return p, q, expect6x{counters: one6("ingress_translated"), translate: "flow"}
+		return p, q, expect6x{counters: one6(remoteCounter(p.proto, s.pod[p.tuple], p.tcpFlags, f, p.l4)), translate: "flow"}
 	}
 	if !slices.Contains(local6, p.dst) && (p.proto == protoUDP && !isNomasq6(p.src) || p.proto == protoTCP && p.tcpFlags&0x12 == 0x02) {
 		// A flow opened from outside towards a pod (earlier datapaths
@@ -682,11 +687,15 @@ func FuzzEgress6(f *testing.F) {
 		// The reply comes back to the original tuple.
 		reply := replyFrame6(r.out, op)
 		rp, _ := parse6Frame(reply)
+		var pod podSide
+		if v, ok := e.natEntries6(t)[natKey6(dirEgress, p.proto, p.src, p.dst, p.sport, p.dport)]; ok {
+			pod = podSideOf(v.Flags, v.TcpAck, v.TcpWin, v.TcpWscale)
+		}
 		before := e.snap(t)
 		back := e.ingress(t, reply)
 		requireVerdict(t, back, actPass)
 		moved, v4 = e.moved6(t, before)
-		requireCounters6(t, moved, v4, one6("ingress_translated"), reply)
+		requireCounters6(t, moved, v4, one6(remoteCounter(rp.proto, pod, rp.tcpFlags, reply, rp.l4)), reply)
 		rx := expect6x{translate: "flow"}
 		requireOnlyChanged(t, reply, back.out, translatedOffsets6(rp, quote6{}, rx, false)...)
 		requireTranslatedChecksums6(t, reply, back.out, rp, quote6{}, rx)

@@ -80,6 +80,7 @@ type pkt6 struct {
 	exts      []uint8 // extension headers between the IPv6 and the transport header, in order
 	noUDPCsum bool
 	seq       uint32 // TCP sequence number; 0: 0x01020304
+	ack       uint32 // TCP acknowledgement number with ACK; 0: 0x0a0b0c0d
 }
 
 func tcp6(src netip.Addr, sport uint16, dst netip.Addr, dport uint16, flags string) pkt6 {
@@ -170,7 +171,7 @@ func (p pkt6) transport(t testing.TB) []byte {
 			RST: strings.Contains(p.flags, "R"), PSH: strings.Contains(p.flags, "P"),
 		}
 		if tcp.ACK {
-			tcp.Ack = 0x0a0b0c0d
+			tcp.Ack = cmp.Or(p.ack, 0x0a0b0c0d)
 		}
 		if tcp.SYN {
 			tcp.Options = []layers.TCPOption{{OptionType: layers.TCPOptionKindMSS, OptionLength: 4, OptionData: []byte{0x05, 0xa0}}}

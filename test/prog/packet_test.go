@@ -69,6 +69,17 @@ type pkt struct {
 	wscale   uint8 // a SYN's window scale option is value-1; 0: none
 }
 
+// synAcked is what a remote's answer acknowledges of a SYN with the default
+// sequence number: a refused connection's RST carries it.
+const synAcked = 0x01020304 + 1
+
+// refusal is the remote's RST|ACK refusing the SYN of a flow to it.
+func refusal(remote netip.Addr, rport uint16, node netip.Addr, nodePort uint16) pkt {
+	r := tcpPkt(remote, rport, node, nodePort, "RA")
+	r.ack = synAcked
+	return r
+}
+
 func tcpPkt(src netip.Addr, sport uint16, dst netip.Addr, dport uint16, flags string) pkt {
 	return pkt{tuple: tuple{protoTCP, src, dst, sport, dport}, flags: flags, payload: []byte("GET / HTTP/1.1\r\n\r\n"), ipFlags: layers.IPv4DontFragment}
 }

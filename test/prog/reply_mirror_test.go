@@ -29,7 +29,7 @@ var mirrorCases = []mirrorCase{
 	{"answered", []string{"SA"}, flagReplied},
 	{"answered, then the remote's data", []string{"SA", "PA", "A"}, flagReplied},
 	{"closed by the remote", []string{"SA", "FA"}, flagReplied | flagPeerFin},
-	{"reset by the remote", []string{"SA", "R"}, flagReplied | flagRst},
+	{"reset by the remote", []string{"SA", "RA"}, flagReplied | flagRst},
 }
 
 // TestReplyMirror: after the remote's packets, the egress half of each
@@ -60,6 +60,7 @@ func TestReplyMirror(t *testing.T) {
 				r := replyTo(out, port)
 				if proto == protoTCP {
 					r = tcpPkt(remote, 443, nodeAddr, port, flags)
+					r.ack = synAcked // the pod acknowledged nothing yet
 				}
 				requireVerdict(t, e.ingress(t, r.frame(t)), actPass)
 			}
@@ -98,7 +99,9 @@ func TestReplyMirror6(t *testing.T) {
 		out := tcp6(pod6A, sport, remote6, 443, "S")
 		port := e.masquerade6(t, out)
 		for _, flags := range tc.replies {
-			requireVerdict(t, e.ingress(t, tcp6(remote6, 443, node6, port, flags).frame(t)), actPass)
+			r := tcp6(remote6, 443, node6, port, flags)
+			r.ack = synAcked // the pod acknowledged nothing yet
+			requireVerdict(t, e.ingress(t, r.frame(t)), actPass)
 		}
 		all := e.natEntries6(t)
 		eg := all[natKey6(dirEgress, protoTCP, pod6A, remote6, sport, 443)]
