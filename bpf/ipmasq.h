@@ -58,8 +58,8 @@ enum ipm_entry_flags : __u8 {
 	/* TCP, egress half: tcp_wscale was read from the pod's SYN (without
 	 * it, a window is judged with the largest scale, 14). */
 	IPM_F_WSCALE = 1 << 4,
-	/* Egress half: the remote's FIN was seen (its reply half carries it
-	 * as IPM_F_FIN; reply_mirror.h). */
+	/* In an egress half's reply_flags: the remote's FIN was seen (its
+	 * reply half carries it as IPM_F_FIN; reply_mirror.h). */
 	IPM_F_PEER_FIN = 1 << 5,
 };
 
@@ -87,12 +87,10 @@ struct ipm_nat_key {
  * both halves, and a reply copies its half's activity into the egress half at
  * most once a period of about a second and when a flag is new
  * (reply_mirror.h). Flag bits are set by plain read-modify-write (5.10 has no
- * atomic OR): a copy racing, within the same few nanoseconds, with the pod's
- * own write on another CPU can lose the pod's FIN or RST bit (a closed flow
- * then held until the established timeout), or put an old RST back onto a
- * mapping that the pod's SYN restarts at that instant (the new connection
- * then held as reset). A lost copied bit comes back with the remote's next
- * packet in a later period.
+ * atomic OR), so the copy goes to a byte of its own (reply_flags) and never
+ * races with the pod's own writes to flags. The copy may race with a SYN that
+ * clears it; a stale copy only makes the agent read the flow's two halves
+ * again, which decide (docs/design.md, "Expiry").
  */
 struct ipm_nat_entry {
 	__u64 created_ns;   /* bpf_ktime_get_ns (CLOCK_MONOTONIC) at creation */
@@ -112,7 +110,14 @@ struct ipm_nat_entry {
 	__u32 tcp_ack;
 	__u16 tcp_win;
 	__u8 tcp_wscale;
-	__u8 pad[5];
+	/* Egress half only: the reply half's activity as the ingress path
+	 * copies it (reply_mirror.h): IPM_F_REPLIED, IPM_F_RST, IPM_F_PEER_FIN.
+	 * A byte of its own, written only by ingress (and cleared by a pod's
+	 * SYN that restarts the mapping), so the copy never overwrites the
+	 * pod's own flags. Read by the agent to judge a flow from its egress
+	 * half alone; formerly padding, so an entry written before reads 0. */
+	enum ipm_entry_flags reply_flags;
+	__u8 pad[4];
 };
 
 /* Key of ipm_frag4: the fragments of one datagram, as they travel in one
@@ -166,7 +171,7 @@ struct ipm_nat6_entry {
 	__u32 tcp_ack;
 	__u16 tcp_win;
 	__u8 tcp_wscale;
-	__u8 pad;
+	enum ipm_entry_flags reply_flags; /* as in ipm_nat_entry */
 };
 
 struct ipm_frag6_key {

@@ -6,7 +6,8 @@
  * two halves lie in unrelated hash buckets. The agent's expiry reads the
  * table in chunks; joining every egress half with its reply half would cost
  * one lookup per flow, most of a pass at a million flows. So the ingress
- * path keeps the egress half able to stand for its flow:
+ * path keeps the egress half able to stand for its flow, in its reply_flags
+ * byte and last_seen_ns:
  *
  * - IPM_F_REPLIED once a reply came back (the flow is established);
  * - IPM_F_RST when the remote's plausible RST was seen, IPM_F_PEER_FIN for
@@ -43,7 +44,8 @@
 	 (in)->flags != (prev_flags))
 
 /* Copies reply half in's activity into egress half eg (entries of either
- * family, which name these fields alike). Writes only what changes. */
+ * family, which name these fields alike): its flags into reply_flags, which
+ * only this writes. Writes only what changes. */
 #define mirror_into(eg, in, now)                                                                   \
 	do {                                                                                       \
 		__u8 add_ = IPM_F_REPLIED;                                                         \
@@ -53,8 +55,8 @@
 			add_ |= IPM_F_PEER_FIN;                                                    \
 		if ((__s64)((now) - (eg)->last_seen_ns) > 0)                                       \
 			(eg)->last_seen_ns = (now);                                                \
-		if (add_ & ~(eg)->flags)                                                           \
-			(eg)->flags |= add_;                                                       \
+		if (add_ & ~(eg)->reply_flags)                                                     \
+			(eg)->reply_flags |= add_;                                                 \
 	} while (0)
 
 /* The egress key of the mapping whose reply half in is stored under rk

@@ -164,6 +164,7 @@ static __always_inline bool tcp_is_syn(__u8 tcp_flags)
 			(eg)->created_ns = (now);                                                  \
 			(eg)->last_seen_ns = (now);                                                \
 			(eg)->flags = IPM_F_WSCALE;                                                \
+			(eg)->reply_flags = 0;                                                     \
 			(eg)->tcp_wscale = (wscale);                                               \
 			(eg)->tcp_ack = 0;                                                         \
 			(eg)->tcp_win = 0;                                                         \

@@ -181,7 +181,7 @@ type BPFIpmNat6Entry struct {
 	TcpAck     uint32
 	TcpWin     uint16
 	TcpWscale  uint8
-	Pad        uint8
+	ReplyFlags BPFIpmEntryFlags
 }
 
 type BPFIpmNat6Key struct {
@@ -207,7 +207,8 @@ type BPFIpmNatEntry struct {
 	TcpAck     uint32
 	TcpWin     uint16
 	TcpWscale  uint8
-	Pad        [5]uint8
+	ReplyFlags BPFIpmEntryFlags
+	Pad        [4]uint8
 }
 
 type BPFIpmNatKey struct {

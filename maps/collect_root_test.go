@@ -184,3 +184,71 @@ func TestCollectLeavesAnotherFlowsReplyHalf(t *testing.T) {
 		t.Errorf("the new flow lost a half: the expiry deleted the reply half that now belongs to it")
 	}
 }
+
+// TestCollectReadsTheCopyByte: the datapath keeps the reply half's copy in
+// the egress half's reply_flags byte. The expiry decides by it alone while
+// it shows the flow alive, and the two halves decide once it shows it
+// expired: a stale copied RST (a pod's SYN restarted the mapping while an old
+// reply was being copied) never deletes a live connection.
+func TestCollectReadsTheCopyByte(t *testing.T) {
+	spec := rootSpec(t)
+	nat := newTestMap(t, spec, "ipm_nat4")
+	counter := &lookupCounter{}
+	table := &NATTable{m: nat, hostres: newTestMap(t, spec, "ipm_hostres4"), c: counter}
+	to := Timeouts{TCPSyn: time.Minute, TCPEstablished: 24 * time.Hour, TCPFin: time.Minute, TCPRst: 10 * time.Second,
+		UDP: 30 * time.Second, UDPStream: 2 * time.Minute, ICMP: 30 * time.Second}
+	node := netip.MustParseAddr("172.31.0.2")
+	remote := netip.MustParseAddr("203.0.113.10")
+	now := Now()
+	cases := []struct {
+		name            string
+		idle            time.Duration
+		copied, inFlags Flags
+		kept            bool
+		lookups         int
+	}{
+		{"established, the copy current", time.Hour, flagReplied, 0, true, 0},
+		{"a stale copied RST on a live connection", 20 * time.Second, flagReplied | flagRst, 0, true, 2},
+		{"reset by the remote", 20 * time.Second, flagReplied | flagRst, flagRst, false, 2},
+		{"closed by both sides", 2 * time.Minute, flagReplied | flagPeerFin, flagFin, false, 2},
+	}
+	var c codec4
+	type keys struct{ out, in NATKey }
+	made := make([]keys, len(cases))
+	for i, tc := range cases {
+		pod := netip.AddrFrom4([4]byte{10, 244, 2, byte(i + 1)})
+		port := uint16(3000 + i)
+		made[i] = keys{
+			c.key(tuple{Src: pod, Dst: remote, Sport: 40000, Dport: 443, Proto: unix.IPPROTO_TCP, Dir: dirEgress}),
+			c.key(tuple{Src: remote, Dst: node, Sport: 443, Dport: port, Proto: unix.IPPROTO_TCP, Dir: dirIngress}),
+		}
+		seen := uint64(now - tc.idle)
+		podFin := Flags(0)
+		if tc.inFlags&flagFin != 0 {
+			podFin = flagFin
+		}
+		out := NATEntry{CreatedNs: seen, LastSeenNs: seen, Addr: AddrToBE(node), Port: PortToBE(port), Kind: kindMasq,
+			Flags: podFin, ReplyFlags: tc.copied}
+		in := NATEntry{CreatedNs: seen, LastSeenNs: seen, Addr: AddrToBE(pod), Port: PortToBE(40000), Kind: kindMasq, Flags: tc.inFlags}
+		if err := nat.Put(&made[i].out, &out); err != nil {
+			t.Fatal(err)
+		}
+		if err := nat.Put(&made[i].in, &in); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := table.Collect(to); err != nil {
+		t.Fatal(err)
+	}
+	want := 0
+	for i, tc := range cases {
+		want += tc.lookups
+		var v NATEntry
+		if got := nat.Lookup(&made[i].out, &v) == nil; got != tc.kept {
+			t.Errorf("%s: kept %v, want %v", tc.name, got, tc.kept)
+		}
+	}
+	if counter.lookups != want {
+		t.Errorf("%d direct lookups, want %d", counter.lookups, want)
+	}
+}

@@ -70,6 +70,10 @@ type half struct {
 	Port              uint16
 	Kind              loader.BPFIpmKind
 	Flags             Flags
+	// Egress half: the reply half's activity as the datapath copies it
+	// (bpf/reply_mirror.h). Entries written before the copy had a byte of
+	// its own carry it in Flags.
+	ReplyFlags Flags
 }
 
 // codec reads and writes one family's NAT map as tuples and halves.
@@ -277,10 +281,12 @@ func egressView(k tuple, out half) Flow {
 	// The reply half as the copy tells it: the remote's FIN, and a reply
 	// no later than the egress half's own time, or none.
 	var in half
-	if out.Flags&flagPeerFin != 0 {
+	copied := out.Flags | out.ReplyFlags
+	if copied&flagPeerFin != 0 {
 		in.Flags = flagFin
 	}
-	if out.Flags&flagReplied != 0 {
+	in.Flags |= out.ReplyFlags & flagRst
+	if copied&flagReplied != 0 {
 		in.LastSeen = max(out.LastSeen, out.Created)
 	}
 	return makeFlow(k, out, in, true)

@@ -25,7 +25,7 @@ func (codec4) tuple(k NATKey) tuple {
 
 func (codec4) half(e NATEntry) half {
 	return half{Created: time.Duration(e.CreatedNs), LastSeen: time.Duration(e.LastSeenNs),
-		Addr: AddrFromBE(e.Addr), Port: PortFromBE(e.Port), Kind: e.Kind, Flags: e.Flags}
+		Addr: AddrFromBE(e.Addr), Port: PortFromBE(e.Port), Kind: e.Kind, Flags: e.Flags, ReplyFlags: e.ReplyFlags}
 }
 
 func (c *codec4) walk(m *ebpf.Map, pace func() error, fn func(tuple, half)) error {
@@ -53,7 +53,7 @@ func (codec6) tuple(k loader.BPFIpmNat6Key) tuple {
 
 func (codec6) half(e loader.BPFIpmNat6Entry) half {
 	return half{Created: time.Duration(e.CreatedNs), LastSeen: time.Duration(e.LastSeenNs),
-		Addr: addr6FromBE(e.Addr), Port: PortFromBE(e.Port), Kind: e.Kind, Flags: e.Flags}
+		Addr: addr6FromBE(e.Addr), Port: PortFromBE(e.Port), Kind: e.Kind, Flags: e.Flags, ReplyFlags: e.ReplyFlags}
 }
 
 func (c *codec6) walk(m *ebpf.Map, pace func() error, fn func(tuple, half)) error {

@@ -27,6 +27,6 @@ func MasqHalves4(proto uint8, pod, remote, node netip.AddrPort, ifindex uint32, 
 			Port: PortToBE(to.Port()), Kind: kindMasq, Ifindex: ifindex}
 	}
 	out = entry(node)
-	out.Flags |= flagReplied
+	out.ReplyFlags = flagReplied
 	return c.key(k), out, c.key(rk), entry(pod)
 }

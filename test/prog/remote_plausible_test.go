@@ -49,7 +49,7 @@ func TestBlindRSTBeforePodACK(t *testing.T) {
 		}
 		e.expectCounters(t, before, map[string]uint64{"ingress_tcp_implausible": 1})
 		all := e.natEntries(t)
-		if all[inKey].Flags&rstFlags != 0 || all[outKey].Flags&rstFlags != 0 || all[inKey].LastSeenNs != 0 {
+		if all[inKey].Flags&rstFlags != 0 || all[outKey].ReplyFlags&rstFlags != 0 || all[inKey].LastSeenNs != 0 {
 			t.Fatalf("blind RST %s recorded: reply half %+v, egress half %+v", tc.name, all[inKey], all[outKey])
 		}
 	}
@@ -107,8 +107,8 @@ func TestRefusalCounts(t *testing.T) {
 		requireVerdict(t, e.ingress(t, refuse.frame(t)), actPass)
 		e.expectCounters(t, before, map[string]uint64{"ingress_translated": 1})
 		eg := e.natEntries(t)[natKey(dirEgress, protoTCP, podA, remote, sport, 443)]
-		if eg.Flags&loader.BPFIpmEntryFlagsIPM_F_RST == 0 {
-			t.Errorf("SYNs %v: the refusal acknowledging %d was not recorded: egress half flags %#x", seqs, isn+1, eg.Flags)
+		if eg.ReplyFlags&loader.BPFIpmEntryFlagsIPM_F_RST == 0 {
+			t.Errorf("SYNs %v: the refusal acknowledging %d was not recorded: egress half's copy %#x", seqs, isn+1, eg.ReplyFlags)
 		}
 	}
 }
@@ -222,7 +222,7 @@ func TestIPv6RemotePlausible(t *testing.T) {
 	before := e.snap(t)
 	requireVerdict(t, e.ingress(t, blind.frame(t)), actPass)
 	e.expect6(t, before, map[string]uint64{"ingress_tcp_implausible": 1})
-	if all := e.natEntries6(t); all[inKey].Flags&rst != 0 || all[outKey].Flags&rst != 0 || all[inKey].LastSeenNs != 0 {
+	if all := e.natEntries6(t); all[inKey].Flags&rst != 0 || all[outKey].ReplyFlags&rst != 0 || all[inKey].LastSeenNs != 0 {
 		t.Fatalf("blind RST before the pod's ACK recorded: %+v / %+v", all[inKey], all[outKey])
 	}
 
@@ -231,8 +231,8 @@ func TestIPv6RemotePlausible(t *testing.T) {
 	before = e.snap(t)
 	requireVerdict(t, e.ingress(t, refuse.frame(t)), actPass)
 	e.expect6(t, before, map[string]uint64{"ingress_translated": 1})
-	if f := e.natEntries6(t)[outKey].Flags; f&rst == 0 {
-		t.Fatalf("the refusal of the SYN was not recorded: egress half flags %#x", f)
+	if f := e.natEntries6(t)[outKey].ReplyFlags; f&rst == 0 {
+		t.Fatalf("the refusal of the SYN was not recorded: egress half's copy %#x", f)
 	}
 
 	// A new connection on the tuple, established; the pod acknowledges

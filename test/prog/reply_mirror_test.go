@@ -72,7 +72,7 @@ func TestReplyMirror(t *testing.T) {
 			if eg.Kind != kindMasq || in.Kind != kindMasq {
 				t.Fatalf("%s, proto %d: halves %+v / %+v", tc.name, proto, eg, in)
 			}
-			if got := eg.Flags & copiedFlags; got != tc.want {
+			if got := eg.ReplyFlags & copiedFlags; got != tc.want {
 				t.Errorf("%s, proto %d: egress half carries %#x of the reply's flags, want %#x", tc.name, proto, got, tc.want)
 			}
 			if eg.LastSeenNs < in.LastSeenNs {
@@ -86,8 +86,8 @@ func TestReplyMirror(t *testing.T) {
 	closed := tcpPkt(podA, uint16(40000+10*3+int(protoTCP)), remote, 443, "S")
 	e.masquerade(t, closed)
 	eg := e.natEntries(t)[natKey(dirEgress, protoTCP, closed.src, closed.dst, closed.sport, closed.dport)]
-	if eg.Flags&copiedFlags != 0 {
-		t.Errorf("after a new SYN on a closed tuple the egress half carries %#x, want none of %#x", eg.Flags, copiedFlags)
+	if eg.ReplyFlags&copiedFlags != 0 {
+		t.Errorf("after a new SYN on a closed tuple the egress half's copy carries %#x, want none of %#x", eg.ReplyFlags, copiedFlags)
 	}
 }
 
@@ -109,7 +109,7 @@ func TestReplyMirror6(t *testing.T) {
 		if eg.Kind != kindMasq || in.Kind != kindMasq {
 			t.Fatalf("%s: halves %+v / %+v", tc.name, eg, in)
 		}
-		if got := eg.Flags & copiedFlags; got != tc.want {
+		if got := eg.ReplyFlags & copiedFlags; got != tc.want {
 			t.Errorf("%s: egress half carries %#x of the reply's flags, want %#x", tc.name, got, tc.want)
 		}
 		if eg.LastSeenNs < in.LastSeenNs {
