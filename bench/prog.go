@@ -231,7 +231,15 @@ func (e *progEnv) run(prog *ebpf.Program, frame []byte, repeat int, counter stri
 	if err != nil {
 		return 0, err
 	}
-	ret, per, err := prog.Benchmark(append([]byte(nil), frame...), repeat, nil)
+	// A signal interrupts a long test run now and then; the library then
+	// starts it again from the beginning, so the counters are read again
+	// for the run that counts (an error leaves the old ones, and the check
+	// below fails).
+	ret, per, err := prog.Benchmark(append([]byte(nil), frame...), repeat, func() {
+		if b, err := e.readCounters(); err == nil {
+			before = b
+		}
+	})
 	if err != nil {
 		return 0, fmt.Errorf("test run: %w", err)
 	}

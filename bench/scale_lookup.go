@@ -144,7 +144,12 @@ func (l *lookupProg) run(frame []byte, repeat int) (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
-	ret, per, err := l.prog.Benchmark(append([]byte(nil), frame...), repeat, nil)
+	// An interrupted run starts again from the beginning: count from there.
+	ret, per, err := l.prog.Benchmark(append([]byte(nil), frame...), repeat, func() {
+		if b, err := l.counters(); err == nil {
+			before = b
+		}
+	})
 	if err != nil {
 		return 0, fmt.Errorf("bare lookup: test run: %w", err)
 	}
