@@ -38,6 +38,11 @@
 #define TCPOPT_NOP    1
 #define TCPOPT_WSCALE 3
 
+/* How far past the pod's SYN a refusal's acknowledgement may lie: the data a
+ * SYN can carry (TCP Fast Open), which fits in one packet. A blind RST must
+ * guess within this much of 2^32. */
+#define IPM_SYN_DATA_MAX 0xffff
+
 /* Option rounds read before giving up: a SYN carries about six (MSS,
  * SACK permitted, timestamps, window scale and NOP padding). */
 #define TCP_OPTION_ROUNDS 12
@@ -130,10 +135,13 @@ static __always_inline bool tcp_is_syn(__u8 tcp_flags)
  *   the pod's receive window, [ack, ack + window]. A segment other than a
  *   RST may also lie up to a window behind (a retransmission, a keepalive).
  * - Before that, with the pod's SYN seen: a RST counts only when it
- *   acknowledges that SYN exactly, as RFC 793 has a connection in SYN-SENT
- *   judge it (a refused connection); a blind RST there would otherwise
- *   mark the connection reset for good. Anything else is plausible.
- * - Neither (an entry from an older layout): plausible.
+ *   acknowledges that SYN, as RFC 793 has a connection in SYN-SENT judge it
+ *   (a refused connection); a blind RST there would otherwise mark the
+ *   connection reset for good. The acknowledgement may lie up to
+ *   IPM_SYN_DATA_MAX past the SYN: a SYN may carry data (TCP Fast Open),
+ *   which the refusal acknowledges too. Anything else is plausible.
+ * - Neither, or tcp_ack 0 (an entry from a build that did not record the
+ *   SYN): plausible.
  */
 #define remote_segment_plausible(eg, f)                                                            \
 	({                                                                                         \
@@ -147,8 +155,10 @@ static __always_inline bool tcp_is_syn(__u8 tcp_flags)
 			__s64 off_ = (__s32)(bpf_ntohl((f)->tcp_seq) - (eg)->tcp_ack);             \
 			ok_ = off_ <= wnd_ &&                                                      \
 			      (off_ >= 0 || (!(fl_ & TCP_FLAG_RST) && -off_ <= wnd_));             \
-		} else if ((eg) && ((eg)->flags & IPM_F_WSCALE) && (fl_ & TCP_FLAG_RST)) {         \
-			ok_ = (fl_ & TCP_FLAG_ACK) && bpf_ntohl((f)->tcp_ack) == (eg)->tcp_ack;    \
+		} else if ((eg) && ((eg)->flags & IPM_F_WSCALE) && (fl_ & TCP_FLAG_RST) &&         \
+			   (eg)->tcp_ack) {                                                        \
+			ok_ = (fl_ & TCP_FLAG_ACK) &&                                              \
+			      bpf_ntohl((f)->tcp_ack) - (eg)->tcp_ack <= IPM_SYN_DATA_MAX;         \
 		}                                                                                  \
 		ok_;                                                                               \
 	})

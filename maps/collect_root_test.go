@@ -167,7 +167,9 @@ func TestCollectLeavesAnotherFlowsReplyHalf(t *testing.T) {
 	}{
 		{stale, NATEntry{CreatedNs: hour, LastSeenNs: hour, Addr: AddrToBE(node), Port: PortToBE(3000), Kind: kindMasq}},
 		{newOut, NATEntry{CreatedNs: now, LastSeenNs: now, Addr: AddrToBE(node), Port: PortToBE(3000), Kind: kindMasq}},
-		{shared, NATEntry{CreatedNs: now, Addr: AddrToBE(fresh), Port: PortToBE(2000), Kind: kindMasq}},
+		// The new flow is answered and busy: its reply half must not keep
+		// the expired flow alive either.
+		{shared, NATEntry{CreatedNs: now, LastSeenNs: now, Addr: AddrToBE(fresh), Port: PortToBE(2000), Kind: kindMasq}},
 	} {
 		if err := nat.Put(&e.k, &e.v); err != nil {
 			t.Fatal(err)

@@ -316,6 +316,19 @@ func makeReservation(k tuple, e half) Reservation {
 	}
 }
 
+// lookupReplyHalf reads the reply half of the flow whose egress key is k
+// and reply key rk, if it is still that flow's: the datapath may have removed
+// the flow and given its node port, towards the same remote, to a new flow,
+// whose reply half then lies under rk. Another flow's reply half is neither
+// judged with this flow nor deleted with it.
+func (t *NATTable) lookupReplyHalf(k, rk tuple) (half, bool) {
+	in, ok := t.c.lookup(t.m, rk)
+	if !ok || in.Kind != kindMasq || originalKey(rk, in) != k {
+		return half{}, false
+	}
+	return in, true
+}
+
 // removeFlowIfExpired re-reads a flow's halves and deletes them if it is
 // still expired: the reply half first, so a packet racing with the deletion
 // finds no mapping in ingress rather than a reply half that outlives its
@@ -328,13 +341,7 @@ func (t *NATTable) removeFlowIfExpired(k tuple, to Timeouts) (f Flow, ok, gone b
 		return Flow{}, false, false, nil // gone already
 	}
 	rk := replyKey(k, out)
-	in, hasIn := t.c.lookup(t.m, rk)
-	if hasIn && (in.Kind != kindMasq || originalKey(rk, in) != k) {
-		// Another flow's reply half now (the datapath removed this flow
-		// and gave its node port to a new one): neither judged with
-		// this flow nor deleted with it.
-		hasIn = false
-	}
+	in, hasIn := t.lookupReplyHalf(k, rk)
 	f = makeFlow(k, out, in, hasIn)
 	if Now()-f.LastSeen <= f.Timeout(to) {
 		return f, true, false, nil

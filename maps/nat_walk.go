@@ -97,7 +97,7 @@ func (t *NATTable) walkNAT(s *PassStats, egress func(k tuple, f Flow, hasReply b
 		}
 		switch k.Dir {
 		case dirEgress:
-			in, ok := t.c.lookup(t.m, replyKey(k, e))
+			in, ok := t.lookupReplyHalf(k, replyKey(k, e))
 			egress(k, makeFlow(k, e, in, ok), ok)
 		case dirIngress:
 			ingress(k, e)

@@ -39,8 +39,9 @@ func remotePlausible(pod podSide, tcpFlags uint8, seq, ack uint32) bool {
 			return off >= 0 && off <= wnd
 		}
 		return off <= wnd && -off <= wnd
-	case pod.flags&loader.BPFIpmEntryFlagsIPM_F_WSCALE != 0 && tcpFlags&rst != 0:
-		return tcpFlags&ackFlag != 0 && ack == pod.ack
+	case pod.flags&loader.BPFIpmEntryFlagsIPM_F_WSCALE != 0 && tcpFlags&rst != 0 && pod.ack != 0:
+		// The SYN's data (TCP Fast Open) may be acknowledged too.
+		return tcpFlags&ackFlag != 0 && ack-pod.ack <= 0xffff
 	}
 	return true
 }

@@ -37,7 +37,7 @@ func TestBlindRSTBeforePodACK(t *testing.T) {
 	}{
 		{"without ACK", "R", 0},
 		{"acknowledging before the SYN", "RA", 1000},
-		{"acknowledging past the SYN", "RA", 1002},
+		{"acknowledging far past the SYN", "RA", 1001 + 0x10000},
 	} {
 		rst := tcpPkt(remote, 443, nodeAddr, port, tc.flags)
 		rst.seq, rst.ack = 0x5eed5eed, tc.ack
@@ -82,10 +82,11 @@ func TestBlindRSTBeforePodACK(t *testing.T) {
 // TestRefusalCounts: the remote's RST|ACK acknowledging the pod's SYN (a
 // refused connection) resets the mapping, also after the pod retransmitted
 // its SYN with another sequence number on the same tuple: the last SYN is
-// the one acknowledged.
+// the one acknowledged. A SYN that carried data (TCP Fast Open) is refused
+// with an acknowledgement of its data too.
 func TestRefusalCounts(t *testing.T) {
 	e := newEnv(t, config{})
-	for i, seqs := range [][]uint32{{1000}, {1000, 7000}} {
+	for i, seqs := range [][]uint32{{1000}, {1000, 7000}, {0xffff_fff0}} {
 		sport := uint16(41000 + i)
 		var port uint16
 		for _, seq := range seqs {
@@ -103,6 +104,9 @@ func TestRefusalCounts(t *testing.T) {
 		}
 		refuse := tcpPkt(remote, 443, nodeAddr, port, "RA")
 		refuse.seq, refuse.ack = 0, isn+1
+		if i == 2 {
+			refuse.ack = isn + 1 + 1400 // past 1400 bytes of Fast Open data, across 2^32
+		}
 		before := e.readCounters(t)
 		requireVerdict(t, e.ingress(t, refuse.frame(t)), actPass)
 		e.expectCounters(t, before, map[string]uint64{"ingress_translated": 1})
@@ -111,6 +115,28 @@ func TestRefusalCounts(t *testing.T) {
 			t.Errorf("SYNs %v: the refusal acknowledging %d was not recorded: egress half's copy %#x", seqs, isn+1, eg.ReplyFlags)
 		}
 	}
+}
+
+// TestRefusalOfAnOlderEntry: an entry the previous build wrote while its
+// connection was opening has no SYN recorded (tcp_ack 0); a refusal then
+// counts whatever it acknowledges, as it did before, rather than leaving the
+// refused mapping to the SYN timeout.
+func TestRefusalOfAnOlderEntry(t *testing.T) {
+	e := newEnv(t, config{})
+	syn := tcpPkt(podA, 42000, remote, 443, "S")
+	syn.seq = 1000
+	port := e.masquerade(t, syn)
+	k := natKey(dirEgress, protoTCP, podA, remote, 42000, 443)
+	v := e.natEntries(t)[k]
+	v.TcpAck = 0
+	if err := e.dp.Maps.IpmNat4.Put(&k, &v); err != nil {
+		t.Fatal(err)
+	}
+	refuse := tcpPkt(remote, 443, nodeAddr, port, "RA")
+	refuse.ack = 0x12345678
+	before := e.readCounters(t)
+	requireVerdict(t, e.ingress(t, refuse.frame(t)), actPass)
+	e.expectCounters(t, before, map[string]uint64{"ingress_translated": 1})
 }
 
 // TestImplausibleSegmentKeepsNothingAlive: a remote's segment outside the
