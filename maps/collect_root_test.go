@@ -22,6 +22,23 @@ func (c *lookupCounter) lookup(m *ebpf.Map, t tuple) (half, bool) {
 	return c.codec4.lookup(m, t)
 }
 
+// The collect tests' node, remote and timeouts.
+var (
+	collectNode    = netip.MustParseAddr("172.31.0.2")
+	collectRemote  = netip.MustParseAddr("203.0.113.10")
+	collectTimeout = Timeouts{TCPSyn: time.Minute, TCPEstablished: 24 * time.Hour, TCPFin: time.Minute, TCPRst: 10 * time.Second,
+		UDP: 30 * time.Second, UDPStream: 2 * time.Minute, ICMP: 30 * time.Second}
+)
+
+// newCollectTable makes an empty ipm_nat4 and ipm_hostres4 and a NAT table
+// over them whose direct lookups are counted.
+func newCollectTable(t *testing.T) (*ebpf.Map, *lookupCounter, *NATTable) {
+	spec := rootSpec(t)
+	nat := newTestMap(t, spec, "ipm_nat4")
+	counter := &lookupCounter{}
+	return nat, counter, &NATTable{m: nat, hostres: newTestMap(t, spec, "ipm_hostres4"), c: counter}
+}
+
 // TestCollectDecidesByEgressHalf: each case is one flow (or one reply half
 // alone) with its halves as the datapath leaves them, and what one Collect
 // must do with it: keep it or delete it, how it is counted, and how many
@@ -30,14 +47,8 @@ func (c *lookupCounter) lookup(m *ebpf.Map, t tuple) (half, bool) {
 // entry from a datapath without it), the flow is read again before anything
 // is deleted and kept.
 func TestCollectDecidesByEgressHalf(t *testing.T) {
-	spec := rootSpec(t)
-	nat := newTestMap(t, spec, "ipm_nat4")
-	counter := &lookupCounter{}
-	table := &NATTable{m: nat, hostres: newTestMap(t, spec, "ipm_hostres4"), c: counter}
-	to := Timeouts{TCPSyn: time.Minute, TCPEstablished: 24 * time.Hour, TCPFin: time.Minute, TCPRst: 10 * time.Second,
-		UDP: 30 * time.Second, UDPStream: 2 * time.Minute, ICMP: 30 * time.Second}
-	node := netip.MustParseAddr("172.31.0.2")
-	remote := netip.MustParseAddr("203.0.113.10")
+	nat, counter, table := newCollectTable(t)
+	node, remote, to := collectNode, collectRemote, collectTimeout
 	now := Now()
 	ago := func(d time.Duration) uint64 { return uint64(now - d) }
 
@@ -148,13 +159,8 @@ func TestCollectDecidesByEgressHalf(t *testing.T) {
 // deletes: deleting the other flow's would break it and let a later flow on
 // that port receive its replies.
 func TestCollectLeavesAnotherFlowsReplyHalf(t *testing.T) {
-	spec := rootSpec(t)
-	nat := newTestMap(t, spec, "ipm_nat4")
-	table := &NATTable{m: nat, hostres: newTestMap(t, spec, "ipm_hostres4"), c: &codec4{}}
-	to := Timeouts{TCPSyn: time.Minute, TCPEstablished: 24 * time.Hour, TCPFin: time.Minute, TCPRst: 10 * time.Second,
-		UDP: 30 * time.Second, UDPStream: 2 * time.Minute, ICMP: 30 * time.Second}
-	node := netip.MustParseAddr("172.31.0.2")
-	remote := netip.MustParseAddr("203.0.113.10")
+	nat, _, table := newCollectTable(t)
+	node, remote, to := collectNode, collectRemote, collectTimeout
 	old, fresh := netip.MustParseAddr("10.244.0.1"), netip.MustParseAddr("10.244.0.2")
 	hour, now := uint64(Now()-time.Hour), uint64(Now())
 	c := codec4{}
@@ -193,14 +199,8 @@ func TestCollectLeavesAnotherFlowsReplyHalf(t *testing.T) {
 // expired: a stale copied RST (a pod's SYN restarted the mapping while an old
 // reply was being copied) never deletes a live connection.
 func TestCollectReadsTheCopyByte(t *testing.T) {
-	spec := rootSpec(t)
-	nat := newTestMap(t, spec, "ipm_nat4")
-	counter := &lookupCounter{}
-	table := &NATTable{m: nat, hostres: newTestMap(t, spec, "ipm_hostres4"), c: counter}
-	to := Timeouts{TCPSyn: time.Minute, TCPEstablished: 24 * time.Hour, TCPFin: time.Minute, TCPRst: 10 * time.Second,
-		UDP: 30 * time.Second, UDPStream: 2 * time.Minute, ICMP: 30 * time.Second}
-	node := netip.MustParseAddr("172.31.0.2")
-	remote := netip.MustParseAddr("203.0.113.10")
+	nat, counter, table := newCollectTable(t)
+	node, remote, to := collectNode, collectRemote, collectTimeout
 	now := Now()
 	cases := []struct {
 		name            string
